@@ -1,0 +1,37 @@
+# The two commands of the README: `make run` and `make test`. Both install what they need.
+UV ?= $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
+PY := .venv/bin/python
+
+.PHONY: install run test lint typecheck unit bench clean
+
+$(UV):
+	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv
+
+.venv/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --quiet
+	touch $@
+
+install: .venv/.installed
+
+run: install
+	PYTHONPATH=examples .venv/bin/headrace run examples/order-fulfilment.yaml --tasks shop \
+		-i order_id=A-1001 --input-file examples/small-order.json
+
+lint: install
+	.venv/bin/ruff check headrace tests examples
+	.venv/bin/ruff format --check headrace tests examples
+
+typecheck: install
+	.venv/bin/mypy
+
+unit: install
+	.venv/bin/pytest -q tests/unit
+
+test: lint typecheck
+	.venv/bin/pytest -q
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf .venv .venv-tools .headrace .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""headrace: a durable workflow orchestrator."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,13 @@
+"""Topic names, in one place (ARCHITECTURE §3). Every message key is the run id."""
+
+JOBS_HIGH = "node.jobs.high"
+JOBS_NORMAL = "node.jobs.normal"
+JOBS_LOW = "node.jobs.low"
+JOB_LANES = (JOBS_HIGH, JOBS_NORMAL, JOBS_LOW)  # drained in this order
+RESULTS = "node.results"
+CANCELS = "node.cancels"  # broadcast: every worker sees every cancel
+WORKFLOW_EVENTS = "workflow.events"
+
+
+def jobs_topic(priority: str) -> str:
+    return f"node.jobs.{priority}"

@@ -1,0 +1,130 @@
+"""`headrace`: run workflows, serve the API, and talk to it.
+
+Exit codes: 0 the run completed (or the command succeeded), 1 the run failed or was
+cancelled, 2 bad input (the message names the field).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from headrace.api.views import run_summary
+from headrace.cli.inputs import parse_inputs
+from headrace.cli.progress import follow
+from headrace.config import load_settings
+from headrace.errors import Conflict, InputError, NotFound, SpecError
+from headrace.services.embedded import Embedded
+from headrace.spec import parse_workflow, plan_of
+
+app = typer.Typer(
+    help="headrace: durable workflows, from one laptop to a cluster.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+err = Console(stderr=True)
+
+TasksOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tasks", help="Comma-separated modules task nodes may name (or HEADRACE_TASKS)."
+    ),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="The workflow (YAML or JSON).")],
+    input: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-i", "--input", help="An input as key=value (JSON unless the input is a string)."
+        ),
+    ] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input-file", help="A JSON or YAML object of inputs.")
+    ] = None,
+    tasks: TasksOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run a workflow to completion in this process (SQLite + in-process bus)."""
+    try:
+        source = file.read_text()
+    except OSError as e:
+        raise fail(f"cannot read {file}: {e.strerror}") from None
+    try:
+        settings = load_settings(tasks=tasks)
+        ir = parse_workflow(source)
+        plan = plan_of(ir)
+        inputs = parse_inputs(plan, input or [], input_file)
+        plan.validate_inputs(inputs)
+        summary = asyncio.run(_run(settings, ir, source, inputs, as_json))
+    except (SpecError, InputError, Conflict, NotFound) as e:
+        raise fail(str(e)) from None
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    raise typer.Exit(0 if summary["status"] == "completed" else 1)
+
+
+async def _run(
+    settings: Any, ir: Any, source: str, inputs: dict[str, Any], as_json: bool
+) -> dict[str, Any]:
+    console = Console()
+    async with Embedded(settings) as rt:
+        await rt.register(ir, source)
+        run_id = await rt.start(plan_of(ir), inputs)
+        if as_json:
+            await rt.wait(run_id)
+        else:
+            console.print(f"run {run_id} of {ir.tag}", highlight=False)
+            await follow(rt, run_id, console)
+        record, nodes = await rt.store.get_run(run_id)
+    summary = run_summary(record, nodes)
+    if not as_json:
+        _print_result(console, summary)
+    return summary
+
+
+def _print_result(console: Console, summary: dict[str, Any]) -> None:
+    style = "green" if summary["status"] == "completed" else "red"
+    console.print(f"[{style}]{summary['status']}[/]")
+    if summary.get("error"):
+        console.print(f"error: {summary['error']['message']}", highlight=False)
+    if summary["outputs"] is not None:
+        console.print_json(json.dumps(summary["outputs"]))
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply schema migrations to HEADRACE_DATABASE_URL."""
+    try:
+        settings = load_settings()
+        from headrace.services.adapters import build_store
+
+        store = build_store(settings)
+        asyncio.run(_open_close(store))
+    except InputError as e:
+        raise fail(str(e)) from None
+    print(f"schema is up to date ({settings.database_url})")
+
+
+async def _open_close(store: Any) -> None:
+    await store.open()
+    await store.close()
+
+
+def main() -> None:
+    sys.exit(app())

@@ -1,0 +1,62 @@
+"""Settings: one typed object, read once from HEADRACE_* variables, failing fast by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from headrace.errors import InputError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HEADRACE_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///.headrace/headrace.db",
+        description="sqlite:///relative.db or sqlite:////absolute.db",
+    )
+    bus: str = Field("memory://", description="memory://")
+    tasks: str = Field("", description="comma-separated modules whose functions tasks may name")
+    vars: dict[str, Any] = Field(default_factory=dict, description="JSON object: `vars.*`")
+    secrets: dict[str, str] = Field(default_factory=dict, description="JSON object: `secrets.*`")
+    secrets_file: Path | None = Field(None, description="a JSON file of secrets (merged)")
+    worker_concurrency: int = Field(256, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+
+    @field_validator("tasks")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return ",".join(m.strip() for m in value.split(",") if m.strip())
+
+    @property
+    def task_modules(self) -> list[str]:
+        return [m for m in self.tasks.split(",") if m]
+
+    def all_secrets(self) -> dict[str, str]:
+        merged = dict(self.secrets)
+        if self.secrets_file is not None:
+            try:
+                data = json.loads(self.secrets_file.read_text())
+            except (OSError, ValueError) as e:
+                raise InputError(
+                    "HEADRACE_SECRETS_FILE", f"cannot read {self.secrets_file}: {e}"
+                ) from None
+            if not isinstance(data, dict):
+                raise InputError("HEADRACE_SECRETS_FILE", "must hold a JSON object")
+            merged.update({str(k): str(v) for k, v in data.items()})
+        return merged
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment once; InputError names the variable that is wrong."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = "HEADRACE_" + str(err["loc"][0]).upper() if err["loc"] else "HEADRACE_*"
+        raise InputError(name, f"{err['msg']} (got {err.get('input')!r})") from None

@@ -1,0 +1,78 @@
+"""The coordinator: applies workers' results and due timers to runs, in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+
+from headrace.bus import Bus, Delivery
+from headrace.bus.topics import RESULTS
+from headrace.engine import Command, Complete, Fail, Fire, MarkStarted
+from headrace.events import Finished, Started, decode_result
+from headrace.runtime.clock import now_ms
+from headrace.runtime.driver import Driver
+from headrace.store import Store
+
+log = logging.getLogger(__name__)
+GROUP = "coordinators"
+
+
+def command_of(delivery: Delivery) -> tuple[str, Command] | None:
+    """The engine command a result message asks for; None for an undecodable one."""
+    try:
+        r = decode_result(delivery.message.payload)
+    except msgspec.DecodeError:
+        log.error("dropping an undecodable result %s", delivery.id)
+        return None
+    if isinstance(r, Started):
+        return r.run_id, MarkStarted(r.node_id, r.attempt, r.at_ms)
+    assert isinstance(r, Finished)
+    if r.error is not None:
+        return r.run_id, Fail(r.node_id, r.attempt, r.started_at_ms, r.at_ms, r.error)
+    return r.run_id, Complete(
+        r.node_id, r.attempt, r.started_at_ms, r.at_ms, r.output, r.cost_cents
+    )
+
+
+class Coordinator:
+    def __init__(
+        self,
+        driver: Driver,
+        bus: Bus,
+        store: Store,
+        *,
+        name: str = "coordinator-1",
+        batch_size: int = 1000,
+    ) -> None:
+        self.driver = driver
+        self.bus = bus
+        self.store = store
+        self.name = name
+        self.batch_size = batch_size
+
+    async def run_results(self) -> None:
+        """Consume results forever: one decide/commit/publish per batch, then acknowledge."""
+        while True:
+            deliveries = await self.bus.consume([RESULTS], GROUP, self.name, self.batch_size, 200)
+            if not deliveries:
+                continue
+            commands = [c for c in map(command_of, deliveries) if c is not None]
+            await self.driver.apply(commands)
+            await self.bus.ack(GROUP, deliveries)
+
+    async def run_timers(self) -> None:
+        """Fire due timers; sleep until the next one (or until new timers are committed)."""
+        while True:
+            now = now_ms()
+            due = await self.store.due_timers(now, self.batch_size)
+            if due:
+                await self.driver.apply([(t.run_id, Fire(t, now)) for t in due], fired=due)
+                continue
+            nxt = await self.store.next_timer_at()
+            sleep_s = 1.0 if nxt is None else min(1.0, max(0.0, (nxt - now) / 1000))
+            self.driver.timers_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.driver.timers_changed.wait(), sleep_s)

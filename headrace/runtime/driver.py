@@ -1,0 +1,200 @@
+"""The driver: feeds commands to the pure engine, commits the outcome, then publishes it.
+
+Shared by the API (start, signal, cancel) and the coordinator (results, timers). One driver
+per process keeps a cache of run states; a lock makes each batch's decide+commit atomic in
+this process, and the store's version check makes it exactly-once across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from headrace.bus import Bus
+from headrace.bus.topics import CANCELS, jobs_topic
+from headrace.engine import Command, Decision, RunState, Start, decide, jobs_in_flight, new_run
+from headrace.errors import Conflict, InfraError
+from headrace.events import RUN_TERMINAL, Message, Timer, encode
+from headrace.runtime.clock import now_ms
+from headrace.runtime.hub import Hub
+from headrace.spec import Plan
+from headrace.store import Store, Transition
+
+MAX_CONFLICT_RETRIES = 5
+
+
+@dataclass
+class Applied:
+    """A command's effect on its run, as the caller sees it."""
+
+    state: RunState
+    decision: Decision
+
+
+@dataclass
+class _Batch:
+    transitions: dict[str, Transition] = field(default_factory=dict)
+    applied: list[tuple[str, Applied]] = field(default_factory=list)
+
+
+def messages_of(run_id: str, decision: Decision) -> list[Message]:
+    out = [Message(jobs_topic(j.priority), run_id, encode(j)) for j in decision.jobs]
+    out += [Message(CANCELS, run_id, encode(c)) for c in decision.cancels]
+    return out
+
+
+class Driver:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        hub: Hub,
+        *,
+        cache_size: int = 10_000,
+        on_commit: Callable[[list[Transition]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.hub = hub
+        self.cache: OrderedDict[str, RunState] = OrderedDict()
+        self.cache_size = cache_size
+        self.lock = asyncio.Lock()
+        self.on_commit = on_commit
+        self.timers_changed = asyncio.Event()
+
+    async def start_run(
+        self,
+        plan: Plan,
+        inputs: dict[str, Any],
+        vars: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> RunState:
+        """Create a run and schedule its first nodes; the same key gives the same run."""
+        if idempotency_key is not None:
+            existing = await self.store.run_for_key(idempotency_key)
+            if existing is not None:
+                return await self.store.load_run(existing)
+        now = now_ms()
+        state = new_run(str(uuid.uuid4()), plan, created_at_ms=now)
+        decision = decide(state, Start(at_ms=now, inputs=inputs, vars=vars))
+        t = Transition(
+            state,
+            decision.events,
+            messages_of(state.run_id, decision),
+            decision.timers,
+            new=True,
+            idempotency_key=idempotency_key,
+        )
+        async with self.lock:
+            committed = await self.store.commit([t])
+        if committed.conflicts:  # a concurrent request with the same key won
+            assert idempotency_key is not None
+            existing = await self.store.run_for_key(idempotency_key)
+            if existing is None:
+                raise Conflict("the run could not be created; try again")
+            return await self.store.load_run(existing)
+        self._remember(state)
+        await self._publish([t], committed.outbox_ids)
+        return state
+
+    async def apply(
+        self, commands: Sequence[tuple[str, Command]], fired: Sequence[Timer] = ()
+    ) -> list[tuple[str, Applied]]:
+        """Decide and commit `commands` (run id, command) as one batch; retried on conflict."""
+        pending = list(commands)
+        fired_by_run: dict[str, list[Timer]] = {}
+        for timer in fired:
+            fired_by_run.setdefault(timer.run_id, []).append(timer)
+        results: list[tuple[str, Applied]] = []
+        for _ in range(MAX_CONFLICT_RETRIES):
+            batch, conflicts = await self._try(pending, fired_by_run)
+            results += [(rid, a) for rid, a in batch.applied if rid not in conflicts]
+            pending = [(rid, c) for rid, c in pending if rid in conflicts]
+            if not pending:
+                return results
+        raise InfraError(f"runs kept changing under this writer: {sorted(conflicts)}")
+
+    async def _try(
+        self, commands: Sequence[tuple[str, Command]], fired: dict[str, list[Timer]]
+    ) -> tuple[_Batch, set[str]]:
+        batch = _Batch()
+        async with self.lock:
+            try:
+                for run_id, command in commands:
+                    state = await self._state(run_id)
+                    decision = decide(state, command)
+                    self._collect(batch, state, decision, fired)
+                    batch.applied.append((run_id, Applied(state, decision)))
+                todo = [t for t in batch.transitions.values() if t.events or t.fired]
+                committed = await self.store.commit(todo)
+            except BaseException:
+                for run_id in batch.transitions:  # their cached states hold uncommitted events
+                    self.cache.pop(run_id, None)
+                raise
+            for run_id in committed.conflicts:
+                self.cache.pop(run_id, None)
+        done = [t for t in todo if t.state.run_id not in committed.conflicts]
+        await self._publish(done, committed.outbox_ids)
+        return batch, committed.conflicts
+
+    def _collect(
+        self, batch: _Batch, state: RunState, d: Decision, fired: dict[str, list[Timer]]
+    ) -> None:
+        t = batch.transitions.get(state.run_id)
+        if t is None:
+            t = batch.transitions[state.run_id] = Transition(state, [])
+            t.fired = list(fired.get(state.run_id, ()))
+        t.events += d.events
+        t.messages += messages_of(state.run_id, d)
+        t.timers += d.timers
+
+    async def _state(self, run_id: str) -> RunState:
+        state = self.cache.get(run_id)
+        if state is None:
+            state = await self.store.load_run(run_id)
+            self._remember(state)
+        else:
+            self.cache.move_to_end(run_id)
+        return state
+
+    def _remember(self, state: RunState) -> None:
+        if state.status in RUN_TERMINAL:
+            self.cache.pop(state.run_id, None)
+            return
+        self.cache[state.run_id] = state
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+    async def _publish(self, transitions: list[Transition], outbox_ids: list[int]) -> None:
+        """Publish what was just committed, then mark it sent. A crash in between leaves the
+        rows for the relay: republished, never lost (consumers deduplicate)."""
+        messages = [m for t in transitions for m in t.messages]
+        if messages:
+            await self.bus.publish(messages)
+            await self.store.outbox_sent(outbox_ids)
+        for t in transitions:
+            if t.events:
+                self.hub.notify(t.state.run_id, t.state.seq)
+            if t.state.status in RUN_TERMINAL:
+                self.cache.pop(t.state.run_id, None)
+        if any(t.timers for t in transitions):
+            self.timers_changed.set()
+        if self.on_commit is not None:
+            self.on_commit(transitions)
+
+    async def republish_in_flight(self) -> int:
+        """Publish again the jobs of every running run (after a non-durable bus lost them)."""
+        count = 0
+        for run_id in await self.store.active_runs():
+            state = await self.store.load_run(run_id)
+            jobs = jobs_in_flight(state)
+            if jobs:
+                await self.bus.publish(
+                    [Message(jobs_topic(j.priority), run_id, encode(j)) for j in jobs]
+                )
+                count += len(jobs)
+        return count

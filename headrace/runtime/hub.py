@@ -1,0 +1,42 @@
+"""In-process notice board: "run X has advanced to seq N". Readers fetch the events from the
+store; the hub only wakes them, so it holds no data and loses nothing if a notice is missed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._seq: dict[str, int] = {}
+        self._waiters: dict[str, set[asyncio.Future[int]]] = defaultdict(set)
+
+    def notify(self, run_id: str, seq: int) -> None:
+        if seq <= self._seq.get(run_id, 0):
+            return
+        self._seq[run_id] = seq
+        for fut in self._waiters.pop(run_id, ()):
+            if not fut.done():
+                fut.set_result(seq)
+
+    async def wait(self, run_id: str, after_seq: int, timeout_s: float) -> int:
+        """Return the newest seq known once it is past `after_seq`, or after the timeout."""
+        known = self._seq.get(run_id, 0)
+        if known > after_seq:
+            return known
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters[run_id].add(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            return self._seq.get(run_id, after_seq)
+        finally:
+            waiters = self._waiters.get(run_id)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    self._waiters.pop(run_id, None)
+
+    def forget(self, run_id: str) -> None:
+        self._seq.pop(run_id, None)

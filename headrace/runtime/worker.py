@@ -1,0 +1,201 @@
+"""The worker: runs jobs with bounded concurrency and sends their results back in batches.
+
+High-priority jobs are taken before normal before low. A job's delivery is acknowledged only
+after its result is on the bus, so a worker that dies mid-job leaves the job to be
+redelivered. A job that runs longer than `started_notice_s` sends a `Started` notice, so a
+quick job costs one result message, not two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from headrace.bus import Bus, Delivery
+from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS
+from headrace.errors import NodeError
+from headrace.events import (
+    ErrorInfo,
+    Finished,
+    Job,
+    Message,
+    Started,
+    decode_cancel,
+    decode_job,
+    encode,
+)
+from headrace.nodes import NodeExecutor, Outcome, redact
+from headrace.runtime.clock import now_ms
+from headrace.spec import secret_names
+
+log = logging.getLogger(__name__)
+GROUP = "workers"
+
+
+@dataclass
+class WorkerStats:
+    attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, outcome) -> n
+
+    def count(self, kind: str, outcome: str) -> None:
+        key = (kind, outcome)
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+
+
+class Worker:
+    def __init__(
+        self,
+        bus: Bus,
+        executors: Mapping[str, NodeExecutor],
+        secrets: Mapping[str, str],
+        *,
+        name: str = "worker-1",
+        concurrency: int = 256,
+        started_notice_s: float = 0.5,
+    ) -> None:
+        self.bus = bus
+        self.executors = executors
+        self.secrets = secrets
+        self.name = name
+        self.concurrency = concurrency
+        self.started_notice_s = started_notice_s
+        self.running: dict[tuple[str, str, int], asyncio.Task[None]] = {}
+        self.results: list[Message] = []
+        self.acks: list[Delivery] = []  # sent after the results queued with them
+        self.flush_needed = asyncio.Event()
+        self.slots = asyncio.Semaphore(concurrency)
+        self.stats = WorkerStats()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._take_jobs())
+            tg.create_task(self._flush_results())
+            tg.create_task(self._take_cancels())
+
+    async def _take_jobs(self) -> None:
+        while True:
+            await self.slots.acquire()
+            free = 1
+            while free < self.concurrency and not self.slots.locked():
+                await self.slots.acquire()
+                free += 1
+            deliveries = await self.bus.consume(JOB_LANES, GROUP, self.name, free, 200)
+            for _ in range(free - len(deliveries)):
+                self.slots.release()
+            for delivery in deliveries:
+                self._start(delivery)
+
+    def _start(self, delivery: Delivery) -> None:
+        try:
+            job = decode_job(delivery.message.payload)
+        except msgspec.DecodeError:
+            log.error("dropping an undecodable job %s", delivery.id)
+            self.slots.release()
+            self._send(None, delivery)
+            return
+        key = (job.run_id, job.node_id, job.attempt)
+        task = asyncio.create_task(self._execute(job, delivery))
+        self.running[key] = task
+        task.add_done_callback(lambda _: self._done(key))
+
+    def _done(self, key: tuple[str, str, int]) -> None:
+        self.running.pop(key, None)
+        self.slots.release()
+
+    async def _execute(self, job: Job, delivery: Delivery) -> None:
+        started = now_ms()
+        notice = asyncio.get_running_loop().call_later(
+            self.started_notice_s, self._send_started, job, started
+        )
+        try:
+            result = await self._attempt(job, started)
+        except asyncio.CancelledError:
+            self._send(None, delivery)  # the run ended: nothing to report
+            raise
+        finally:
+            notice.cancel()
+        self._send(Message(RESULTS, job.run_id, encode(result)), delivery)
+
+    def _send(self, result: Message | None, delivery: Delivery | None) -> None:
+        if result is not None:
+            self.results.append(result)
+        if delivery is not None:
+            self.acks.append(delivery)
+        self.flush_needed.set()
+
+    def _send_started(self, job: Job, at_ms: int) -> None:
+        started = Started(run_id=job.run_id, node_id=job.node_id, attempt=job.attempt, at_ms=at_ms)
+        self._send(Message(RESULTS, job.run_id, encode(started)), None)
+
+    async def _attempt(self, job: Job, started: int) -> Finished:
+        executor = self.executors.get(job.kind)
+        error: ErrorInfo | None = None
+        outcome = Outcome(None)
+        try:
+            if executor is None:
+                raise NodeError(
+                    "unknown_kind", f"this worker cannot run {job.kind!r} nodes", retryable=False
+                )
+            async with asyncio.timeout(job.timeout_ms / 1000):
+                outcome = await executor(job)
+        except TimeoutError:
+            error = ErrorInfo("timeout", f"attempt timed out after {job.timeout_ms} ms", True)
+        except NodeError as e:
+            error = ErrorInfo(e.type, e.message, e.retryable)
+        except Exception as e:  # a bug in an executor must not kill the worker
+            log.exception("executor for %s failed", job.kind)
+            error = ErrorInfo("internal", f"{type(e).__name__}: {e}", True)
+        self.stats.count(job.kind, "ok" if error is None else error.type)
+        result = Finished(
+            run_id=job.run_id,
+            node_id=job.node_id,
+            attempt=job.attempt,
+            started_at_ms=started,
+            at_ms=now_ms(),
+            output=outcome.output,
+            error=error,
+            cost_cents=outcome.cost_cents,
+        )
+        return self._scrub(job, result)
+
+    def _scrub(self, job: Job, result: Finished) -> Finished:
+        """Remove the values of the secrets a job used from its output and error."""
+        used = [self.secrets[n] for n in secret_names(job.config) if n in self.secrets]
+        if not used:
+            return result
+        text = encode(result).decode()
+        clean = redact(text, used)
+        if clean == text:
+            return result
+        return msgspec.json.decode(clean.encode(), type=Finished)
+
+    async def _flush_results(self) -> None:
+        """Publish finished results in batches, then acknowledge their jobs."""
+        while True:
+            await self.flush_needed.wait()
+            self.flush_needed.clear()
+            await asyncio.sleep(0)  # let results finishing in the same tick join the batch
+            results, self.results = self.results, []
+            acks, self.acks = self.acks, []
+            if results:
+                await self.bus.publish(results)
+            if acks:
+                await self.bus.ack(GROUP, acks)
+
+    async def _take_cancels(self) -> None:
+        group = f"cancels-{self.name}"  # a group per worker: every worker sees every cancel
+        while True:
+            deliveries = await self.bus.consume([CANCELS], group, self.name, 100, 1000)
+            for d in deliveries:
+                try:
+                    c = decode_cancel(d.message.payload)
+                except msgspec.DecodeError:
+                    continue
+                task = self.running.get((c.run_id, c.node_id, c.attempt))
+                if task is not None:
+                    task.cancel()
+            if deliveries:
+                await self.bus.ack(group, deliveries)

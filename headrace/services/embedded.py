@@ -1,0 +1,134 @@
+"""Embedded mode: the store, bus, coordinator, worker and relay in one process.
+
+`headrace run` and `headrace dev` use it; the cluster runs the same loops as processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from headrace.bus import Bus
+from headrace.config import Settings
+from headrace.errors import InputError
+from headrace.nodes import AgentExecutor, HttpExecutor, NodeExecutor, TaskRegistry
+from headrace.runtime.coordinator import Coordinator
+from headrace.runtime.driver import Driver
+from headrace.runtime.hub import Hub
+from headrace.runtime.relay import Relay
+from headrace.runtime.worker import Worker
+from headrace.services.adapters import build_bus, build_store
+from headrace.spec import Plan, WorkflowIR, plan_of, with_defaults
+from headrace.store import RunRecord, Store, WorkflowRecord
+
+log = logging.getLogger(__name__)
+
+
+class Embedded:
+    """All loops in one process. Use as `async with Embedded(settings) as rt:`."""
+
+    def __init__(
+        self, settings: Settings, *, store: Store | None = None, bus: Bus | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store or build_store(settings)
+        self.bus = bus or build_bus(settings)
+        self.hub = Hub()
+        self.driver = Driver(self.store, self.bus, self.hub)
+        self.secrets = settings.all_secrets()
+        self.tasks = TaskRegistry(settings.task_modules)
+        self.http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        self.executors: dict[str, NodeExecutor] = {
+            "task": self.tasks.run,
+            "http": HttpExecutor(self.http, self.secrets).run,
+            "agent": AgentExecutor(self.secrets).run,
+        }
+        self.coordinator = Coordinator(self.driver, self.bus, self.store)
+        self.worker = Worker(
+            self.bus, self.executors, self.secrets, concurrency=settings.worker_concurrency
+        )
+        self.relay = Relay(self.store, self.bus)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Embedded:
+        await self.store.open()
+        await self.recover()
+        for loop in (
+            self.coordinator.run_results,
+            self.coordinator.run_timers,
+            self.worker.run,
+            self.relay.run,
+        ):
+            self._tasks.append(asyncio.create_task(loop(), name=loop.__qualname__))
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.http.aclose()
+        await self.bus.close()
+        await self.store.close()
+
+    async def recover(self) -> None:
+        """Publish what a previous process left: outbox rows, and (if the bus forgets on
+        restart) the jobs of every attempt still in flight."""
+        swept = await self.relay.sweep(older_than_s=0)
+        republished = 0 if self.bus.durable else await self.driver.republish_in_flight()
+        if swept or republished:
+            log.info("recovered %d outbox messages and %d in-flight jobs", swept, republished)
+
+    def check_failed(self) -> None:
+        """Raise the error of a loop that died (a bug), rather than hang."""
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise RuntimeError(f"{task.get_name()} stopped") from task.exception()
+
+    async def register(self, ir: WorkflowIR, source: str) -> tuple[WorkflowRecord, bool]:
+        from headrace.runtime.clock import now_ms
+
+        return await self.store.put_workflow(ir, source, now_ms())
+
+    async def start(
+        self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
+    ) -> str:
+        """Validate inputs and start a run; InputError names the bad input."""
+        plan.validate_inputs(inputs)
+        state = await self.driver.start_run(
+            plan, with_defaults(plan, inputs), self.settings.vars, idempotency_key
+        )
+        return state.run_id
+
+    async def plan(self, tag: str) -> Plan:
+        return plan_of((await self.store.get_workflow(tag)).ir)
+
+    async def wait(self, run_id: str, timeout_s: float | None = None) -> RunRecord:
+        """Wait until the run ends; returns its record."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        seq = 0
+        while True:
+            record, _ = await self.store.get_run(run_id)
+            if record.status in ("completed", "failed", "cancelled"):
+                return record
+            if deadline is not None and loop.time() > deadline:
+                raise TimeoutError(f"run {run_id} still {record.status}")
+            self.check_failed()
+            seq = await self.hub.wait(run_id, max(seq, record.seq), 0.5)
+
+
+def parse_tasks_option(value: str | None) -> str | None:
+    if value is not None and not all(
+        p.strip().replace(".", "").replace("_", "").isalnum() for p in value.split(",") if p.strip()
+    ):
+        raise InputError("tasks", f"expected comma-separated module names, got {value!r}")
+    return value

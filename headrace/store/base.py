@@ -1,0 +1,150 @@
+"""The Store seam: the durable source of truth (events, run and node state, outbox, timers).
+
+Every method is a coroutine. `commit` is the hot path: many runs' transitions in one
+transaction, each guarded by the run's version (optimistic concurrency), so a transition is
+applied exactly once whatever the interleaving of writers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from headrace.engine import RunState
+from headrace.events import ErrorInfo, Event, Message, Timer
+from headrace.spec import WorkflowIR
+
+
+@dataclass
+class Transition:
+    """One run's step: its state after the events, and what goes out with it."""
+
+    state: RunState
+    events: list[Event]
+    messages: list[Message] = field(default_factory=list)
+    timers: list[Timer] = field(default_factory=list)
+    fired: list[Timer] = field(default_factory=list)  # timers this step consumed
+    new: bool = False  # a run being created (inserted, not updated)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a commit did: the runs it refused (their version had moved) and the ids of the
+    outbox rows it wrote, to be marked sent once published."""
+
+    conflicts: set[str]
+    outbox_ids: list[int]
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    name: str
+    version: int
+    ir_hash: str
+    ir: WorkflowIR
+    created_at_ms: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node_id: str
+    status: str
+    attempt: int
+    output: Any
+    error: ErrorInfo | None
+    scheduled_at_ms: int | None
+    started_at_ms: int | None
+    ended_at_ms: int | None
+    cost_cents: int
+    width: int | None = None
+    children: dict[str, int] | None = None  # map nodes: children by status
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    workflow_tag: str
+    ir_hash: str
+    status: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None
+    error: ErrorInfo | None
+    failed_node: str | None
+    cost_cents: int
+    seq: int
+    created_at_ms: int
+    started_at_ms: int | None
+    ended_at_ms: int | None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    type: str
+    at_ms: int
+    data: bytes  # the event as JSON
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    message: Message
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and apply migrations."""
+
+    async def close(self) -> None: ...
+
+    async def put_workflow(
+        self, ir: WorkflowIR, source: str, now_ms: int
+    ) -> tuple[WorkflowRecord, bool]:
+        """Store a workflow; (record, True) if new, (record, False) if identical content was
+        already there; Conflict if `name@version` holds different content."""
+
+    async def get_workflow(self, tag: str) -> WorkflowRecord:
+        """By `name@version`, or `name` for the highest version; NotFound otherwise."""
+
+    async def list_workflows(self) -> list[WorkflowRecord]: ...
+
+    async def run_for_key(self, idempotency_key: str) -> str | None:
+        """The run id created under this idempotency key, if any."""
+
+    async def commit(self, transitions: list[Transition]) -> Committed:
+        """Apply all transitions in one transaction, except those whose run version had moved
+        (a new run whose idempotency key exists counts as such): they are reported in
+        `conflicts` and nothing of them is written."""
+
+    async def load_run(self, run_id: str) -> RunState:
+        """The run's current state (NotFound for an unknown id)."""
+
+    async def get_run(self, run_id: str) -> tuple[RunRecord, list[NodeRecord]]:
+        """The run and its top-level nodes, map children counted by status."""
+
+    async def list_runs(
+        self, status: str | None, workflow: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[RunRecord], str | None]: ...
+
+    async def list_children(
+        self, run_id: str, node_id: str, offset: int, limit: int
+    ) -> list[NodeRecord]: ...
+
+    async def read_events(self, run_id: str, after_seq: int, limit: int) -> list[StoredEvent]: ...
+
+    async def active_runs(self) -> list[str]:
+        """Ids of runs not yet ended (recovery republishes their jobs)."""
+
+    async def pending_outbox(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:
+        """Outbox rows older than the given time: what a crash left unpublished."""
+
+    async def outbox_sent(self, ids: list[int]) -> None: ...
+
+    async def due_timers(self, now_ms: int, limit: int) -> list[Timer]: ...
+
+    async def next_timer_at(self) -> int | None: ...

@@ -1,0 +1,161 @@
+"""Run state <-> table rows, shared by the SQL stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from headrace.engine import NodeState, RunState, split_child
+from headrace.events import NODE_DONE, NODE_TERMINAL, ErrorInfo
+from headrace.spec import Plan
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+_err_dec = msgspec.json.Decoder(ErrorInfo)
+
+
+def dumps(value: Any) -> str:
+    return _enc.encode(value).decode()
+
+
+def loads(text: str | bytes | None) -> Any:
+    return None if text is None else _dec.decode(text)
+
+
+def load_error(text: str | None) -> ErrorInfo | None:
+    return None if text is None else _err_dec.decode(text)
+
+
+RUN_COLUMNS = (
+    "status",
+    "version",
+    "seq",
+    "signals",
+    "outputs",
+    "error",
+    "failed_node",
+    "cost_cents",
+    "started_at",
+    "ended_at",
+)
+
+
+def run_values(s: RunState) -> tuple[Any, ...]:
+    """Values for RUN_COLUMNS."""
+    return (
+        s.status,
+        s.version,
+        s.seq,
+        dumps(s.signals),
+        None if s.outputs is None else dumps(s.outputs),
+        None if s.error is None else dumps(s.error),
+        s.failed_node,
+        s.cost_cents,
+        s.started_at_ms,
+        s.ended_at_ms,
+    )
+
+
+NODE_COLUMNS = (
+    "run_id",
+    "node_id",
+    "parent",
+    "idx",
+    "status",
+    "attempt",
+    "output",
+    "error",
+    "scheduled_at",
+    "started_at",
+    "ended_at",
+    "cost_cents",
+    "width",
+    "launched",
+    "done",
+)
+
+
+def node_values(run_id: str, node_id: str, n: NodeState) -> tuple[Any, ...]:
+    parent = split_child(node_id)
+    return (
+        run_id,
+        node_id,
+        parent[0] if parent else None,
+        parent[1] if parent else None,
+        n.status,
+        n.attempt,
+        None if n.output is None else dumps(n.output),
+        None if n.error is None else dumps(n.error),
+        n.scheduled_at_ms,
+        n.started_at_ms,
+        n.ended_at_ms,
+        n.cost_cents,
+        n.width,
+        n.launched,
+        n.done,
+    )
+
+
+def node_from_row(row: Any) -> NodeState:
+    """A NodeState from a row holding NODE_COLUMNS[4:] in order."""
+    (status, attempt, output, error, scheduled, started, ended, cost, width, launched, done) = row
+    return NodeState(
+        status=status,
+        attempt=attempt,
+        output=loads(output),
+        error=load_error(error),
+        scheduled_at_ms=scheduled,
+        started_at_ms=started,
+        ended_at_ms=ended,
+        cost_cents=cost,
+        width=width,
+        launched=launched,
+        done=done,
+    )
+
+
+def rebuild(run_id: str, plan: Plan, run_row: Any, node_rows: list[tuple[str, Any]]) -> RunState:
+    """The state from its rows: the counters the fold keeps are derived from node statuses."""
+    (
+        status,
+        version,
+        seq,
+        inputs,
+        vars_,
+        signals,
+        outputs,
+        error,
+        failed_node,
+        cost,
+        created,
+        started,
+        ended,
+    ) = run_row
+    state = RunState(
+        run_id=run_id,
+        plan=plan,
+        status=status,
+        inputs=loads(inputs),
+        vars=loads(vars_),
+        seq=seq,
+        version=version,
+        created_at_ms=created,
+        started_at_ms=started,
+        ended_at_ms=ended,
+        outputs=loads(outputs),
+        error=load_error(error),
+        failed_node=failed_node,
+        cost_cents=cost,
+        signals=loads(signals),
+    )
+    for nid in plan.nodes:
+        state.nodes[nid] = NodeState()
+    for node_id, row in node_rows:
+        state.nodes[node_id] = node_from_row(row)
+    for nid, pn in plan.nodes.items():
+        state.remaining[nid] = sum(
+            1 for need in pn.ir.needs if state.nodes[need].status not in NODE_DONE
+        )
+    state.open_nodes = sum(1 for nid in plan.nodes if state.nodes[nid].status not in NODE_TERMINAL)
+    return state

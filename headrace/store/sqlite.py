@@ -1,0 +1,425 @@
+"""SQLite store (embedded mode): WAL, one connection, called on the event loop.
+
+SQLite calls are short and local, so they run inline: a thread hop would cost more than the
+call. Durability is PRAGMA synchronous: NORMAL (default; survives a process crash, may lose
+the last commits on power loss) or FULL.
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from headrace.engine import RunState
+from headrace.errors import Conflict, NotFound
+from headrace.events import RUN_TERMINAL, Message, Timer, encode
+from headrace.spec import Plan, WorkflowIR, canonical_json, decode_ir, ir_hash, plan_from_json
+from headrace.store import rows
+from headrace.store.base import (
+    Committed,
+    NodeRecord,
+    OutboxEntry,
+    RunRecord,
+    StoredEvent,
+    Transition,
+    WorkflowRecord,
+)
+from headrace.store.migrate import upgrade
+
+_timer_dec = msgspec.json.Decoder(Timer)
+_RUN_SELECT = (
+    "SELECT status, version, seq, inputs, vars, signals, outputs, error, failed_node, "
+    "cost_cents, created_at, started_at, ended_at FROM runs WHERE run_id = ?"
+)
+_NODE_SELECT = (
+    "SELECT node_id, status, attempt, output, error, scheduled_at, started_at, ended_at, "
+    "cost_cents, width, launched, done FROM node_states"
+)
+_NODE_UPSERT = (
+    f"INSERT INTO node_states ({', '.join(rows.NODE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(rows.NODE_COLUMNS))}) ON CONFLICT (run_id, node_id) DO UPDATE "
+    "SET " + ", ".join(f"{c} = excluded.{c}" for c in rows.NODE_COLUMNS[4:])
+)
+_RUN_UPDATE = (
+    "UPDATE runs SET "
+    + ", ".join(f"{c} = ?" for c in rows.RUN_COLUMNS)
+    + " WHERE run_id = ? AND version = ?"
+)
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._db: sqlite3.Connection | None = None
+        self._plans: dict[str, Plan] = {}
+
+    @property
+    def description(self) -> str:
+        return f"sqlite(wal, synchronous={self.synchronous})"
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        upgrade(f"sqlite:///{self.path}")
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA busy_timeout=10000")
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # --- workflows ---
+
+    async def put_workflow(
+        self, ir: WorkflowIR, source: str, now_ms: int
+    ) -> tuple[WorkflowRecord, bool]:
+        digest = ir_hash(ir)
+        row = self.db.execute(
+            "SELECT ir_hash, created_at FROM workflows WHERE name = ? AND version = ?",
+            (ir.name, ir.version),
+        ).fetchone()
+        if row is not None:
+            if row[0] != digest:
+                raise Conflict(
+                    f"workflow {ir.tag} already exists with different content; "
+                    "register it under a new version"
+                )
+            return WorkflowRecord(ir.name, ir.version, digest, ir, row[1]), False
+        self.db.execute(
+            "INSERT INTO workflows (name, version, ir_hash, ir, source, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (ir.name, ir.version, digest, canonical_json(ir).decode(), source, now_ms),
+        )
+        return WorkflowRecord(ir.name, ir.version, digest, ir, now_ms), True
+
+    async def get_workflow(self, tag: str) -> WorkflowRecord:
+        name, _, version = tag.partition("@")
+        if version:
+            if not version.isdigit():
+                raise NotFound("workflow", tag)
+            row = self.db.execute(
+                "SELECT name, version, ir_hash, ir, created_at FROM workflows "
+                "WHERE name = ? AND version = ?",
+                (name, int(version)),
+            ).fetchone()
+        else:
+            row = self.db.execute(
+                "SELECT name, version, ir_hash, ir, created_at FROM workflows WHERE name = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+        if row is None:
+            raise NotFound("workflow", tag)
+        return _workflow(row)
+
+    async def list_workflows(self) -> list[WorkflowRecord]:
+        cur = self.db.execute(
+            "SELECT name, version, ir_hash, ir, created_at FROM workflows ORDER BY name, version"
+        )
+        return [_workflow(r) for r in cur.fetchall()]
+
+    def _plan(self, digest: str) -> Plan:
+        plan = self._plans.get(digest)
+        if plan is None:
+            row = self.db.execute(
+                "SELECT ir FROM workflows WHERE ir_hash = ? LIMIT 1", (digest,)
+            ).fetchone()
+            plan = self._plans[digest] = plan_from_json(row[0].encode())
+        return plan
+
+    # --- runs: the hot path ---
+
+    async def run_for_key(self, idempotency_key: str) -> str | None:
+        row = self.db.execute(
+            "SELECT run_id FROM runs WHERE idempotency_key = ?", (idempotency_key,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    async def commit(self, transitions: list[Transition]) -> Committed:
+        db = self.db
+        now = int(time.time() * 1000)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            applied = [t for t in transitions if self._write_run(t)]
+            outbox_ids = self._write_details(applied, now)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        for t in applied:
+            t.state.version += 1
+        conflicts = {t.state.run_id for t in transitions} - {t.state.run_id for t in applied}
+        return Committed(conflicts, outbox_ids)
+
+    def _write_run(self, t: Transition) -> bool:
+        s = t.state
+        values = rows.run_values(s)
+        if t.new:
+            try:
+                self.db.execute(
+                    "INSERT INTO runs (run_id, workflow_name, workflow_version, ir_hash, inputs, "
+                    "vars, created_at, idempotency_key, " + ", ".join(rows.RUN_COLUMNS) + ") "
+                    f"VALUES ({', '.join('?' * (8 + len(rows.RUN_COLUMNS)))})",
+                    (
+                        s.run_id,
+                        s.plan.ir.name,
+                        s.plan.ir.version,
+                        s.plan.ir_hash,
+                        rows.dumps(s.inputs),
+                        rows.dumps(s.vars),
+                        s.created_at_ms,
+                        t.idempotency_key,
+                        *values[:1],
+                        s.version + 1,
+                        *values[2:],
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                return False
+            return True
+        cur = self.db.execute(
+            _RUN_UPDATE, (*values[:1], s.version + 1, *values[2:], s.run_id, s.version)
+        )
+        return cur.rowcount == 1
+
+    def _write_details(self, applied: list[Transition], now: int) -> list[int]:
+        db = self.db
+        events, nodes, timers, fired, ended = [], [], [], [], []
+        messages: list[Message] = []
+        for t in applied:
+            s = t.state
+            events += [
+                (s.run_id, e.seq, type(e).__name__, e.at_ms, encode(e).decode()) for e in t.events
+            ]
+            nodes += [rows.node_values(s.run_id, nid, s.nodes[nid]) for nid in _touched(t)]
+            messages += t.messages
+            timers += [
+                (s.run_id, tm.timer_id, tm.due_at_ms, encode(tm).decode()) for tm in t.timers
+            ]
+            fired += [(s.run_id, tm.timer_id) for tm in t.fired]
+            if s.status in RUN_TERMINAL:
+                ended.append((s.run_id,))
+        db.executemany(
+            "INSERT INTO events (run_id, seq, type, at, data) VALUES (?, ?, ?, ?, ?)", events
+        )
+        db.executemany(_NODE_UPSERT, nodes)
+        db.executemany("DELETE FROM timers WHERE run_id = ? AND timer_id = ?", fired)
+        db.executemany(
+            "INSERT OR REPLACE INTO timers (run_id, timer_id, due_at, data) VALUES (?, ?, ?, ?)",
+            timers,
+        )
+        db.executemany("DELETE FROM timers WHERE run_id = ?", ended)
+        return self._write_outbox(messages, now) if messages else []
+
+    def _write_outbox(self, messages: list[Message], now: int) -> list[int]:
+        first = self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
+        self.db.executemany(
+            "INSERT INTO outbox (id, topic, key, payload, headers, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (first + i, m.topic, m.key, m.payload, rows.dumps(m.headers), now)
+                for i, m in enumerate(messages)
+            ],
+        )
+        return list(range(first, first + len(messages)))
+
+    async def load_run(self, run_id: str) -> RunState:
+        row = self.db.execute(
+            "SELECT ir_hash, status, version, seq, inputs, vars, signals, outputs, error, "
+            "failed_node, cost_cents, created_at, started_at, ended_at FROM runs "
+            "WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound("run", run_id)
+        nodes = self.db.execute(_NODE_SELECT + " WHERE run_id = ?", (run_id,)).fetchall()
+        return rows.rebuild(run_id, self._plan(row[0]), row[1:], [(n[0], n[1:]) for n in nodes])
+
+    # --- reads ---
+
+    async def get_run(self, run_id: str) -> tuple[RunRecord, list[NodeRecord]]:
+        record = self._run_record(run_id)
+        top = self.db.execute(
+            _NODE_SELECT + " WHERE run_id = ? AND parent IS NULL", (run_id,)
+        ).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for parent, status, n in self.db.execute(
+            "SELECT parent, status, COUNT(*) FROM node_states WHERE run_id = ? AND parent IS NOT "
+            "NULL GROUP BY parent, status",
+            (run_id,),
+        ):
+            counts.setdefault(parent, {})[status] = n
+        by_id = {r[0]: r for r in top}
+        plan = self._plan(record.ir_hash)
+        nodes = []
+        for nid in plan.order:
+            row = by_id.get(nid)
+            nodes.append(_node_record(nid, row[1:] if row else None, counts.get(nid)))
+        return record, nodes
+
+    def _run_record(self, run_id: str) -> RunRecord:
+        row = self.db.execute(
+            "SELECT run_id, workflow_name, workflow_version, ir_hash, status, inputs, outputs, "
+            "error, failed_node, cost_cents, seq, created_at, started_at, ended_at FROM runs "
+            "WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound("run", run_id)
+        return _run_record(row)
+
+    async def list_runs(
+        self, status: str | None, workflow: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[RunRecord], str | None]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if workflow:
+            name, _, version = workflow.partition("@")
+            where.append("workflow_name = ?")
+            args.append(name)
+            if version:
+                where.append("workflow_version = ?")
+                args.append(version)
+        if cursor:
+            created, run_id = _decode_cursor(cursor)
+            where.append("(created_at < ? OR (created_at = ? AND run_id < ?))")
+            args += [created, created, run_id]
+        sql = (
+            "SELECT run_id, workflow_name, workflow_version, ir_hash, status, inputs, outputs, "
+            "error, failed_node, cost_cents, seq, created_at, started_at, ended_at FROM runs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY created_at DESC, run_id DESC LIMIT ?"
+        )
+        found = [_run_record(r) for r in self.db.execute(sql, (*args, limit + 1))]
+        more = len(found) > limit
+        found = found[:limit]
+        next_cursor = _encode_cursor(found[-1]) if more and found else None
+        return found, next_cursor
+
+    async def list_children(
+        self, run_id: str, node_id: str, offset: int, limit: int
+    ) -> list[NodeRecord]:
+        cur = self.db.execute(
+            _NODE_SELECT + " WHERE run_id = ? AND parent = ? ORDER BY idx LIMIT ? OFFSET ?",
+            (run_id, node_id, limit, offset),
+        )
+        return [_node_record(r[0], r[1:], None) for r in cur]
+
+    async def read_events(self, run_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        cur = self.db.execute(
+            "SELECT seq, type, at, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq "
+            "LIMIT ?",
+            (run_id, after_seq, limit),
+        )
+        return [StoredEvent(r[0], r[1], r[2], r[3].encode()) for r in cur]
+
+    async def active_runs(self) -> list[str]:
+        cur = self.db.execute("SELECT run_id FROM runs WHERE status IN ('pending', 'running')")
+        return [r[0] for r in cur]
+
+    # --- outbox and timers ---
+
+    async def pending_outbox(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:
+        cur = self.db.execute(
+            "SELECT id, topic, key, payload, headers FROM outbox "
+            "WHERE created_at < ? ORDER BY id LIMIT ?",
+            (created_before_ms, limit),
+        )
+        return [OutboxEntry(r[0], Message(r[1], r[2], bytes(r[3]), rows.loads(r[4]))) for r in cur]
+
+    async def outbox_sent(self, ids: list[int]) -> None:
+        if ids:
+            self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    async def due_timers(self, now_ms: int, limit: int) -> list[Timer]:
+        cur = self.db.execute(
+            "SELECT data FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?", (now_ms, limit)
+        )
+        return [_timer_dec.decode(r[0]) for r in cur]
+
+    async def next_timer_at(self) -> int | None:
+        row = self.db.execute("SELECT MIN(due_at) FROM timers").fetchone()
+        return None if row[0] is None else int(row[0])
+
+
+def _touched(t: Transition) -> list[str]:
+    """The nodes a transition's events changed (their rows are rewritten)."""
+    ids: dict[str, None] = {}
+    for e in t.events:
+        node_id = getattr(e, "node_id", None)
+        if isinstance(node_id, str):
+            ids[node_id] = None
+    return list(ids)
+
+
+def _workflow(row: Any) -> WorkflowRecord:
+    return WorkflowRecord(row[0], row[1], row[2], decode_ir(row[3].encode()), row[4])
+
+
+def _run_record(r: Any) -> RunRecord:
+    return RunRecord(
+        run_id=r[0],
+        workflow_tag=f"{r[1]}@{r[2]}",
+        ir_hash=r[3],
+        status=r[4],
+        inputs=rows.loads(r[5]),
+        outputs=rows.loads(r[6]),
+        error=rows.load_error(r[7]),
+        failed_node=r[8],
+        cost_cents=r[9],
+        seq=r[10],
+        created_at_ms=r[11],
+        started_at_ms=r[12],
+        ended_at_ms=r[13],
+    )
+
+
+def _node_record(node_id: str, row: Any, children: dict[str, int] | None) -> NodeRecord:
+    if row is None:
+        return NodeRecord(node_id, "pending", 0, None, None, None, None, None, 0)
+    n = rows.node_from_row(row)
+    return NodeRecord(
+        node_id,
+        n.status,
+        n.attempt,
+        n.output,
+        n.error,
+        n.scheduled_at_ms,
+        n.started_at_ms,
+        n.ended_at_ms,
+        n.cost_cents,
+        n.width,
+        children if n.width is not None else None,
+    )
+
+
+def _encode_cursor(r: RunRecord) -> str:
+    return base64.urlsafe_b64encode(f"{r.created_at_ms}:{r.run_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    from headrace.errors import InputError
+
+    try:
+        created, _, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        return int(created), run_id
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("cursor", "is not a cursor this API returned") from None
