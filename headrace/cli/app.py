@@ -16,7 +16,9 @@ import typer
 from rich.console import Console
 
 from headrace.api.views import run_summary
+from headrace.cli.client import runs_app, workflows_app
 from headrace.cli.inputs import parse_inputs
+from headrace.cli.output import err, fail
 from headrace.cli.progress import follow
 from headrace.config import load_settings
 from headrace.errors import Conflict, InputError, NotFound, SpecError
@@ -30,7 +32,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-err = Console(stderr=True)
+app.add_typer(workflows_app, name="workflows")
+app.add_typer(runs_app, name="runs")
 
 TasksOption = Annotated[
     str | None,
@@ -38,11 +41,6 @@ TasksOption = Annotated[
         "--tasks", help="Comma-separated modules task nodes may name (or HEADRACE_TASKS)."
     ),
 ]
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 @app.command()
@@ -105,6 +103,38 @@ def _print_result(console: Console, summary: dict[str, Any]) -> None:
         console.print(f"error: {summary['error']['message']}", highlight=False)
     if summary["outputs"] is not None:
         console.print_json(json.dumps(summary["outputs"]))
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option("--port", help="HTTP port of the API.")] = 8080,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    tasks: TasksOption = None,
+) -> None:
+    """The API and every loop in one process, on SQLite (HEADRACE_DATABASE_URL)."""
+    try:
+        settings = load_settings(tasks=tasks)
+        asyncio.run(_dev(settings, host, port))
+    except InputError as e:
+        raise fail(str(e)) from None
+
+
+async def _dev(settings: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    from headrace.api.app import create_app
+
+    async with Embedded(settings) as rt:
+        config = uvicorn.Config(
+            create_app(rt), host=host, port=port, log_level="warning", lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        err.print(
+            f"headrace dev: API on http://{host}:{port} (docs: /docs), "
+            f"store {settings.database_url}, tasks {settings.tasks or '-'}",
+            highlight=False,
+        )
+        await server.serve()
 
 
 @db_app.command("upgrade")

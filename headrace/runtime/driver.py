@@ -8,9 +8,10 @@ this process, and the store's version check makes it exactly-once across process
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,9 @@ from headrace.errors import Conflict, InfraError
 from headrace.events import RUN_TERMINAL, Message, Timer, encode
 from headrace.runtime.clock import now_ms
 from headrace.runtime.hub import Hub
+from headrace.runtime.metrics import Metrics
 from headrace.spec import Plan
-from headrace.store import Store, Transition
+from headrace.store import Committed, Store, Transition
 
 MAX_CONFLICT_RETRIES = 5
 
@@ -49,22 +51,22 @@ def messages_of(run_id: str, decision: Decision) -> list[Message]:
 
 class Driver:
     def __init__(
-        self,
-        store: Store,
-        bus: Bus,
-        hub: Hub,
-        *,
-        cache_size: int = 10_000,
-        on_commit: Callable[[list[Transition]], None] | None = None,
+        self, store: Store, bus: Bus, hub: Hub, metrics: Metrics, *, cache_size: int = 10_000
     ) -> None:
         self.store = store
         self.bus = bus
         self.hub = hub
+        self.metrics = metrics
         self.cache: OrderedDict[str, RunState] = OrderedDict()
         self.cache_size = cache_size
         self.lock = asyncio.Lock()
-        self.on_commit = on_commit
         self.timers_changed = asyncio.Event()
+
+    async def _commit(self, transitions: list[Transition]) -> Committed:
+        started = time.perf_counter()
+        committed = await self.store.commit(transitions)
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        return committed
 
     async def start_run(
         self,
@@ -90,7 +92,7 @@ class Driver:
             idempotency_key=idempotency_key,
         )
         async with self.lock:
-            committed = await self.store.commit([t])
+            committed = await self._commit([t])
         if committed.conflicts:  # a concurrent request with the same key won
             assert idempotency_key is not None
             existing = await self.store.run_for_key(idempotency_key)
@@ -130,7 +132,7 @@ class Driver:
                     self._collect(batch, state, decision, fired)
                     batch.applied.append((run_id, Applied(state, decision)))
                 todo = [t for t in batch.transitions.values() if t.events or t.fired]
-                committed = await self.store.commit(todo)
+                committed = await self._commit(todo)
             except BaseException:
                 for run_id in batch.transitions:  # their cached states hold uncommitted events
                     self.cache.pop(run_id, None)
@@ -183,8 +185,7 @@ class Driver:
                 self.cache.pop(t.state.run_id, None)
         if any(t.timers for t in transitions):
             self.timers_changed.set()
-        if self.on_commit is not None:
-            self.on_commit(transitions)
+        self.metrics.observe(transitions)
 
     async def republish_in_flight(self) -> int:
         """Publish again the jobs of every running run (after a non-durable bus lost them)."""

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-from headrace.bus import Bus
+from headrace.bus import Bus, MemoryBus
+from headrace.bus.topics import JOB_LANES
 from headrace.config import Settings
-from headrace.errors import InputError
 from headrace.nodes import AgentExecutor, HttpExecutor, NodeExecutor, TaskRegistry
+from headrace.runtime.clock import now_ms
 from headrace.runtime.coordinator import Coordinator
 from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
+from headrace.runtime.metrics import Metrics
 from headrace.runtime.relay import Relay
 from headrace.runtime.worker import Worker
 from headrace.services.adapters import build_bus, build_store
@@ -39,7 +42,8 @@ class Embedded:
         self.store = store or build_store(settings)
         self.bus = bus or build_bus(settings)
         self.hub = Hub()
-        self.driver = Driver(self.store, self.bus, self.hub)
+        self.metrics = Metrics()
+        self.driver = Driver(self.store, self.bus, self.hub, self.metrics)
         self.secrets = settings.all_secrets()
         self.tasks = TaskRegistry(settings.task_modules)
         self.http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
@@ -53,6 +57,10 @@ class Embedded:
             self.bus, self.executors, self.secrets, concurrency=settings.worker_concurrency
         )
         self.relay = Relay(self.store, self.bus)
+        if isinstance(self.bus, MemoryBus):
+            bus = self.bus
+            for lane in JOB_LANES:
+                self.metrics.watch_depth(lane, functools.partial(bus.depth, lane))
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Embedded:
@@ -94,8 +102,6 @@ class Embedded:
                 raise RuntimeError(f"{task.get_name()} stopped") from task.exception()
 
     async def register(self, ir: WorkflowIR, source: str) -> tuple[WorkflowRecord, bool]:
-        from headrace.runtime.clock import now_ms
-
         return await self.store.put_workflow(ir, source, now_ms())
 
     async def start(
@@ -124,11 +130,3 @@ class Embedded:
                 raise TimeoutError(f"run {run_id} still {record.status}")
             self.check_failed()
             seq = await self.hub.wait(run_id, max(seq, record.seq), 0.5)
-
-
-def parse_tasks_option(value: str | None) -> str | None:
-    if value is not None and not all(
-        p.strip().replace(".", "").replace("_", "").isalnum() for p in value.split(",") if p.strip()
-    ):
-        raise InputError("tasks", f"expected comma-separated module names, got {value!r}")
-    return value

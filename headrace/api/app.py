@@ -1,0 +1,238 @@
+"""The REST API (FastAPI): workflows, runs, signals, event streams, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol
+
+import msgspec
+from fastapi import FastAPI, Header, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from headrace.api import views
+from headrace.api.limits import BodyLimit
+from headrace.api.problems import on_headrace_error, on_validation_error, problem
+from headrace.api.streams import follow_events, sse
+from headrace.config import Settings
+from headrace.engine import Cancel, Signal
+from headrace.errors import HeadraceError, InputError, NotFound
+from headrace.events import RUN_TERMINAL
+from headrace.runtime.clock import now_ms
+from headrace.runtime.driver import Driver
+from headrace.runtime.hub import Hub
+from headrace.runtime.metrics import Metrics
+from headrace.spec import Plan, WorkflowIR, parse_workflow
+from headrace.store import Store, WorkflowRecord
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
+RunStatusFilter = Literal["pending", "running", "completed", "failed", "cancelled"]
+
+
+class Backend(Protocol):
+    """What the API needs from the process it runs in."""
+
+    settings: Settings
+    store: Store
+    driver: Driver
+    hub: Hub
+    metrics: Metrics
+
+    async def register(self, ir: WorkflowIR, source: str) -> tuple[WorkflowRecord, bool]: ...
+
+    async def start(
+        self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
+    ) -> str: ...
+
+    async def plan(self, tag: str) -> Plan: ...
+
+
+class StartRun(BaseModel):
+    model_config = {"extra": "forbid"}
+    workflow_tag: str = Field(min_length=1, max_length=200)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class SignalBody(BaseModel):
+    model_config = {"extra": "forbid"}
+    payload: Any = None
+
+
+def create_app(backend: Backend) -> FastAPI:
+    app = FastAPI(
+        title="headrace",
+        version="0.1.0",
+        description="Durable workflows: register, run, signal, watch.",
+    )
+    app.add_exception_handler(HeadraceError, on_headrace_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_middleware(BodyLimit, max_bytes=backend.settings.max_body_bytes)
+    store = backend.store
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(backend.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/workflows", status_code=201)
+    async def register_workflow(request: Request) -> JSONResponse:
+        """Register a workflow (YAML or JSON body). Identical content again: 200."""
+        raw = await request.body()
+        try:
+            source = raw.decode()
+        except UnicodeDecodeError:
+            return problem(400, "the body must be UTF-8 YAML or JSON")
+        ir = parse_workflow(source)
+        record, created = await backend.register(ir, source)
+        return JSONResponse(views.workflow_view(record), status_code=201 if created else 200)
+
+    @app.get("/v1/workflows")
+    async def list_workflows() -> dict[str, Any]:
+        return {"items": [views.workflow_view(w) for w in await store.list_workflows()]}
+
+    @app.get("/v1/workflows/{tag}")
+    async def get_workflow(tag: str) -> dict[str, Any]:
+        record = await store.get_workflow(tag)
+        return {**views.workflow_view(record), "ir": msgspec.to_builtins(record.ir)}
+
+    @app.post("/v1/runs", status_code=201)
+    async def start_run(
+        body: StartRun, idempotency_key: str | None = Header(None, max_length=200)
+    ) -> Any:
+        """Start a run. The same Idempotency-Key gives the same run (200), never a second."""
+        if idempotency_key is not None:
+            existing = await store.run_for_key(idempotency_key)
+            if existing is not None:
+                record, _ = await store.get_run(existing)
+                return JSONResponse({"run_id": existing, "status": record.status})
+        plan = await backend.plan(body.workflow_tag)
+        run_id = await backend.start(plan, body.inputs, idempotency_key)
+        record, _ = await store.get_run(run_id)
+        return {"run_id": run_id, "status": record.status}
+
+    @app.get("/v1/runs")
+    async def list_runs(
+        status: RunStatusFilter | None = None,
+        workflow: str | None = None,
+        limit: int = Query(50, ge=1, le=1000),
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        items, next_cursor = await store.list_runs(status, workflow, limit, cursor)
+        return {"items": [views.run_item(r) for r in items], "next_cursor": next_cursor}
+
+    @app.get("/v1/runs/{run_id}")
+    async def get_run(run_id: str) -> dict[str, Any]:
+        record, nodes = await store.get_run(_run_id(run_id))
+        return views.run_view(record, nodes)
+
+    @app.get("/v1/runs/{run_id}/nodes/{node_id}")
+    async def get_node(
+        run_id: str,
+        node_id: str,
+        offset: int = Query(0, ge=0),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> dict[str, Any]:
+        """One node; for a map node, its children one page at a time."""
+        record, nodes = await store.get_run(_run_id(run_id))
+        node = next((n for n in nodes if n.node_id == node_id), None)
+        if node is None:
+            raise NotFound("node", node_id)
+        view: dict[str, Any] = {"node_id": node_id, **views.node_view(node)}
+        if node.width is not None:
+            children = await store.list_children(record.run_id, node_id, offset, limit)
+            view["items"] = [views.child_view(c) for c in children]
+            more = offset + limit < (node.children or {}).get("total", node.width)
+            view["next_offset"] = offset + limit if more and children else None
+        return view
+
+    @app.post("/v1/runs/{run_id}/cancel")
+    async def cancel_run(run_id: str) -> dict[str, Any]:
+        """Cancel a run; cancelling a finished run changes nothing and answers 200 again."""
+        rid = _run_id(run_id)
+        await store.get_run(rid)
+        await backend.driver.apply([(rid, Cancel(at_ms=now_ms()))])
+        record, _ = await store.get_run(rid)
+        return {"run_id": rid, "status": record.status}
+
+    @app.post("/v1/runs/{run_id}/signals/{name}", status_code=202)
+    async def signal_run(run_id: str, name: str, body: SignalBody | None = None) -> Any:
+        """Deliver a signal; kept for a `wait` not yet reached. 409 once the run has ended."""
+        rid = _run_id(run_id)
+        if not _NAME.match(name):
+            raise InputError("name", "a signal name is letters, digits, '_' or '-'")
+        record, _ = await store.get_run(rid)
+        payload = body.payload if body is not None else None
+        if record.status not in RUN_TERMINAL:
+            applied = await backend.driver.apply([(rid, Signal(name, payload, now_ms()))])
+            if applied and applied[0][1].decision.events:
+                return {"run_id": rid, "signal": name, "accepted": True}
+        return problem(409, f"run {rid} has ended ({record.status}); signals are refused")
+
+    @app.get("/v1/runs/{run_id}/events")
+    async def run_events(
+        request: Request,
+        run_id: str,
+        after: int | None = Query(None, ge=0),
+        last_event_id: str | None = Header(None),
+    ) -> StreamingResponse:
+        """Server-Sent Events: replay after `after` (or Last-Event-ID), then live."""
+        rid = _run_id(run_id)
+        await store.get_run(rid)
+        start = after if after is not None else _last_event_id(last_event_id)
+
+        async def stream() -> AsyncIterator[bytes]:
+            async for event in follow_events(store, backend.hub, rid, start):
+                if await request.is_disconnected():
+                    return
+                yield b": keep-alive\n\n" if event is None else sse(event)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    @app.websocket("/v1/runs/{run_id}/stream")
+    async def run_stream(websocket: WebSocket, run_id: str, after: int = 0) -> None:
+        """The same events over WebSocket: one JSON message per event, then close."""
+        try:
+            rid = _run_id(run_id)
+            await store.get_run(rid)
+        except NotFound:
+            await websocket.close(code=4404, reason="run not found")
+            return
+        await websocket.accept()
+        try:
+            async for event in follow_events(store, backend.hub, rid, after):
+                if event is not None:
+                    await websocket.send_text(
+                        json.dumps(
+                            {"seq": event.seq, "type": event.type, "data": json.loads(event.data)}
+                        )
+                    )
+            await websocket.close()
+        except WebSocketDisconnect:
+            return
+
+    return app
+
+
+def _run_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise NotFound("run", text) from None
+
+
+def _last_event_id(value: str | None) -> int:
+    if value is None:
+        return 0
+    if not value.isdigit():
+        raise InputError("Last-Event-ID", "must be an event sequence number")
+    return int(value)

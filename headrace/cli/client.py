@@ -1,0 +1,192 @@
+"""`headrace workflows ...` and `headrace runs ...`: the REST API from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from headrace.cli.output import fail, show
+from headrace.errors import InputError
+from headrace.spec import load_text
+
+UrlOption = Annotated[
+    str, typer.Option("--url", envvar="HEADRACE_URL", help="The API (or HEADRACE_URL).")
+]
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+workflows_app = typer.Typer(help="Register and read workflows.", no_args_is_help=True)
+runs_app = typer.Typer(help="Start, read, cancel, signal and watch runs.", no_args_is_help=True)
+
+
+def _call(method: str, url: str, path: str, **kwargs: Any) -> Any:
+    try:
+        with httpx.Client(base_url=url, timeout=30, trust_env=False) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as e:
+        raise fail(f"cannot reach the API at {url}: {e}") from None
+    body = response.json() if response.content else None
+    if response.status_code >= 400:
+        detail = body.get("detail") if isinstance(body, dict) else response.text
+        raise fail(f"{response.status_code}: {detail}", 1 if response.status_code >= 500 else 2)
+    return body
+
+
+@workflows_app.command("register")
+def register(file: Path, url: UrlOption = DEFAULT_URL) -> None:
+    """Register a workflow file (YAML or JSON)."""
+    try:
+        content = file.read_bytes()
+    except OSError as e:
+        raise fail(f"cannot read {file}: {e.strerror}") from None
+    show(
+        _call(
+            "POST",
+            url,
+            "/v1/workflows",
+            content=content,
+            headers={"Content-Type": "application/yaml"},
+        )
+    )
+
+
+@workflows_app.command("list")
+def list_workflows(url: UrlOption = DEFAULT_URL) -> None:
+    """List registered workflows."""
+    show(_call("GET", url, "/v1/workflows"))
+
+
+@workflows_app.command("show")
+def show_workflow(tag: str, url: UrlOption = DEFAULT_URL) -> None:
+    """Show a workflow (`name@version`, or `name` for the newest) with its IR."""
+    show(_call("GET", url, f"/v1/workflows/{tag}"))
+
+
+@runs_app.command("start")
+def start(
+    tag: str,
+    input: Annotated[
+        list[str] | None, typer.Option("-i", "--input", help="key=value (JSON)")
+    ] = None,
+    input_file: Annotated[Path | None, typer.Option("--input-file")] = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Start a run of a registered workflow."""
+    inputs = _inputs(input or [], input_file)
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    show(
+        _call(
+            "POST", url, "/v1/runs", json={"workflow_tag": tag, "inputs": inputs}, headers=headers
+        )
+    )
+
+
+def _inputs(pairs: list[str], input_file: Path | None) -> dict[str, Any]:
+    try:
+        inputs: dict[str, Any] = {}
+        if input_file is not None:
+            data = load_text(input_file.read_text()) if input_file.exists() else None
+            if data is None:
+                raise InputError("--input-file", f"cannot read {input_file}")
+            inputs.update(data)
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            if not sep or not key:
+                raise InputError("-i", f"expected key=value, got {pair!r}")
+            try:
+                inputs[key] = json.loads(raw)
+            except ValueError:
+                inputs[key] = raw
+        return inputs
+    except Exception as e:
+        raise fail(str(e)) from None
+
+
+@runs_app.command("get")
+def get(run_id: str, url: UrlOption = DEFAULT_URL) -> None:
+    """Show a run: status, nodes, outputs."""
+    show(_call("GET", url, f"/v1/runs/{run_id}"))
+
+
+@runs_app.command("list")
+def list_runs(
+    status: Annotated[str | None, typer.Option("--status")] = None,
+    workflow: Annotated[str | None, typer.Option("--workflow")] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 50,
+    cursor: Annotated[str | None, typer.Option("--cursor")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """List runs, newest first."""
+    params = {
+        k: v
+        for k, v in {
+            "status": status,
+            "workflow": workflow,
+            "limit": limit,
+            "cursor": cursor,
+        }.items()
+        if v is not None
+    }
+    show(_call("GET", url, "/v1/runs", params=params))
+
+
+@runs_app.command("cancel")
+def cancel(run_id: str, url: UrlOption = DEFAULT_URL) -> None:
+    """Cancel a run (again is fine)."""
+    show(_call("POST", url, f"/v1/runs/{run_id}/cancel"))
+
+
+@runs_app.command("signal")
+def signal(
+    run_id: str,
+    name: str,
+    payload: Annotated[str | None, typer.Option("--payload", help="JSON")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Send a signal to a run (e.g. `approval`)."""
+    try:
+        value = json.loads(payload) if payload is not None else None
+    except ValueError as e:
+        raise fail(f"--payload: not JSON: {e}") from None
+    show(_call("POST", url, f"/v1/runs/{run_id}/signals/{name}", json={"payload": value}))
+
+
+@runs_app.command("events")
+def events(run_id: str, after: int = 0, url: UrlOption = DEFAULT_URL) -> None:
+    """Print a run's events so far as JSON lines."""
+    _stream(url, run_id, after, follow=False)
+
+
+@runs_app.command("watch")
+def watch(run_id: str, after: int = 0, url: UrlOption = DEFAULT_URL) -> None:
+    """Follow a run's events live until it ends; exit 0 if it completed, else 1."""
+    final = _stream(url, run_id, after, follow=True)
+    raise typer.Exit(0 if final == "RunCompleted" else 1)
+
+
+def _stream(url: str, run_id: str, after: int, *, follow: bool) -> str | None:
+    last: str | None = None
+    try:
+        with (
+            httpx.Client(base_url=url, timeout=None, trust_env=False) as client,
+            client.stream("GET", f"/v1/runs/{run_id}/events", params={"after": after}) as r,
+        ):
+            if r.status_code >= 400:
+                r.read()
+                raise fail(f"{r.status_code}: {r.json().get('detail')}")
+            kind = ""
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    print(json.dumps({"type": kind, **json.loads(line[6:])}), flush=True)
+                    last = kind
+                elif line.startswith(":") and not follow:
+                    break
+    except httpx.HTTPError as e:
+        raise fail(f"cannot reach the API at {url}: {e}") from None
+    return last

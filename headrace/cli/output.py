@@ -1,0 +1,21 @@
+"""Printing and failing, the same way in every command."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print `message` on stderr; the caller raises the returned Exit."""
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def show(value: Any) -> None:
+    print(json.dumps(value, indent=2))
