@@ -430,17 +430,31 @@ def compile_expr(source: str) -> Expr:
         raise ExprError("empty expression")
     try:
         tree = ast.parse(text, mode="eval")
+        inner = _Compiler(text).compile(tree.body)
     except SyntaxError as e:
         raise ExprError(f"syntax error in `{text}`: {e.msg}") from None
-    evaluate = _Compiler(text).compile(tree.body)
+    except RecursionError:
+        raise ExprError(f"expression is nested too deeply: `{text[:80]}`") from None
+
+    def evaluate(ctx: Mapping[str, Any]) -> Any:
+        try:
+            return inner(ctx)
+        except ExprError:
+            raise
+        except (TypeError, ValueError, ArithmeticError, RecursionError) as e:
+            # e.g. an unhashable key ({[1]: 2}), int(1e999), a huge int / 3
+            raise ExprError(f"cannot evaluate `{text}`: {e}") from e
+
     return Expr(text, _refs(tree), evaluate)
 
 
 def _refs(tree: ast.AST) -> frozenset[Ref]:
     """The names an expression reads, with the key read from each where it is literal."""
     refs: set[Ref] = set()
-    bases: set[int] = set()
+    bases: set[int] = set()  # Name nodes that are not reads: bases of refs, called functions
     for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            bases.add(id(node.func))
         base = getattr(node, "value", None)
         if not isinstance(base, ast.Name):
             continue

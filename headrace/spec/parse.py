@@ -338,9 +338,8 @@ def _parse_http(
     if "url" not in raw:
         raise SpecError(f"{path}.url", "is required")
     method = raw.get("method", "GET")
-    if (
-        isinstance(method, str)
-        and "${{" not in method
+    if not isinstance(method, str) or (
+        "${{" not in method
         and method.upper() not in {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
     ):
         raise SpecError(f"{path}.method", f"unknown HTTP method {method!r}")

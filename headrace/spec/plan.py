@@ -57,7 +57,7 @@ class Plan:
                 extra = sorted(set(inputs) - set(self.ir.inputs))
                 raise InputError(f"inputs.{extra[0]}", "is not an input of this workflow")
             if err.validator == "required":
-                missing = sorted(set(self.ir.inputs) - set(inputs))
+                missing = sorted(set(self.input_schema["required"]) - set(inputs))
                 raise InputError(f"inputs.{missing[0]}", "is required")
             raise InputError(path, err.message)
 

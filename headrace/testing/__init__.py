@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: task functions and in-process servers."""

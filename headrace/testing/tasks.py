@@ -1,0 +1,53 @@
+"""Task functions for tests and benchmarks (`--tasks headrace.testing.tasks`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from headrace.errors import NodeError
+
+_calls: dict[str, int] = {}
+
+
+async def noop(**kwargs: Any) -> None:
+    """Does nothing: the cost of the runtime alone."""
+
+
+def sync_noop(**kwargs: Any) -> None:
+    """Does nothing, as a plain function (runs in a thread)."""
+
+
+def echo(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
+
+
+async def sleep(seconds: float, **kwargs: Any) -> dict[str, Any]:
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+
+
+def block(seconds: float) -> dict[str, Any]:
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+def fail_times(key: str, times: int) -> dict[str, Any]:
+    """Raise on the first `times` calls for `key` in this process, then succeed."""
+    _calls[key] = _calls.get(key, 0) + 1
+    if _calls[key] <= times:
+        raise RuntimeError(f"failure {_calls[key]} of {times} for {key}")
+    return {"key": key, "calls": _calls[key]}
+
+
+def boom(message: str = "boom") -> None:
+    raise RuntimeError(message)
+
+
+def permanent(message: str = "no retry") -> None:
+    raise NodeError("permanent", message, retryable=False)
+
+
+def add(a: float, b: float) -> dict[str, float]:
+    return {"sum": a + b}
