@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(256, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+    crash_at: str | None = Field(
+        None,
+        description="tests only: NAME[:N] makes this process SIGKILL itself the Nth "
+        "time it reaches crash point NAME (after_commit, after_execute)",
+    )
 
     @field_validator("tasks")
     @classmethod

@@ -36,7 +36,7 @@ def problem(status: int, detail: str, path: str | None = None, **extra: Any) -> 
 
 def from_error(e: HeadraceError) -> JSONResponse:
     if isinstance(e, SpecError | InputError):
-        return problem(422, str(e), e.path)
+        return problem(422, str(e), e.path or None)
     if isinstance(e, NotFound):
         return problem(404, str(e))
     if isinstance(e, Conflict):

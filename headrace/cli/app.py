@@ -15,15 +15,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from headrace.api.views import run_summary
 from headrace.cli.client import runs_app, workflows_app
-from headrace.cli.inputs import parse_inputs
 from headrace.cli.output import err, fail
-from headrace.cli.progress import follow
 from headrace.config import load_settings
 from headrace.errors import Conflict, InputError, NotFound, SpecError
-from headrace.services.embedded import Embedded
-from headrace.spec import parse_workflow, plan_of
+
+# The runtime (store, server, executors) is imported by the commands that run it, so the
+# API client commands start quickly.
 
 app = typer.Typer(
     help="headrace: durable workflows, from one laptop to a cluster.",
@@ -59,6 +57,9 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a workflow to completion in this process (SQLite + in-process bus)."""
+    from headrace.cli.inputs import parse_inputs
+    from headrace.spec import parse_workflow, plan_of
+
     try:
         source = file.read_text()
     except OSError as e:
@@ -67,7 +68,7 @@ def run(
         settings = load_settings(tasks=tasks)
         ir = parse_workflow(source)
         plan = plan_of(ir)
-        inputs = parse_inputs(plan, input or [], input_file)
+        inputs = parse_inputs(ir.inputs, input or [], input_file)
         plan.validate_inputs(inputs)
         summary = asyncio.run(_run(settings, ir, source, inputs, as_json))
     except (SpecError, InputError, Conflict, NotFound) as e:
@@ -80,6 +81,11 @@ def run(
 async def _run(
     settings: Any, ir: Any, source: str, inputs: dict[str, Any], as_json: bool
 ) -> dict[str, Any]:
+    from headrace.api.views import run_summary
+    from headrace.cli.progress import follow
+    from headrace.services.embedded import Embedded
+    from headrace.spec import plan_of
+
     console = Console()
     async with Embedded(settings) as rt:
         await rt.register(ir, source)
@@ -120,10 +126,20 @@ def dev(
 
 
 async def _dev(settings: Any, host: str, port: int) -> None:
+    import logging
+    import signal
+
     import uvicorn
 
     from headrace.api.app import create_app
+    from headrace.services.embedded import Embedded
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # uvicorn re-raises the SIGTERM it handled once it has stopped; with this no-op handler
+    # that reaches nothing, so the runtime below still shuts down cleanly (exit 0).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     async with Embedded(settings) as rt:
         config = uvicorn.Config(
             create_app(rt), host=host, port=port, log_level="warning", lifespan="off"

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from headrace.cli.inputs import parse_inputs
 from headrace.cli.output import fail, show
 from headrace.errors import InputError
-from headrace.spec import load_text
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="HEADRACE_URL", help="The API (or HEADRACE_URL).")
@@ -28,11 +28,22 @@ def _call(method: str, url: str, path: str, **kwargs: Any) -> Any:
             response = client.request(method, path, **kwargs)
     except httpx.HTTPError as e:
         raise fail(f"cannot reach the API at {url}: {e}") from None
-    body = response.json() if response.content else None
     if response.status_code >= 400:
-        detail = body.get("detail") if isinstance(body, dict) else response.text
-        raise fail(f"{response.status_code}: {detail}", 1 if response.status_code >= 500 else 2)
-    return body
+        raise fail(
+            f"{response.status_code}: {_detail(response)}", 1 if response.status_code >= 500 else 2
+        )
+    try:
+        return response.json() if response.content else None
+    except ValueError:
+        raise fail(f"the API at {url} answered something that is not JSON") from None
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    return str(body.get("detail")) if isinstance(body, dict) else str(body)
 
 
 @workflows_app.command("register")
@@ -76,7 +87,8 @@ def start(
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Start a run of a registered workflow."""
-    inputs = _inputs(input or [], input_file)
+    schemas = (_call("GET", url, f"/v1/workflows/{tag}") or {}).get("ir", {}).get("inputs", {})
+    inputs = _inputs(schemas, input or [], input_file)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     show(
         _call(
@@ -85,24 +97,10 @@ def start(
     )
 
 
-def _inputs(pairs: list[str], input_file: Path | None) -> dict[str, Any]:
+def _inputs(schemas: dict[str, Any], pairs: list[str], input_file: Path | None) -> dict[str, Any]:
     try:
-        inputs: dict[str, Any] = {}
-        if input_file is not None:
-            data = load_text(input_file.read_text()) if input_file.exists() else None
-            if data is None:
-                raise InputError("--input-file", f"cannot read {input_file}")
-            inputs.update(data)
-        for pair in pairs:
-            key, sep, raw = pair.partition("=")
-            if not sep or not key:
-                raise InputError("-i", f"expected key=value, got {pair!r}")
-            try:
-                inputs[key] = json.loads(raw)
-            except ValueError:
-                inputs[key] = raw
-        return inputs
-    except Exception as e:
+        return parse_inputs(schemas, pairs, input_file)
+    except InputError as e:
         raise fail(str(e)) from None
 
 
@@ -177,7 +175,7 @@ def _stream(url: str, run_id: str, after: int, *, follow: bool) -> str | None:
         ):
             if r.status_code >= 400:
                 r.read()
-                raise fail(f"{r.status_code}: {r.json().get('detail')}")
+                raise fail(f"{r.status_code}: {_detail(r)}")
             kind = ""
             for line in r.iter_lines():
                 if line.startswith("event: "):

@@ -9,10 +9,11 @@ from typing import Any
 import yaml
 
 from headrace.errors import InputError
-from headrace.spec import Plan
 
 
-def parse_inputs(plan: Plan, pairs: list[str], input_file: Path | None) -> dict[str, Any]:
+def parse_inputs(
+    schemas: dict[str, Any], pairs: list[str], input_file: Path | None
+) -> dict[str, Any]:
     """File values first, then `-i` values; a value is JSON unless its input is a string."""
     inputs: dict[str, Any] = {}
     if input_file is not None:
@@ -27,7 +28,7 @@ def parse_inputs(plan: Plan, pairs: list[str], input_file: Path | None) -> dict[
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise InputError("-i", f"expected key=value, got {pair!r}")
-        inputs[key] = _value(plan.ir.inputs.get(key, {}), raw)
+        inputs[key] = _value(schemas.get(key, {}), raw)
     return inputs
 
 

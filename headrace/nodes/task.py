@@ -26,7 +26,9 @@ class TaskRegistry:
             try:
                 self.modules[name] = importlib.import_module(name)
             except ImportError as e:
-                raise InputError("tasks", f"cannot import task module {name!r}: {e}") from None
+                raise InputError(
+                    "--tasks/HEADRACE_TASKS", f"cannot import task module {name!r}: {e}"
+                ) from None
         self._cache: dict[str, tuple[Callable[..., Any], inspect.Signature]] = {}
 
     def resolve(self, name: str) -> tuple[Callable[..., Any], inspect.Signature]:
@@ -35,16 +37,16 @@ class TaskRegistry:
             return found
         module_name, _, fn_name = name.rpartition(".")
         module = self.modules.get(module_name)
-        fn = getattr(module, fn_name, None) if module and not fn_name.startswith("_") else None
-        if not callable(fn):
+        fn: Any = getattr(module, fn_name, None) if module and not fn_name.startswith("_") else None
+        if fn is None or not _defined_in(fn, module_name):
             listed = ", ".join(self.modules) or "none; use --tasks or HEADRACE_TASKS"
             raise NodeError(
                 "unknown_task",
                 f"task {name!r} is not a function of the task modules ({listed})",
                 retryable=False,
             )
-        found = self._cache[name] = (fn, inspect.signature(fn))
-        return found
+        self._cache[name] = (fn, inspect.signature(fn))
+        return self._cache[name]
 
     async def run(self, job: Job) -> Outcome:
         assert job.task is not None
@@ -64,6 +66,14 @@ class TaskRegistry:
         except Exception as e:
             raise NodeError("task_error", f"{type(e).__name__}: {e}", retryable=True) from e
         return Outcome(_json_safe(job.task, result))
+
+
+def _defined_in(fn: Any, module_name: str) -> bool:
+    """Only functions the module itself defines are tasks: not what it imports."""
+    if not inspect.isfunction(fn):
+        return False
+    home = getattr(fn, "__module__", "") or ""
+    return home == module_name or home.startswith(module_name + ".")
 
 
 def _json_safe(name: str, value: Any) -> Any:

@@ -11,6 +11,7 @@ import msgspec
 from headrace.bus import Bus, Delivery
 from headrace.bus.topics import RESULTS
 from headrace.engine import Command, Complete, Fail, Fire, MarkStarted
+from headrace.errors import InfraError
 from headrace.events import Finished, Started, decode_result
 from headrace.runtime.clock import now_ms
 from headrace.runtime.driver import Driver
@@ -60,8 +61,28 @@ class Coordinator:
             if not deliveries:
                 continue
             commands = [c for c in map(command_of, deliveries) if c is not None]
-            await self.driver.apply(commands)
+            await self.apply(commands)
             await self.bus.ack(GROUP, deliveries)
+
+    async def apply(self, commands: list[tuple[str, Command]]) -> None:
+        """Apply a batch; while the store is down, retry it. A command that fails on its own
+        for any other reason is logged and dropped, so it cannot block the others."""
+        pause = 0.05
+        while True:
+            try:
+                await self.driver.apply(commands)
+                return
+            except InfraError:
+                log.warning("store or bus unavailable; retrying a batch of %d", len(commands))
+                await asyncio.sleep(pause)
+                pause = min(2.0, pause * 2)
+            except Exception:
+                if len(commands) == 1:
+                    log.exception("dropping a result that cannot be applied: %s", commands[0])
+                    return
+                for command in commands:
+                    await self.apply([command])
+                return
 
     async def run_timers(self) -> None:
         """Fire due timers; sleep until the next one (or until new timers are committed)."""

@@ -21,6 +21,7 @@ from headrace.engine import Command, Decision, RunState, Start, decide, jobs_in_
 from headrace.errors import Conflict, InfraError
 from headrace.events import RUN_TERMINAL, Message, Timer, encode
 from headrace.runtime.clock import now_ms
+from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.hub import Hub
 from headrace.runtime.metrics import Metrics
 from headrace.spec import Plan
@@ -51,8 +52,16 @@ def messages_of(run_id: str, decision: Decision) -> list[Message]:
 
 class Driver:
     def __init__(
-        self, store: Store, bus: Bus, hub: Hub, metrics: Metrics, *, cache_size: int = 10_000
+        self,
+        store: Store,
+        bus: Bus,
+        hub: Hub,
+        metrics: Metrics,
+        *,
+        cache_size: int = 10_000,
+        crash: CrashPoints = NO_CRASH,
     ) -> None:
+        self.crash = crash
         self.store = store
         self.bus = bus
         self.hub = hub
@@ -174,6 +183,7 @@ class Driver:
     async def _publish(self, transitions: list[Transition], outbox_ids: list[int]) -> None:
         """Publish what was just committed, then mark it sent. A crash in between leaves the
         rows for the relay: republished, never lost (consumers deduplicate)."""
+        self.crash.reached("after_commit")
         messages = [m for t in transitions for m in t.messages]
         if messages:
             await self.bus.publish(messages)

@@ -9,9 +9,11 @@ quick job costs one result message, not two.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -30,7 +32,8 @@ from headrace.events import (
 )
 from headrace.nodes import NodeExecutor, Outcome, redact
 from headrace.runtime.clock import now_ms
-from headrace.spec import secret_names
+from headrace.runtime.crash import NO_CRASH, CrashPoints
+from headrace.spec import resolve_secrets, secret_names
 
 log = logging.getLogger(__name__)
 GROUP = "workers"
@@ -55,7 +58,9 @@ class Worker:
         name: str = "worker-1",
         concurrency: int = 256,
         started_notice_s: float = 0.5,
+        crash: CrashPoints = NO_CRASH,
     ) -> None:
+        self.crash = crash
         self.bus = bus
         self.executors = executors
         self.secrets = secrets
@@ -117,6 +122,7 @@ class Worker:
             raise
         finally:
             notice.cancel()
+        self.crash.reached("after_execute")
         self._send(Message(RESULTS, job.run_id, encode(result)), delivery)
 
     def _send(self, result: Message | None, delivery: Delivery | None) -> None:
@@ -162,15 +168,17 @@ class Worker:
         return self._scrub(job, result)
 
     def _scrub(self, job: Job, result: Finished) -> Finished:
-        """Remove the values of the secrets a job used from its output and error."""
+        """Remove the secrets a job used (and their encoded forms) from its output and error."""
         used = [self.secrets[n] for n in secret_names(job.config) if n in self.secrets]
         if not used:
             return result
-        text = encode(result).decode()
-        clean = redact(text, used)
-        if clean == text:
-            return result
-        return msgspec.json.decode(clean.encode(), type=Finished)
+        used += _basic_tokens(job.config.get("auth"), self.secrets)
+        error = result.error
+        if error is not None:
+            error = ErrorInfo(error.type, redact(error.message, used), error.retryable)
+        return msgspec.structs.replace(
+            result, output=_redact_tree(result.output, used), error=error
+        )
 
     async def _flush_results(self) -> None:
         """Publish finished results in batches, then acknowledge their jobs."""
@@ -199,3 +207,27 @@ class Worker:
                     task.cancel()
             if deliveries:
                 await self.bus.ack(group, deliveries)
+
+
+def _redact_tree(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, list):
+        return [_redact_tree(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {redact(str(k), secrets): _redact_tree(v, secrets) for k, v in value.items()}
+    return value
+
+
+def _basic_tokens(auth: Any, secrets: Mapping[str, str]) -> list[str]:
+    """A server may echo an Authorization header: its base64 form is a secret too."""
+    if not isinstance(auth, dict):
+        return []
+    try:
+        plain = resolve_secrets(auth.get("basic", auth), secrets)
+    except KeyError:
+        return []
+    if not isinstance(plain, dict) or "username" not in plain or "password" not in plain:
+        return []
+    pair = f"{plain['username']}:{plain['password']}".encode()
+    return [base64.b64encode(pair).decode()]

@@ -20,10 +20,12 @@ from headrace.config import Settings
 from headrace.nodes import AgentExecutor, HttpExecutor, NodeExecutor, TaskRegistry
 from headrace.runtime.clock import now_ms
 from headrace.runtime.coordinator import Coordinator
+from headrace.runtime.crash import CrashPoints
 from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
 from headrace.runtime.metrics import Metrics
 from headrace.runtime.relay import Relay
+from headrace.runtime.supervise import Supervised
 from headrace.runtime.worker import Worker
 from headrace.services.adapters import build_bus, build_store
 from headrace.spec import Plan, WorkflowIR, plan_of, with_defaults
@@ -43,7 +45,8 @@ class Embedded:
         self.bus = bus or build_bus(settings)
         self.hub = Hub()
         self.metrics = Metrics()
-        self.driver = Driver(self.store, self.bus, self.hub, self.metrics)
+        crash = CrashPoints(settings.crash_at)
+        self.driver = Driver(self.store, self.bus, self.hub, self.metrics, crash=crash)
         self.secrets = settings.all_secrets()
         self.tasks = TaskRegistry(settings.task_modules)
         self.http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
@@ -54,7 +57,11 @@ class Embedded:
         }
         self.coordinator = Coordinator(self.driver, self.bus, self.store)
         self.worker = Worker(
-            self.bus, self.executors, self.secrets, concurrency=settings.worker_concurrency
+            self.bus,
+            self.executors,
+            self.secrets,
+            concurrency=settings.worker_concurrency,
+            crash=crash,
         )
         self.relay = Relay(self.store, self.bus)
         if isinstance(self.bus, MemoryBus):
@@ -66,13 +73,14 @@ class Embedded:
     async def __aenter__(self) -> Embedded:
         await self.store.open()
         await self.recover()
-        for loop in (
-            self.coordinator.run_results,
-            self.coordinator.run_timers,
-            self.worker.run,
-            self.relay.run,
-        ):
-            self._tasks.append(asyncio.create_task(loop(), name=loop.__qualname__))
+        self.loops = [
+            Supervised("coordinator.results", self.coordinator.run_results),
+            Supervised("coordinator.timers", self.coordinator.run_timers),
+            Supervised("worker", self.worker.run),
+            Supervised("relay", self.relay.run),
+        ]
+        for loop in self.loops:
+            self._tasks.append(asyncio.create_task(loop.run(), name=loop.name))
         return self
 
     async def __aexit__(

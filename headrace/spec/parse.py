@@ -52,10 +52,24 @@ _ENVS = {"local"}
 ROOTS = frozenset({"inputs", "nodes", "vars"})
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: a few bytes of `*alias` could expand to millions of nodes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def load_text(text: str | bytes) -> dict[str, Any]:
     """Parse YAML (JSON is YAML too) into a mapping."""
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_NoAliasLoader)
+    except RecursionError:
+        raise SpecError("", "the document is nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -200,11 +214,15 @@ def _parse_defaults(raw: Any) -> dict[str, Any]:
     if not isinstance(retry, dict):
         raise SpecError("defaults.retry", "must be a mapping")
     _check_keys(retry, _RETRY_KEYS, "defaults.retry")
-    return {
+    merged = {
         "retry": {**BUILTIN_RETRY, **retry},
         "timeout": raw.get("timeout", BUILTIN_TIMEOUT),
         "priority": raw.get("priority", BUILTIN_PRIORITY),
     }
+    _parse_retry(merged["retry"], "defaults")  # report a bad default where it is written
+    _duration(merged["timeout"], "defaults.timeout")
+    _parse_priority(merged["priority"], "defaults")
+    return merged
 
 
 def _parse_node(nid: str, raw: Any, defaults: dict[str, Any], ctx: _Context) -> Node:
@@ -223,8 +241,10 @@ def _parse_node(nid: str, raw: Any, defaults: dict[str, Any], ctx: _Context) -> 
     needs = set(_parse_needs(raw.get("needs", []), path, ctx, nid))
     when = raw.get("when")
     if when is not None:
-        if not isinstance(when, str | bool):
-            raise SpecError(f"{path}.when", "must be an expression like ${{ inputs.x > 1 }}")
+        if not isinstance(when, str | bool) or (isinstance(when, str) and "${{" not in when):
+            raise SpecError(
+                f"{path}.when", "must be an expression like ${{ inputs.x > 1 }} or true/false"
+            )
         needs |= ctx.check_template(when, f"{path}.when", ROOTS, self_id=nid)
     args = raw.get("with", {})
     needs |= ctx.check_template(args, f"{path}.with", roots, self_id=nid)
@@ -335,8 +355,8 @@ def _parse_http(
     if not isinstance(raw, dict):
         raise SpecError(path, "must be a mapping with method and url")
     _check_keys(raw, _HTTP_KEYS, path)
-    if "url" not in raw:
-        raise SpecError(f"{path}.url", "is required")
+    if not isinstance(raw.get("url"), str):
+        raise SpecError(f"{path}.url", "is required, as text")
     method = raw.get("method", "GET")
     if not isinstance(method, str) or (
         "${{" not in method

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from headrace.engine import NodeState, RunState, split_child
-from headrace.events import NODE_DONE, NODE_TERMINAL, ErrorInfo
+from headrace.events import NODE_DONE, NODE_TERMINAL, ErrorInfo, Event
 from headrace.spec import Plan
 
 _enc = msgspec.json.Encoder()
@@ -95,6 +95,20 @@ def node_values(run_id: str, node_id: str, n: NodeState) -> tuple[Any, ...]:
         n.launched,
         n.done,
     )
+
+
+def touched(events: list[Event]) -> list[str]:
+    """The nodes whose rows a transition rewrites: those its events name, and the map node of
+    each child among them (its counters moved)."""
+    ids: dict[str, None] = {}
+    for e in events:
+        node_id = getattr(e, "node_id", None)
+        if isinstance(node_id, str):
+            ids[node_id] = None
+            parent = split_child(node_id)
+            if parent is not None:
+                ids[parent[0]] = None
+    return list(ids)
 
 
 def node_from_row(row: Any) -> NodeState:

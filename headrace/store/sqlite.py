@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from headrace.engine import RunState
-from headrace.errors import Conflict, NotFound
+from headrace.errors import Conflict, InfraError, NotFound
 from headrace.events import RUN_TERMINAL, Message, Timer, encode
 from headrace.spec import Plan, WorkflowIR, canonical_json, decode_ir, ir_hash, plan_from_json
 from headrace.store import rows
@@ -153,13 +153,18 @@ class SqliteStore:
     async def commit(self, transitions: list[Transition]) -> Committed:
         db = self.db
         now = int(time.time() * 1000)
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:  # locked by another process past busy_timeout
+            raise InfraError(f"sqlite: {e}") from e
         try:
             applied = [t for t in transitions if self._write_run(t)]
             outbox_ids = self._write_details(applied, now)
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:
             db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.OperationalError):
+                raise InfraError(f"sqlite: {e}") from e
             raise
         for t in applied:
             t.state.version += 1
@@ -206,7 +211,9 @@ class SqliteStore:
             events += [
                 (s.run_id, e.seq, type(e).__name__, e.at_ms, encode(e).decode()) for e in t.events
             ]
-            nodes += [rows.node_values(s.run_id, nid, s.nodes[nid]) for nid in _touched(t)]
+            nodes += [
+                rows.node_values(s.run_id, nid, s.nodes[nid]) for nid in rows.touched(t.events)
+            ]
             messages += t.messages
             timers += [
                 (s.run_id, tm.timer_id, tm.due_at_ms, encode(tm).decode()) for tm in t.timers
@@ -358,16 +365,6 @@ class SqliteStore:
     async def next_timer_at(self) -> int | None:
         row = self.db.execute("SELECT MIN(due_at) FROM timers").fetchone()
         return None if row[0] is None else int(row[0])
-
-
-def _touched(t: Transition) -> list[str]:
-    """The nodes a transition's events changed (their rows are rewritten)."""
-    ids: dict[str, None] = {}
-    for e in t.events:
-        node_id = getattr(e, "node_id", None)
-        if isinstance(node_id, str):
-            ids[node_id] = None
-    return list(ids)
 
 
 def _workflow(row: Any) -> WorkflowRecord:

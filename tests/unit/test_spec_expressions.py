@@ -158,6 +158,7 @@ def test_arithmetic(source: str, expected: Any) -> None:
         ("true + 1", r"cannot apply \+ to boolean and number"),
         ("'ab' * 2", r"cannot apply \* to text and number"),
         ("[1] * 2", r"cannot apply \* to list and number"),
+        ("'a' * 'b'", r"cannot apply \* to text and text"),
         ("'ab' - 'a'", "cannot apply - to text and text"),
         ("[1] - [1]", "cannot apply - to list and list"),
         ("'6' / 2", "cannot apply / to text and number"),
@@ -400,7 +401,6 @@ def test_python_errors_become_expr_errors(source: str) -> None:
         ("inputs.name.upper()", "only these functions may be called"),
         ("getattr(inputs, 'x')", "only these functions may be called"),
         ("eval('1')", "only these functions may be called"),
-        ("(len)(1)", None),  # a parenthesised name is still a plain, allowed call
         ("len(x=1)", "keyword arguments are not allowed"),
         ("().__class__", "Tuple is not allowed"),
         ("(1, 2)", "Tuple is not allowed"),
@@ -431,12 +431,7 @@ def test_python_errors_become_expr_errors(source: str) -> None:
         ("1" + "+1" * 5000, "nested too deeply"),
     ],
 )
-def test_rejected_at_compile_time(source: str, message: str | None) -> None:
-    if message is None:  # the control case: compiles, and runs the allowed function
-        assert compile_expr(source).evaluate({}) is None or True
-        with pytest.raises(ExprError, match="len"):
-            compile_expr(source).evaluate({})
-        return
+def test_rejected_at_compile_time(source: str, message: str) -> None:
     with pytest.raises(ExprError, match=message):
         compile_expr(source)
 
@@ -556,7 +551,7 @@ def test_template_scalars(raw: Any, expected: Any) -> None:
 
 
 def test_template_nested() -> None:
-    raw = {
+    raw: dict[str, Any] = {
         "plain": "text",
         "n": "${{ inputs.n }}",
         "list": ["${{ inputs.n }}", "x${{ inputs.n }}", 3, {"deep": "${{ inputs.tags }}"}],

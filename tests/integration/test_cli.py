@@ -1,0 +1,588 @@
+"""The `headrace` command end to end: real processes, each on its own SQLite file.
+
+Every command runs as a subprocess with a timeout, so a hang fails the test instead of the
+suite. Commands that do not depend on each other run concurrently to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+HEADRACE = Path(sys.executable).parent / "headrace"
+TIMEOUT_S = 60.0
+
+NODES = ["validate", "price", "total", "fraud_check", "approve", "ship"]
+
+PERMANENT = """
+name: permanent
+version: 1
+nodes:
+  a:
+    task: headrace.testing.tasks.permanent
+    with: {message: gone for good}
+"""
+
+BROKEN_YAML = """name: broken
+version: 1
+nodes:
+  a:
+    task: headrace.testing.tasks.noop
+    with: {x: [1, 2}
+"""
+
+CYCLE = """
+name: cycle
+version: 1
+nodes:
+  a: {task: headrace.testing.tasks.noop, needs: [b]}
+  b: {task: headrace.testing.tasks.noop, needs: [a]}
+"""
+
+NUMBER = """
+name: number
+version: 1
+inputs:
+  n: {type: number}
+nodes:
+  a: {task: headrace.testing.tasks.add, with: {a: "${{ inputs.n }}", b: 1}}
+outputs:
+  sum: "${{ nodes.a.output.sum }}"
+"""
+
+
+@dataclass
+class Result:
+    args: Sequence[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return (
+            f"headrace {' '.join(self.args)} -> exit {self.returncode}\n"
+            f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def pycache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bytecode cache shared by the commands of this module, outside the repository.
+
+    Without it (PYTHONDONTWRITEBYTECODE, or a read-only tree) every command compiles its
+    imports again: seconds per command instead of well under one."""
+    prefix = tmp_path_factory.mktemp("pycache")
+    env = {**_inherited(), "PYTHONPYCACHEPREFIX": str(prefix)}
+    modules = (
+        "headrace.cli, headrace.api.app, headrace.testing.tasks, typer.rich_utils, uvicorn.main"
+    )
+    warm = [sys.executable, "-c", f"import {modules}"]
+    subprocess.run(warm, env=env, check=True, timeout=TIMEOUT_S, capture_output=True)
+    return prefix
+
+
+def _inherited() -> dict[str, str]:
+    """The test's environment without what would change how a command behaves."""
+    drop = ("HEADRACE_", "FORCE_COLOR", "TTY_", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+def make_env(tmp: Path, pycache: Path, *, shop: bool = False, **headrace: str) -> dict[str, str]:
+    """The environment of a command: nothing inherited from HEADRACE_*, a database in `tmp`,
+    and `examples/` importable when the example's `shop` tasks are needed."""
+    env = _inherited()
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    env["HEADRACE_DATABASE_URL"] = f"sqlite:///{tmp}/h.db"
+    env.update({f"HEADRACE_{k.upper()}": v for k, v in headrace.items()})
+    if shop:
+        env["PYTHONPATH"] = str(EXAMPLES)
+    return env
+
+
+def spawn(args: Sequence[str], *, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(HEADRACE), *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], args: Sequence[str]) -> Result:
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"headrace {' '.join(args)} hung for {TIMEOUT_S}s\n{out}\n{err}")
+    return Result(args, proc.returncode, out, err)
+
+
+def cli(*args: str, env: dict[str, str], cwd: Path) -> Result:
+    return finish(spawn(args, env=env, cwd=cwd), args)
+
+
+def cli_many(commands: Sequence[Sequence[str]], *, env: dict[str, str], cwd: Path) -> list[Result]:
+    """Run independent commands at the same time; results in the order given."""
+    procs = [spawn(args, env=env, cwd=cwd) for args in commands]
+    return [finish(p, args) for p, args in zip(procs, commands, strict=True)]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports nobody listens on (all held open until all are chosen)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+def clean_error(r: Result, code: int = 2) -> str:
+    """Assert a failure by exit code with a message on stderr and no traceback."""
+    assert r.returncode == code, r
+    assert r.stderr.startswith("error: "), r
+    assert "Traceback" not in r.stderr, r
+    return " ".join(r.stderr.split())
+
+
+# --- headrace run -----------------------------------------------------------------------
+
+
+def test_run_small_order_json(tmp_path: Path, pycache: Path) -> None:
+    args = [
+        "run",
+        "examples/order-fulfilment.yaml",
+        "--tasks",
+        "shop",
+        "-i",
+        "order_id=A-1",
+        "--input-file",
+        "examples/small-order.json",
+        "--json",
+    ]
+    r = cli(*args, env=make_env(tmp_path, pycache, shop=True), cwd=REPO)
+    assert r.returncode == 0, r
+    summary = r.json()  # the whole of stdout is one JSON document
+    assert isinstance(summary, dict), r
+    assert set(summary) == {"run_id", "status", "outputs", "nodes"}, r
+    run_id = summary["run_id"]
+    assert str(uuid.UUID(run_id)) == run_id
+    assert summary["status"] == "completed"
+
+    outputs = summary["outputs"]
+    assert outputs["amount"] == 18.0
+    assert outputs["shipment"]["carrier"] == "parcel-post"
+    assert outputs["shipment"]["tracking"] == f"PP-{run_id[:8]}"
+
+    nodes = summary["nodes"]
+    assert set(nodes) == set(NODES)
+    for node_id, node in nodes.items():
+        assert isinstance(node["status"], str), node_id
+        assert isinstance(node["attempts"], int), node_id
+    for skipped in ("fraud_check", "approve"):  # 18.0 is under both thresholds
+        assert nodes[skipped]["status"] == "skipped"
+        assert nodes[skipped]["output"] is None
+        assert nodes[skipped]["attempts"] == 0
+    for done in ("validate", "price", "total", "ship"):
+        assert nodes[done]["status"] == "completed", done
+        assert nodes[done]["attempts"] == 1, done
+    assert nodes["validate"]["output"] == {"order_id": "A-1", "valid": True}
+    assert nodes["price"]["output"] == [
+        {"sku": "apple", "qty": 3, "amount": 3.6},
+        {"sku": "pear", "qty": 2, "amount": 1.9},
+        {"sku": "cable", "qty": 1, "amount": 12.5},
+    ]
+    assert nodes["price"]["children"] == {"total": 3, "completed": 3}
+    assert nodes["total"]["output"] == {"amount": 18.0}
+    assert nodes["ship"]["output"] == outputs["shipment"]
+    assert (tmp_path / "h.db").exists()
+
+
+def test_run_prints_progress_lines_without_a_terminal(tmp_path: Path, pycache: Path) -> None:
+    r = cli(
+        "run",
+        "examples/order-fulfilment.yaml",
+        "--tasks",
+        "shop",
+        "-i",
+        "order_id=A-1",
+        "--input-file",
+        "examples/small-order.json",
+        env=make_env(tmp_path, pycache, shop=True),
+        cwd=REPO,
+    )
+    assert r.returncode == 0, r
+    assert "\x1b[" not in r.stdout, "no terminal codes when stdout is not a TTY"
+    lines = r.stdout.splitlines()
+    header = re.fullmatch(r"run ([0-9a-f-]{36}) of order-fulfilment@1", lines[0])
+    assert header, r
+    for line in [
+        "validate: completed",
+        "price: completed",
+        "total: completed",
+        "fraud_check: skipped",
+        "approve: skipped",
+        "ship: completed",
+    ]:
+        assert line in lines, f"{line!r} missing\n{r}"
+    # progress comes in the order things happen
+    assert lines.index("validate: completed") < lines.index("price: completed")
+    assert lines.index("total: completed") < lines.index("ship: completed")
+    # then the status, then the outputs as JSON
+    start = lines.index("{")
+    assert lines[start - 1] == "completed", r
+    outputs = json.loads("\n".join(lines[start:]))
+    assert outputs["amount"] == 18.0
+    assert outputs["shipment"]["tracking"] == f"PP-{header.group(1)[:8]}"
+
+
+def test_run_exit_codes_and_messages(tmp_path: Path, pycache: Path) -> None:
+    (tmp_path / "permanent.yaml").write_text(PERMANENT)
+    (tmp_path / "broken.yaml").write_text(BROKEN_YAML)
+    (tmp_path / "cycle.yaml").write_text(CYCLE)
+    (tmp_path / "number.yaml").write_text(NUMBER)
+    tasks = ["--tasks", "headrace.testing.tasks"]
+    failed, broken, cycle, wrong_type, missing, no_module = cli_many(
+        [
+            ["run", "permanent.yaml", *tasks, "--json"],
+            ["run", "broken.yaml", *tasks],
+            ["run", "cycle.yaml", *tasks],
+            ["run", "number.yaml", *tasks, "-i", "n=abc"],
+            ["run", "no-such-file.yaml", *tasks],
+            ["run", "number.yaml", "--tasks", "no_such_module_xyz", "-i", "n=1"],
+        ],
+        env=make_env(tmp_path, pycache),
+        cwd=tmp_path,
+    )
+
+    # a task that fails for good: the run fails, exit 1, the node carries the error
+    assert failed.returncode == 1, failed
+    summary = failed.json()
+    assert summary["status"] == "failed"
+    assert summary["outputs"] is None
+    node = summary["nodes"]["a"]
+    assert node["status"] == "failed" and node["attempts"] == 1, node
+    assert node["error"] == {"type": "permanent", "message": "gone for good", "retryable": False}
+    assert "output" not in node
+    assert summary["error"]["type"] == "permanent"
+    assert summary["error"]["retryable"] is False
+    assert "gone for good" in summary["error"]["message"]
+
+    # bad input: exit 2, nothing on stdout, one line on stderr naming what is wrong
+    for r in (broken, cycle, wrong_type, missing, no_module):
+        assert r.stdout == "", r
+    message = clean_error(broken)
+    assert "YAML" in message and "line 6" in message, broken
+    message = clean_error(cycle)
+    assert re.search(r"nodes\.[ab]\.needs", message) and "cycle" in message, cycle
+    message = clean_error(wrong_type)
+    assert "inputs.n" in message and "abc" in message, wrong_type
+    message = clean_error(missing)
+    assert "no-such-file.yaml" in message, missing
+    message = clean_error(no_module)
+    assert "no_such_module_xyz" in message, no_module
+
+
+# --- headrace dev and the API commands ----------------------------------------------------
+
+
+@contextmanager
+def server(
+    argv: Sequence[str], *, env: dict[str, str], log: Path, ready_url: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, up once `ready_url` answers 200; stopped on the way out."""
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
+        )
+        try:
+            wait_ready(proc, ready_url, log)
+            yield proc
+        finally:
+            stop(proc)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args!r} exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"{proc.args!r} not ready after {TIMEOUT_S}s:\n{log.read_text()}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> float:
+    """SIGTERM, then SIGKILL after 5 s; returns how long it took to exit."""
+    began = time.monotonic()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return time.monotonic() - began
+
+
+class LineReader:
+    """Collects a process's stdout lines in a thread, so a test can wait for one."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._eof = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float = TIMEOUT_S) -> None:
+        def seen() -> bool:
+            return any(text in line for line in self.lines)
+
+        with self._changed:
+            self._changed.wait_for(lambda: seen() or self._eof, timeout)
+            if not seen():
+                pytest.fail(f"{text!r} not printed (in {timeout}s): {self.lines}")
+
+    def join(self) -> list[str]:
+        self._thread.join(TIMEOUT_S)
+        return self.lines
+
+
+def test_large_order_against_headrace_dev(tmp_path: Path, pycache: Path) -> None:
+    fraud_port, api_port = free_ports(2)
+    api = f"http://127.0.0.1:{api_port}"
+    url = ["--url", api]
+    env = make_env(
+        tmp_path,
+        pycache,
+        shop=True,
+        vars=json.dumps({"fraud_url": f"http://127.0.0.1:{fraud_port}"}),
+        secrets=json.dumps({"fraud_token": "s3cret"}),
+    )
+
+    def run(*args: str) -> Result:
+        return cli(*args, *url, env=env, cwd=REPO)
+
+    fraud_argv = [sys.executable, "examples/fraud_service.py"]
+    fraud_argv += ["--port", str(fraud_port), "--token", "s3cret"]
+    dev_argv = [str(HEADRACE), "dev", "--port", str(api_port), "--tasks", "shop"]
+    with (
+        server(
+            fraud_argv,
+            env=env,
+            log=tmp_path / "fraud.log",
+            ready_url=f"http://127.0.0.1:{fraud_port}/openapi.json",
+        ),
+        server(dev_argv, env=env, log=tmp_path / "dev.log", ready_url=f"{api}/healthz") as dev,
+    ):
+        banner = (tmp_path / "dev.log").read_text()
+        assert f"headrace dev: API on {api}" in banner and "tasks shop" in banner, banner
+
+        registered = run("workflows", "register", "examples/order-fulfilment.yaml")
+        assert registered.returncode == 0, registered
+        workflow = registered.json()
+        assert workflow["tag"] == "order-fulfilment@1"
+        assert workflow["name"] == "order-fulfilment" and workflow["version"] == 1
+        assert workflow["ir_hash"].startswith("sha256:")
+
+        listed, shown = cli_many(
+            [["workflows", "list", *url], ["workflows", "show", "order-fulfilment", *url]],
+            env=env,
+            cwd=REPO,
+        )
+        assert listed.returncode == 0, listed
+        assert [w["tag"] for w in listed.json()["items"]] == ["order-fulfilment@1"]
+        assert shown.returncode == 0, shown
+        assert shown.json()["tag"] == "order-fulfilment@1"
+        assert {n["id"] for n in shown.json()["ir"]["nodes"]} == set(NODES)
+
+        started = run(
+            "runs",
+            "start",
+            "order-fulfilment",
+            "-i",
+            "order_id=B-2",
+            "--input-file",
+            "examples/large-order.json",
+        )
+        assert started.returncode == 0, started
+        run_id = started.json()["run_id"]
+        assert str(uuid.UUID(run_id)) == run_id
+
+        # 1324.0 > 1000: the fraud service approves, then the run waits for a person
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            got = run("runs", "get", run_id)
+            assert got.returncode == 0, got
+            view = got.json()
+            assert view["status"] in ("pending", "running"), got
+            if view["nodes"]["approve"]["status"] == "waiting":
+                break
+            assert time.monotonic() < deadline, f"approve never waited\n{got}"
+            time.sleep(0.2)
+        assert view["nodes"]["fraud_check"]["status"] == "completed"
+        assert view["nodes"]["fraud_check"]["output"]["status"] == 200
+        assert view["nodes"]["fraud_check"]["output"]["body"]["approved"] is True
+        assert view["nodes"]["ship"]["status"] == "pending"
+
+        watch = spawn(["runs", "watch", run_id, *url], env=env, cwd=REPO)
+        assert watch.stdout is not None and watch.stderr is not None
+        watched = LineReader(watch.stdout)
+        try:
+            watched.wait_for('"NodeWaiting"')  # replayed; from here on it follows live
+
+            signalled = run("runs", "signal", run_id, "approval", "--payload", '{"by": "ops"}')
+            assert signalled.returncode == 0, signalled
+            assert signalled.json() == {"run_id": run_id, "signal": "approval", "accepted": True}
+
+            watch.wait(TIMEOUT_S)
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+            watch.wait()
+            watch_lines = watched.join()
+            watch_err = watch.stderr.read()
+            watch.stdout.close()
+            watch.stderr.close()
+        assert watch.returncode == 0, (watch_lines, watch_err)
+        assert json.loads(watch_lines[-1])["type"] == "RunCompleted", watch_lines
+
+        got, events, completed, resignal, cancelled, unknown = cli_many(
+            [
+                ["runs", "get", run_id, *url],
+                ["runs", "events", run_id, *url],
+                ["runs", "list", "--status", "completed", *url],
+                ["runs", "signal", run_id, "approval", "--payload", '{"by": "ops"}', *url],
+                ["runs", "cancel", run_id, *url],
+                ["runs", "get", str(uuid.uuid4()), *url],
+            ],
+            env=env,
+            cwd=REPO,
+        )
+        assert got.returncode == 0, got
+        view = got.json()
+        assert view["status"] == "completed"
+        assert view["outputs"]["amount"] == 1324.0
+        assert view["outputs"]["shipment"]["carrier"] == "parcel-post"
+        assert view["nodes"]["approve"]["status"] == "completed"
+        assert view["nodes"]["approve"]["output"] == {"by": "ops"}
+        assert view["nodes"]["ship"]["status"] == "completed"
+        assert view["inputs"]["order_id"] == "B-2"
+        assert view["ended_at"] is not None and view["error"] is None
+        assert "s3cret" not in got.stdout
+
+        assert events.returncode == 0, events
+        lines = events.json_lines()
+        assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1)), events
+        assert lines[0]["type"] == "RunStarted"
+        assert lines[-1]["type"] == "RunCompleted"
+        assert lines[-1]["outputs"] == view["outputs"]
+        signals = [e for e in lines if e["type"] == "SignalReceived"]
+        assert [(s["name"], s["payload"]) for s in signals] == [("approval", {"by": "ops"})]
+        assert "s3cret" not in events.stdout, "a secret leaked into the event log"
+        assert watch_lines == events.stdout.splitlines(), "watch and events disagree"
+
+        assert completed.returncode == 0, completed
+        assert [i["run_id"] for i in completed.json()["items"]] == [run_id]
+        assert completed.json()["items"][0]["status"] == "completed"
+
+        assert "409" in clean_error(resignal), resignal
+        assert resignal.stdout == ""
+
+        cancelled_again = run("runs", "cancel", run_id)
+        for r in (cancelled, cancelled_again):
+            assert r.returncode == 0, r
+            assert r.json() == {"run_id": run_id, "status": "completed"}
+
+        assert "404" in clean_error(unknown), unknown
+        assert unknown.stdout == ""
+
+        took = stop(dev)
+        assert took < 10, f"headrace dev took {took:.1f}s to exit on SIGTERM"
+        # 0, or killed by the SIGTERM that uvicorn re-raises once it has shut down
+        assert dev.returncode in (0, -signal.SIGTERM), dev.returncode
+
+
+# --- help and db upgrade -----------------------------------------------------------------
+
+COMMANDS = [
+    [],
+    ["run"],
+    ["dev"],
+    ["db"],
+    ["db", "upgrade"],
+    ["workflows"],
+    ["workflows", "register"],
+    ["workflows", "list"],
+    ["workflows", "show"],
+    ["runs"],
+    ["runs", "start"],
+    ["runs", "get"],
+    ["runs", "list"],
+    ["runs", "cancel"],
+    ["runs", "signal"],
+    ["runs", "watch"],
+    ["runs", "events"],
+]
+
+
+def test_help_of_every_command_and_db_upgrade(tmp_path: Path, pycache: Path) -> None:
+    env = make_env(tmp_path, pycache)
+    results = cli_many(
+        [*([*cmd, "--help"] for cmd in COMMANDS), ["db", "upgrade"]], env=env, cwd=tmp_path
+    )
+    *helps, upgraded = results
+    for cmd, r in zip(COMMANDS, helps, strict=True):
+        assert r.returncode == 0, r
+        text = " ".join(r.stdout.split())
+        assert f"Usage: headrace {' '.join(cmd)}".rstrip() in text, r
+        assert "--help" in text, r
+        assert "Traceback" not in r.stderr, r
+    assert "run" in helps[0].stdout and "runs" in helps[0].stdout
+
+    assert upgraded.returncode == 0, upgraded
+    assert "schema is up to date" in upgraded.stdout, upgraded
+    assert (tmp_path / "h.db").stat().st_size > 0
