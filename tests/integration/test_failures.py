@@ -434,7 +434,7 @@ async def test_invalid_workflows_are_refused_and_not_stored(api: httpx.AsyncClie
     post = api.post
 
     assert_problem(await post("/v1/workflows", content="name: bad\nnodes: {a: ["), 422, None)
-    assert_problem(await post("/v1/workflows", content="- 1\n- 2\n"), 422, "")
+    assert_problem(await post("/v1/workflows", content="- 1\n- 2\n"), 422)
     assert_problem(await post("/v1/workflows", content=b"\xff\xfe"), 400)
 
     cycle = spec(
