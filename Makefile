@@ -18,8 +18,8 @@ run: install
 		-i order_id=A-1001 --input-file examples/small-order.json
 
 lint: install
-	.venv/bin/ruff check headrace tests examples
-	.venv/bin/ruff format --check headrace tests examples
+	.venv/bin/ruff check headrace tests examples bench
+	.venv/bin/ruff format --check headrace tests examples bench
 
 typecheck: install
 	.venv/bin/mypy

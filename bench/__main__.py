@@ -1,0 +1,71 @@
+"""`python -m bench [WORKLOAD ...]`: each workload 3 times, each time in a fresh process and
+a fresh SQLite file; prints one JSON line per workload with the median and the peak memory.
+
+    python -m bench            # W1 W2 W2-large W3 W-map-10k
+    python -m bench W2 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+
+WORKLOADS = ["W1", "W2", "W2-large", "W3", "W-map-10k"]
+KEY = {
+    "W1": "ms_per_node",
+    "W2": "nodes_per_s",
+    "W2-large": "nodes_per_s",
+    "W3": "makespan_s",
+    "W-map-10k": "us_per_child",
+}
+
+
+def once(name: str) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.one", name, f"{tmp}/bench.db"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workloads", nargs="*", default=WORKLOADS)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    for name in args.workloads:
+        samples = [once(name) for _ in range(args.repeat)]
+        key = KEY[name]
+        values = [float(s[key]) for s in samples]  # type: ignore[arg-type]
+        median = statistics.median(values)
+        best = min(samples, key=lambda s: abs(float(s[key]) - median))  # type: ignore[arg-type]
+        line = {
+            "workload": name,
+            **best,
+            f"{key}_samples": values,
+            "peak_rss_mb": max(float(s["peak_rss_mb"]) for s in samples),  # type: ignore[arg-type]
+            "store": "sqlite(wal, synchronous=NORMAL)",
+            "bus": "memory",
+            "python": platform.python_version(),
+            "cpus": _cpus(),
+        }
+        print(json.dumps(line), flush=True)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The workloads: each runs through the same runtime path as `headrace run` (Embedded:
+SQLite store, in-memory bus, coordinator, worker, relay) with no-op task bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from headrace.config import Settings
+from headrace.services.embedded import Embedded
+from headrace.spec import parse_workflow, plan_of
+
+NOOP = "headrace.testing.tasks.noop"
+
+
+def chain(n: int) -> dict[str, Any]:
+    nodes: dict[str, Any] = {"n0": {"task": NOOP}}
+    for i in range(1, n):
+        nodes[f"n{i}"] = {"task": NOOP, "needs": [f"n{i - 1}"]}
+    return {"name": "w1-chain", "nodes": nodes}
+
+
+def diamond() -> dict[str, Any]:
+    return {
+        "name": "w2-diamond",
+        "nodes": {
+            "a": {"task": NOOP},
+            "b": {"task": NOOP, "needs": ["a"]},
+            "c": {"task": NOOP, "needs": ["a"]},
+            "d": {"task": NOOP, "needs": ["a"]},
+            "e": {"task": NOOP, "needs": ["b", "c", "d"]},
+        },
+    }
+
+
+def fan(width: int) -> dict[str, Any]:
+    return {
+        "name": "w3-fan",
+        "inputs": {"xs": {"type": "array"}},
+        "nodes": {
+            "start": {"task": NOOP},
+            "fan": {"needs": ["start"], "map": "${{ inputs.xs }}", "task": NOOP},
+            "end": {"needs": ["fan"], "task": NOOP},
+        },
+        "_inputs": {"xs": list(range(width))},
+    }
+
+
+async def _run(
+    db: Path,
+    spec: dict[str, Any],
+    runs: int,
+    on_ready: Callable[[Embedded], Awaitable[None]] | None = None,
+) -> float:
+    """Seconds from the first submission to the end of the last run."""
+    inputs = spec.pop("_inputs", {})
+    settings = Settings(database_url=f"sqlite:///{db}", tasks="headrace.testing.tasks")
+    async with Embedded(settings) as rt:
+        ir = parse_workflow(spec)
+        await rt.register(ir, "")
+        plan = plan_of(ir)
+        started = time.perf_counter()
+        ids = [await rt.start(plan, inputs) for _ in range(runs)]
+        for run_id in ids:
+            record = await rt.wait(run_id, timeout_s=600)
+            assert record.status == "completed", record
+        return time.perf_counter() - started
+
+
+def measure(name: str, db: Path) -> dict[str, Any]:
+    if name == "W1":
+        seconds = asyncio.run(_run(db, chain(20), 1))
+        return {"wall_ms": round(seconds * 1000, 2), "ms_per_node": round(seconds * 50, 3)}
+    if name in ("W2", "W2-large"):
+        runs = 200 if name == "W2" else 2000
+        seconds = asyncio.run(_run(db, diamond(), runs))
+        return {
+            "runs": runs,
+            "seconds": round(seconds, 3),
+            "runs_per_s": round(runs / seconds),
+            "nodes_per_s": round(5 * runs / seconds),
+        }
+    if name == "W3":
+        seconds = asyncio.run(_run(db, fan(1000), 1))
+        return {"width": 1000, "makespan_s": round(seconds, 3)}
+    if name == "W-map-10k":
+        seconds = asyncio.run(_run(db, fan(10_000), 1))
+        return {
+            "width": 10_000,
+            "makespan_s": round(seconds, 3),
+            "us_per_child": round(seconds * 100, 1),
+        }
+    raise SystemExit(f"unknown workload {name}")
