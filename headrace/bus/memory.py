@@ -7,6 +7,7 @@ republishes outstanding work from the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import deque
 from collections.abc import Sequence
@@ -14,17 +15,19 @@ from collections.abc import Sequence
 from headrace.bus.base import Delivery
 from headrace.events import Message
 
+Queue = tuple[str, str]  # (topic, group)
+
 
 class MemoryBus:
     durable = False
 
     def __init__(self) -> None:
-        self._queues: dict[tuple[str, str], deque[Delivery]] = {}
-        self._groups: dict[str, set[str]] = {}  # topic -> groups
+        self._queues: dict[Queue, deque[Delivery]] = {}
+        self._groups: dict[str, list[str]] = {}  # topic -> groups
         self._backlog: dict[str, list[Delivery]] = {}  # topic -> messages before any group
         self._pending: dict[tuple[str, str], Delivery] = {}  # (group, id) -> unacked
+        self._waiters: dict[Queue, list[asyncio.Future[None]]] = {}
         self._ids = itertools.count(1)
-        self._wakeup = asyncio.Condition()
 
     @property
     def description(self) -> str:
@@ -36,17 +39,21 @@ class MemoryBus:
             groups = self._groups.get(m.topic)
             if not groups:
                 self._backlog.setdefault(m.topic, []).append(delivery)
-            for group in groups or ():
+                continue
+            for group in groups:
                 self._queues[(m.topic, group)].append(delivery)
-        if messages:
-            async with self._wakeup:
-                self._wakeup.notify_all()
+                self._wake((m.topic, group))
+
+    def _wake(self, queue: Queue) -> None:
+        for fut in self._waiters.pop(queue, ()):
+            if not fut.done():
+                fut.set_result(None)
 
     def _join(self, topic: str, group: str) -> deque[Delivery]:
         queue = self._queues.get((topic, group))
         if queue is None:
             queue = self._queues[(topic, group)] = deque(self._backlog.pop(topic, ()))
-            self._groups.setdefault(topic, set()).add(group)
+            self._groups.setdefault(topic, []).append(group)
         return queue
 
     def _take(self, topics: Sequence[str], group: str, max_count: int) -> list[Delivery]:
@@ -65,14 +72,15 @@ class MemoryBus:
         out = self._take(topics, group, max_count)
         if out or block_ms <= 0:
             return out
-        async with self._wakeup:
-            try:
-                await asyncio.wait_for(
-                    self._wakeup.wait_for(lambda: any(self._join(t, group) for t in topics)),
-                    block_ms / 1000,
-                )
-            except TimeoutError:
-                return []
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for topic in topics:
+            self._waiters.setdefault((topic, group), []).append(fut)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fut, block_ms / 1000)
+        for topic in topics:
+            waiters = self._waiters.get((topic, group))
+            if waiters and fut in waiters:
+                waiters.remove(fut)
         return self._take(topics, group, max_count)
 
     async def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:

@@ -151,9 +151,12 @@ class _Decider:
         self.now = now
         self.out = Decision()
 
+    @property
+    def seq(self) -> int:
+        """The sequence number of the next event (each is emitted as soon as it is built)."""
+        return self.state.seq + 1
+
     def emit(self, event: Event) -> None:
-        # seq is assigned here so rules can build events with a placeholder
-        event = msgspec.structs.replace(event, seq=self.state.seq + 1)
         evolve(self.state, event)
         self.out.events.append(event)
 
@@ -165,7 +168,7 @@ class _Decider:
         p = self.plan
         self.emit(
             RunStarted(
-                seq=0,
+                seq=self.seq,
                 at_ms=self.now,
                 workflow_tag=p.tag,
                 ir_hash=p.ir_hash,
@@ -181,7 +184,9 @@ class _Decider:
         node = self.state.nodes.get(cmd.node_id)
         if node is None or node.attempt != cmd.attempt or node.status != "scheduled":
             return
-        self.emit(NodeStarted(seq=0, at_ms=cmd.at_ms, node_id=cmd.node_id, attempt=cmd.attempt))
+        self.emit(
+            NodeStarted(seq=self.seq, at_ms=cmd.at_ms, node_id=cmd.node_id, attempt=cmd.attempt)
+        )
         timeout = self.plan_node(cmd.node_id).ir.timeout_ms
         self.out.timers.append(
             Timer(
@@ -199,7 +204,9 @@ class _Decider:
         if node is None or node.attempt != attempt or node.status not in ("scheduled", "running"):
             return False
         if node.status == "scheduled":
-            self.emit(NodeStarted(seq=0, at_ms=started_at_ms, node_id=node_id, attempt=attempt))
+            self.emit(
+                NodeStarted(seq=self.seq, at_ms=started_at_ms, node_id=node_id, attempt=attempt)
+            )
         return True
 
     def complete(self, cmd: Complete) -> None:
@@ -207,7 +214,7 @@ class _Decider:
             return
         self.emit(
             NodeCompleted(
-                seq=0,
+                seq=self.seq,
                 at_ms=cmd.at_ms,
                 node_id=cmd.node_id,
                 attempt=cmd.attempt,
@@ -240,19 +247,25 @@ class _Decider:
             )
             self.emit(
                 NodeFailed(
-                    seq=0, at_ms=self.now, node_id=timer.node_id, attempt=node.attempt, error=error
+                    seq=self.seq,
+                    at_ms=self.now,
+                    node_id=timer.node_id,
+                    attempt=node.attempt,
+                    error=error,
                 )
             )
             self.run_failed(timer.node_id, error)
         self.maybe_finish()
 
     def signal(self, cmd: Signal) -> None:
-        self.emit(SignalReceived(seq=0, at_ms=self.now, name=cmd.name, payload=cmd.payload))
+        self.emit(SignalReceived(seq=self.seq, at_ms=self.now, name=cmd.name, payload=cmd.payload))
         for nid, pn in self.plan.nodes.items():
             wait = pn.ir.wait
             if wait and wait.signal == cmd.name and self.state.nodes[nid].status == "waiting":
                 self.emit(
-                    NodeCompleted(seq=0, at_ms=self.now, node_id=nid, attempt=1, output=cmd.payload)
+                    NodeCompleted(
+                        seq=self.seq, at_ms=self.now, node_id=nid, attempt=1, output=cmd.payload
+                    )
                 )
                 self.after_done(nid)
         self.maybe_finish()
@@ -280,7 +293,7 @@ class _Decider:
             except ExprError as e:
                 return self.failed_for_good(nid, 0, ErrorInfo("expression", f"when: {e}"))
             if not go:
-                self.emit(NodeSkipped(seq=0, at_ms=self.now, node_id=nid))
+                self.emit(NodeSkipped(seq=self.seq, at_ms=self.now, node_id=nid))
                 return self.after_done(nid)
         if pn.ir.wait is not None:
             return self.wait(nid, pn)
@@ -291,11 +304,15 @@ class _Decider:
     def wait(self, nid: str, pn: PlanNode) -> None:
         assert pn.ir.wait is not None
         signal = pn.ir.wait.signal
-        self.emit(NodeWaiting(seq=0, at_ms=self.now, node_id=nid, signal=signal))
+        self.emit(NodeWaiting(seq=self.seq, at_ms=self.now, node_id=nid, signal=signal))
         if signal in self.state.signals:
             self.emit(
                 NodeCompleted(
-                    seq=0, at_ms=self.now, node_id=nid, attempt=1, output=self.state.signals[signal]
+                    seq=self.seq,
+                    at_ms=self.now,
+                    node_id=nid,
+                    attempt=1,
+                    output=self.state.signals[signal],
                 )
             )
             return self.after_done(nid)
@@ -320,9 +337,11 @@ class _Decider:
             error = ErrorInfo("expression", f"map: expected a list, got {type(items).__name__}")
             return self.failed_for_good(nid, 0, error)
         self.state.items[nid] = items
-        self.emit(NodeStarted(seq=0, at_ms=self.now, node_id=nid, attempt=1, width=len(items)))
+        self.emit(
+            NodeStarted(seq=self.seq, at_ms=self.now, node_id=nid, attempt=1, width=len(items))
+        )
         if not items:
-            self.emit(NodeCompleted(seq=0, at_ms=self.now, node_id=nid, attempt=1))
+            self.emit(NodeCompleted(seq=self.seq, at_ms=self.now, node_id=nid, attempt=1))
             return self.after_done(nid)
         limit = pn.ir.map.max_concurrency if pn.ir.map else 0
         for _ in range(min(len(items), limit or len(items))):
@@ -338,7 +357,7 @@ class _Decider:
             job = self.build_job(node_id, attempt, self.now)
         except ExprError as e:
             return self.failed_for_good(node_id, attempt, ErrorInfo("expression", str(e)))
-        self.emit(NodeScheduled(seq=0, at_ms=self.now, node_id=node_id, attempt=attempt))
+        self.emit(NodeScheduled(seq=self.seq, at_ms=self.now, node_id=node_id, attempt=attempt))
         if job is not None:
             self.out.jobs.append(job)
 
@@ -380,7 +399,7 @@ class _Decider:
             due = self.now + backoff_ms(policy, attempt)
             self.emit(
                 NodeRetrying(
-                    seq=0,
+                    seq=self.seq,
                     at_ms=self.now,
                     node_id=node_id,
                     attempt=attempt,
@@ -401,12 +420,16 @@ class _Decider:
         self.failed_for_good(node_id, attempt, error)
 
     def failed_for_good(self, node_id: str, attempt: int, error: ErrorInfo) -> None:
-        self.emit(NodeFailed(seq=0, at_ms=self.now, node_id=node_id, attempt=attempt, error=error))
+        self.emit(
+            NodeFailed(seq=self.seq, at_ms=self.now, node_id=node_id, attempt=attempt, error=error)
+        )
         parent = split_child(node_id)
         if parent is not None:
             pid = parent[0]
             wrapped = ErrorInfo(error.type, f"item {parent[1]}: {error.message}", False)
-            self.emit(NodeFailed(seq=0, at_ms=self.now, node_id=pid, attempt=1, error=wrapped))
+            self.emit(
+                NodeFailed(seq=self.seq, at_ms=self.now, node_id=pid, attempt=1, error=wrapped)
+            )
             return self.run_failed(pid, wrapped)
         self.run_failed(node_id, error)
 
@@ -414,7 +437,10 @@ class _Decider:
         message = f"node {node_id} failed: {error.message}"
         self.end_run(
             RunFailed(
-                seq=0, at_ms=self.now, node_id=node_id, error=ErrorInfo(error.type, message, False)
+                seq=self.seq,
+                at_ms=self.now,
+                node_id=node_id,
+                error=ErrorInfo(error.type, message, False),
             )
         )
 
@@ -426,8 +452,8 @@ class _Decider:
                 self.out.cancels.append(
                     CancelJob(run_id=self.state.run_id, node_id=nid, attempt=node.attempt)
                 )
-            self.emit(NodeCancelled(seq=0, at_ms=self.now, node_id=nid))
-        self.emit(final)
+            self.emit(NodeCancelled(seq=self.seq, at_ms=self.now, node_id=nid))
+        self.emit(msgspec.structs.replace(final, seq=self.seq))  # built before the loop
 
     def after_done(self, node_id: str) -> None:
         """`node_id` completed or was skipped: advance its map or its dependents."""
@@ -439,7 +465,7 @@ class _Decider:
             if p.launched < p.width:
                 self.launch_child(pid)
             elif p.done == p.width:
-                self.emit(NodeCompleted(seq=0, at_ms=self.now, node_id=pid, attempt=1))
+                self.emit(NodeCompleted(seq=self.seq, at_ms=self.now, node_id=pid, attempt=1))
                 self.after_done(pid)
             return
         for dep in self.plan.nodes[node_id].dependents:
@@ -453,9 +479,9 @@ class _Decider:
             outputs = self.plan.outputs(self.context())
         except ExprError as e:
             error = ErrorInfo("expression", f"outputs: {e}")
-            self.emit(RunFailed(seq=0, at_ms=self.now, error=error))
+            self.emit(RunFailed(seq=self.seq, at_ms=self.now, error=error))
             return
-        self.emit(RunCompleted(seq=0, at_ms=self.now, outputs=outputs))
+        self.emit(RunCompleted(seq=self.seq, at_ms=self.now, outputs=outputs))
 
 
 def _agent_limits(pn: PlanNode, config: dict[str, Any]) -> dict[str, Any]:

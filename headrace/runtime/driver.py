@@ -28,6 +28,7 @@ from headrace.spec import Plan
 from headrace.store import Committed, Store, Transition
 
 MAX_CONFLICT_RETRIES = 5
+SENT_FLUSH_S = 0.5
 
 
 @dataclass
@@ -70,12 +71,35 @@ class Driver:
         self.cache_size = cache_size
         self.lock = asyncio.Lock()
         self.timers_changed = asyncio.Event()
+        self._starting: list[tuple[Transition, asyncio.Future[bool]]] = []
+        self._sent: list[int] = []
+        self._sent_flush: asyncio.Task[None] | None = None
+        self._start_flusher: asyncio.Task[None] | None = None
 
     async def _commit(self, transitions: list[Transition]) -> Committed:
+        sent, self._sent = self._sent, []
         started = time.perf_counter()
-        committed = await self.store.commit(transitions)
+        try:
+            committed = await self.store.commit(transitions, sent)
+        except BaseException:
+            self._sent = sent + self._sent
+            raise
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         return committed
+
+    def _mark_sent(self, ids: list[int]) -> None:
+        """Published outbox rows are deleted by the next commit, or after a short idle pause;
+        the relay only sweeps rows older than its grace, so they are never sent twice."""
+        self._sent += ids
+        if self._sent_flush is None or self._sent_flush.done():
+            self._sent_flush = asyncio.create_task(self._flush_sent())
+
+    async def _flush_sent(self) -> None:
+        await asyncio.sleep(SENT_FLUSH_S)
+        if self._sent:
+            async with self.lock:
+                sent, self._sent = self._sent, []
+                await self.store.outbox_sent(sent)
 
     async def start_run(
         self,
@@ -100,17 +124,39 @@ class Driver:
             new=True,
             idempotency_key=idempotency_key,
         )
-        async with self.lock:
-            committed = await self._commit([t])
-        if committed.conflicts:  # a concurrent request with the same key won
+        created: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._starting.append((t, created))
+        if self._start_flusher is None or self._start_flusher.done():
+            self._start_flusher = asyncio.create_task(self._flush_starts())
+        if not await created:  # a concurrent request with the same key won
             assert idempotency_key is not None
             existing = await self.store.run_for_key(idempotency_key)
             if existing is None:
                 raise Conflict("the run could not be created; try again")
             return await self.store.load_run(existing)
-        self._remember(state)
-        await self._publish([t], committed.outbox_ids)
         return state
+
+    async def _flush_starts(self) -> None:
+        """Group commit: the runs requested while the previous commit ran go in one."""
+        while self._starting:
+            await asyncio.sleep(0)  # let requests arriving in this loop turn join the batch
+            batch, self._starting = self._starting, []
+            try:
+                async with self.lock:
+                    committed = await self._commit([t for t, _ in batch])
+            except BaseException as e:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            done = [t for t, _ in batch if t.state.run_id not in committed.conflicts]
+            for t in done:
+                self._remember(t.state)
+            await self._publish(done, committed.outbox_ids)
+            for t, fut in batch:
+                fut.set_result(t.state.run_id not in committed.conflicts)
 
     async def apply(
         self, commands: Sequence[tuple[str, Command]], fired: Sequence[Timer] = ()
@@ -187,12 +233,13 @@ class Driver:
         messages = [m for t in transitions for m in t.messages]
         if messages:
             await self.bus.publish(messages)
-            await self.store.outbox_sent(outbox_ids)
+            self._mark_sent(outbox_ids)
         for t in transitions:
             if t.events:
                 self.hub.notify(t.state.run_id, t.state.seq)
             if t.state.status in RUN_TERMINAL:
                 self.cache.pop(t.state.run_id, None)
+                self.hub.ended(t.state.run_id)
         if any(t.timers for t in transitions):
             self.timers_changed.set()
         self.metrics.observe(transitions)

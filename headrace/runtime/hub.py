@@ -11,6 +11,7 @@ class Hub:
     def __init__(self) -> None:
         self._seq: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Future[int]]] = defaultdict(set)
+        self._end_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
 
     def notify(self, run_id: str, seq: int) -> None:
         if seq <= self._seq.get(run_id, 0):
@@ -38,5 +39,24 @@ class Hub:
                 if not waiters:
                     self._waiters.pop(run_id, None)
 
-    def forget(self, run_id: str) -> None:
+    def ended(self, run_id: str) -> None:
+        """The run reached its terminal state: wake `wait_end` callers, forget its seq."""
         self._seq.pop(run_id, None)
+        for fut in self._end_waiters.pop(run_id, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_end(self, run_id: str, timeout_s: float) -> None:
+        """Return when this process sees the run end, or after the timeout."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._end_waiters[run_id].add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._end_waiters.get(run_id)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    self._end_waiters.pop(run_id, None)

@@ -4,6 +4,7 @@ I/O). Each process owns one registry, served at /metrics."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -54,9 +55,18 @@ class Metrics:
             buckets=_TIMES,
             registry=r,
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.queue_depth = Gauge(
             "headrace_queue_depth", "Messages waiting per lane", ["lane"], registry=r
         )
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(...)`, cached: the lookup costs more than the observation."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def watch_depth(self, lane: str, read: Callable[[], float]) -> None:
         self.queue_depth.labels(lane).set_function(read)
@@ -69,7 +79,7 @@ class Metrics:
                 if isinstance(e, RunStarted):
                     self.runs_started.inc()
                 elif type(e) in _FINAL:
-                    self.runs_finished.labels(_FINAL[type(e)]).inc()
+                    self._child(self.runs_finished, _FINAL[type(e)]).inc()
                 elif isinstance(e, NodeStarted | NodeCompleted | NodeFailed | NodeRetrying):
                     node = nodes.get(e.node_id)
                     top = e.node_id.partition("[")[0]
@@ -81,13 +91,13 @@ class Metrics:
     def _node(self, e: object, scheduled: int | None, started: int | None, kind: str) -> None:
         if isinstance(e, NodeStarted):
             if scheduled is not None:
-                self.queue_wait.labels(kind).observe(max(0, e.at_ms - scheduled) / 1000)
+                self._child(self.queue_wait, kind).observe(max(0, e.at_ms - scheduled) / 1000)
             return
         outcome = (
             "completed"
             if isinstance(e, NodeCompleted)
             else ("retrying" if isinstance(e, NodeRetrying) else "failed")
         )
-        self.node_attempts.labels(kind, outcome).inc()
+        self._child(self.node_attempts, kind, outcome).inc()
         if started is not None and isinstance(e, NodeCompleted | NodeFailed | NodeRetrying):
-            self.node_duration.labels(kind).observe(max(0, e.at_ms - started) / 1000)
+            self._child(self.node_duration, kind).observe(max(0, e.at_ms - started) / 1000)

@@ -129,7 +129,6 @@ class Embedded:
         """Wait until the run ends; returns its record."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        seq = 0
         while True:
             record, _ = await self.store.get_run(run_id)
             if record.status in ("completed", "failed", "cancelled"):
@@ -137,4 +136,4 @@ class Embedded:
             if deadline is not None and loop.time() > deadline:
                 raise TimeoutError(f"run {run_id} still {record.status}")
             self.check_failed()
-            seq = await self.hub.wait(run_id, max(seq, record.seq), 0.5)
+            await self.hub.wait_end(run_id, 1.0)

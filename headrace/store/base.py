@@ -7,6 +7,7 @@ applied exactly once whatever the interleaving of writers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -116,10 +117,11 @@ class Store(Protocol):
     async def run_for_key(self, idempotency_key: str) -> str | None:
         """The run id created under this idempotency key, if any."""
 
-    async def commit(self, transitions: list[Transition]) -> Committed:
+    async def commit(self, transitions: list[Transition], sent: Sequence[int] = ()) -> Committed:
         """Apply all transitions in one transaction, except those whose run version had moved
         (a new run whose idempotency key exists counts as such): they are reported in
-        `conflicts` and nothing of them is written."""
+        `conflicts` and nothing of them is written. The same transaction deletes the `sent`
+        outbox rows (published since), which saves a transaction per batch."""
 
     async def load_run(self, run_id: str) -> RunState:
         """The run's current state (NotFound for an unknown id)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    async def commit(self, transitions: list[Transition]) -> Committed:
+    async def commit(self, transitions: list[Transition], sent: Sequence[int] = ()) -> Committed:
         db = self.db
         now = int(time.time() * 1000)
         try:
@@ -158,8 +159,10 @@ class SqliteStore:
         except sqlite3.OperationalError as e:  # locked by another process past busy_timeout
             raise InfraError(f"sqlite: {e}") from e
         try:
-            applied = [t for t in transitions if self._write_run(t)]
+            applied = self._write_runs(transitions)
             outbox_ids = self._write_details(applied, now)
+            if sent:
+                db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _ranges(sent))
             db.execute("COMMIT")
         except BaseException as e:
             db.execute("ROLLBACK")
@@ -170,6 +173,19 @@ class SqliteStore:
             t.state.version += 1
         conflicts = {t.state.run_id for t in transitions} - {t.state.run_id for t in applied}
         return Committed(conflicts, outbox_ids)
+
+    def _write_runs(self, transitions: list[Transition]) -> list[Transition]:
+        """Write the run rows; the transitions whose version check passed."""
+        updates = [t for t in transitions if not t.new]
+        if len(updates) > 1:  # fast path: one statement for all, if no version has moved
+            self.db.execute("SAVEPOINT runs")
+            rows_ = [(*_update_values(t)[:-2], t.state.run_id, t.state.version) for t in updates]
+            if self.db.executemany(_RUN_UPDATE, rows_).rowcount == len(updates):
+                self.db.execute("RELEASE runs")
+                return [t for t in transitions if not t.new or self._write_run(t)]
+            self.db.execute("ROLLBACK TO runs")
+            self.db.execute("RELEASE runs")
+        return [t for t in transitions if self._write_run(t)]
 
     def _write_run(self, t: Transition) -> bool:
         s = t.state
@@ -197,9 +213,7 @@ class SqliteStore:
             except sqlite3.IntegrityError:
                 return False
             return True
-        cur = self.db.execute(
-            _RUN_UPDATE, (*values[:1], s.version + 1, *values[2:], s.run_id, s.version)
-        )
+        cur = self.db.execute(_RUN_UPDATE, _update_values(t))
         return cur.rowcount == 1
 
     def _write_details(self, applied: list[Transition], now: int) -> list[int]:
@@ -353,8 +367,15 @@ class SqliteStore:
         return [OutboxEntry(r[0], Message(r[1], r[2], bytes(r[3]), rows.loads(r[4]))) for r in cur]
 
     async def outbox_sent(self, ids: list[int]) -> None:
-        if ids:
-            self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        if not ids:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _ranges(ids))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     async def due_timers(self, now_ms: int, limit: int) -> list[Timer]:
         cur = self.db.execute(
@@ -365,6 +386,23 @@ class SqliteStore:
     async def next_timer_at(self) -> int | None:
         row = self.db.execute("SELECT MIN(due_at) FROM timers").fetchone()
         return None if row[0] is None else int(row[0])
+
+
+def _update_values(t: Transition) -> tuple[Any, ...]:
+    s = t.state
+    values = rows.run_values(s)
+    return (*values[:1], s.version + 1, *values[2:], s.run_id, s.version)
+
+
+def _ranges(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """Contiguous id ranges (a commit writes contiguous ids, so usually one)."""
+    out: list[tuple[int, int]] = []
+    for i in sorted(ids):
+        if out and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return out
 
 
 def _workflow(row: Any) -> WorkflowRecord:
