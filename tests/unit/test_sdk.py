@@ -188,3 +188,14 @@ def test_sdk_expressions_evaluate_as_written() -> None:
     wf.task("a", "m.f", when=(n > 1) & ~(n == 3) | (n < -5))
     ir = wf.build()
     assert ir.nodes[0].when == "${{ inputs.n > 1 and not inputs.n == 3 or inputs.n < -5 }}"
+
+
+def test_the_sdk_example_matches_the_yaml_example() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sdk_example", "examples/order_fulfilment_sdk.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yaml_ir = parse_workflow(Path("examples/order-fulfilment.yaml").read_text())
+    assert ir_hash(module.build().build()) == ir_hash(yaml_ir)
