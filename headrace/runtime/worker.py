@@ -71,7 +71,8 @@ class Worker:
         self.results: list[Message] = []
         self.acks: list[Delivery] = []  # sent after the results queued with them
         self.flush_needed = asyncio.Event()
-        self.slots = asyncio.Semaphore(concurrency)
+        self.free = concurrency  # slots not running a job
+        self.slot_freed = asyncio.Event()
         self.stats = WorkerStats()
 
     async def run(self) -> None:
@@ -81,15 +82,13 @@ class Worker:
             tg.create_task(self._take_cancels())
 
     async def _take_jobs(self) -> None:
+        """Take as many jobs as there are free slots, high lane first."""
         while True:
-            await self.slots.acquire()
-            free = 1
-            while free < self.concurrency and not self.slots.locked():
-                await self.slots.acquire()
-                free += 1
-            deliveries = await self.bus.consume(JOB_LANES, GROUP, self.name, free, 200)
-            for _ in range(free - len(deliveries)):
-                self.slots.release()
+            while self.free == 0:
+                self.slot_freed.clear()
+                await self.slot_freed.wait()
+            deliveries = await self.bus.consume(JOB_LANES, GROUP, self.name, self.free, 200)
+            self.free -= len(deliveries)
             for delivery in deliveries:
                 self._start(delivery)
 
@@ -98,7 +97,7 @@ class Worker:
             job = decode_job(delivery.message.payload)
         except msgspec.DecodeError:
             log.error("dropping an undecodable job %s", delivery.id)
-            self.slots.release()
+            self._release()
             self._send(None, delivery)
             return
         key = (job.run_id, job.node_id, job.attempt)
@@ -108,7 +107,11 @@ class Worker:
 
     def _done(self, key: tuple[str, str, int]) -> None:
         self.running.pop(key, None)
-        self.slots.release()
+        self._release()
+
+    def _release(self) -> None:
+        self.free += 1
+        self.slot_freed.set()
 
     async def _execute(self, job: Job, delivery: Delivery) -> None:
         started = now_ms()

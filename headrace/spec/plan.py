@@ -39,6 +39,7 @@ class Plan:
     order: list[str]  # topological, ties by id: how nodes are listed to people
     outputs: Template
     input_schema: dict[str, Any]
+    input_validator: jsonschema.Draft202012Validator
 
     @property
     def tag(self) -> str:
@@ -48,7 +49,9 @@ class Plan:
         """Raise InputError naming the first input that does not match its schema."""
         if not isinstance(inputs, dict):
             raise InputError("inputs", "must be an object")
-        validator = jsonschema.Draft202012Validator(self.input_schema)
+        validator = self.input_validator
+        if validator.is_valid(inputs):
+            return
         errors = sorted(validator.iter_errors(inputs), key=lambda e: list(e.absolute_path))
         if errors:
             err = errors[0]
@@ -109,6 +112,7 @@ def build_plan(ir: WorkflowIR) -> Plan:
         order=_topological(ir),
         outputs=compile_template(ir.outputs),
         input_schema=schema,
+        input_validator=jsonschema.Draft202012Validator(schema),
     )
 
 
