@@ -12,7 +12,7 @@ import json
 from headrace.sdk import Workflow, ref
 
 
-def build() -> Workflow:
+def build(*, fraud_threshold: int = 100) -> Workflow:
     wf = Workflow(
         "order-fulfilment",
         version=1,
@@ -45,7 +45,7 @@ def build() -> Workflow:
         url=f"{ref('vars').fraud_url}/check",
         headers={"Authorization": f"Bearer {ref('secrets').fraud_token}"},
         json={"amount": total.output.amount},
-        when=total.output.amount > 100,
+        when=total.output.amount > fraud_threshold,
         priority="high",
     )
     approve = wf.wait(

@@ -87,9 +87,6 @@ class MemoryBus:
         for d in deliveries:
             self._pending.pop((group, d.id), None)
 
-    def pending_count(self, group: str) -> int:
-        return sum(1 for g, _ in self._pending if g == group)
-
     def depth(self, topic: str) -> int:
         """Messages waiting in `topic`, over all groups (for the queue-depth metric)."""
         waiting = sum(len(q) for (t, _), q in self._queues.items() if t == topic)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import Any
 
 
 class Hub:
@@ -33,11 +34,7 @@ class Hub:
         except TimeoutError:
             return self._seq.get(run_id, after_seq)
         finally:
-            waiters = self._waiters.get(run_id)
-            if waiters is not None:
-                waiters.discard(fut)
-                if not waiters:
-                    self._waiters.pop(run_id, None)
+            _discard(self._waiters, run_id, fut)
 
     def ended(self, run_id: str) -> None:
         """The run reached its terminal state: wake `wait_end` callers, forget its seq."""
@@ -55,8 +52,12 @@ class Hub:
         except TimeoutError:
             pass
         finally:
-            waiters = self._end_waiters.get(run_id)
-            if waiters is not None:
-                waiters.discard(fut)
-                if not waiters:
-                    self._end_waiters.pop(run_id, None)
+            _discard(self._end_waiters, run_id, fut)
+
+
+def _discard(waiters: dict[str, set[Any]], run_id: str, fut: Any) -> None:
+    found = waiters.get(run_id)
+    if found is not None:
+        found.discard(fut)
+        if not found:
+            waiters.pop(run_id, None)

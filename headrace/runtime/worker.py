@@ -12,7 +12,6 @@ import asyncio
 import base64
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -37,15 +36,6 @@ from headrace.spec import resolve_secrets, secret_names
 
 log = logging.getLogger(__name__)
 GROUP = "workers"
-
-
-@dataclass
-class WorkerStats:
-    attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, outcome) -> n
-
-    def count(self, kind: str, outcome: str) -> None:
-        key = (kind, outcome)
-        self.attempts[key] = self.attempts.get(key, 0) + 1
 
 
 class Worker:
@@ -73,7 +63,6 @@ class Worker:
         self.flush_needed = asyncio.Event()
         self.free = concurrency  # slots not running a job
         self.slot_freed = asyncio.Event()
-        self.stats = WorkerStats()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -157,7 +146,6 @@ class Worker:
         except Exception as e:  # a bug in an executor must not kill the worker
             log.exception("executor for %s failed", job.kind)
             error = ErrorInfo("internal", f"{type(e).__name__}: {e}", True)
-        self.stats.count(job.kind, "ok" if error is None else error.type)
         result = Finished(
             run_id=job.run_id,
             node_id=job.node_id,
