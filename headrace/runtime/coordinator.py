@@ -60,8 +60,8 @@ class Coordinator:
             deliveries = await self.bus.consume([RESULTS], GROUP, self.name, self.batch_size, 200)
             if not deliveries:
                 continue
-            if len(deliveries) < self.batch_size:
-                await asyncio.sleep(0)  # linger one loop turn: results finishing now join
+            if 1 < len(deliveries) < self.batch_size:
+                await asyncio.sleep(0)  # under load, linger a loop turn: more results join
                 more = self.batch_size - len(deliveries)
                 deliveries += await self.bus.consume([RESULTS], GROUP, self.name, more, 0)
             commands = [c for c in map(command_of, deliveries) if c is not None]

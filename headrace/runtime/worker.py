@@ -176,7 +176,8 @@ class Worker:
         while True:
             await self.flush_needed.wait()
             self.flush_needed.clear()
-            await asyncio.sleep(0)  # let results finishing in the same tick join the batch
+            if len(self.results) > 1:  # under load, linger a loop turn: more results join
+                await asyncio.sleep(0)
             results, self.results = self.results, []
             acks, self.acks = self.acks, []
             if results:
