@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from headrace.config import Settings
-from headrace.services.embedded import Embedded
+from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
 
 NOOP = "headrace.testing.tasks.noop"

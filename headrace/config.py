@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(256, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="on SIGTERM, how long running "
+        "jobs may take to finish before they are handed back",
+    )
     crash_at: str | None = Field(
         None,
         description="tests only: NAME[:N] makes this process SIGKILL itself the Nth "

@@ -83,7 +83,7 @@ async def _run(
 ) -> dict[str, Any]:
     from headrace.api.views import run_summary
     from headrace.cli.progress import follow
-    from headrace.services.embedded import Embedded
+    from headrace.services.runtime import Embedded
     from headrace.spec import plan_of
 
     console = Console()
@@ -132,7 +132,7 @@ async def _dev(settings: Any, host: str, port: int) -> None:
     import uvicorn
 
     from headrace.api.app import create_app
-    from headrace.services.embedded import Embedded
+    from headrace.services.runtime import Embedded
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -151,6 +151,54 @@ async def _dev(settings: Any, host: str, port: int) -> None:
             highlight=False,
         )
         await server.serve()
+
+
+@app.command()
+def serve(
+    roles: Annotated[
+        list[str],
+        typer.Argument(help="api, coordinator, worker, relay, or all.", metavar="ROLE..."),
+    ],
+    port: Annotated[int, typer.Option("--port", help="HTTP port of the API.")] = 8080,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    health_port: Annotated[
+        int, typer.Option("--health-port", help="/healthz, /readyz, /metrics; 0 = a free port.")
+    ] = 0,
+    tasks: TasksOption = None,
+) -> None:
+    """Run cluster processes: any of api, coordinator, worker, relay (or all)."""
+    import logging
+
+    from headrace.services.runtime import ROLES
+    from headrace.services.serve import serve as run_serve
+
+    chosen = ROLES if "all" in roles else tuple(dict.fromkeys(roles))
+    unknown = [r for r in chosen if r not in ROLES]
+    if unknown:
+        raise fail(f"ROLE: unknown role {unknown[0]!r} (roles: {', '.join(ROLES)}, all)")
+    try:
+        settings = load_settings(tasks=tasks)
+        if set(chosen) != set(ROLES) and settings.bus.startswith("memory"):
+            raise InputError(
+                "HEADRACE_BUS",
+                "a memory bus is seen by one process only; give "
+                "separate processes a shared bus (redis://...)",
+            )
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        asyncio.run(
+            run_serve(
+                settings,
+                chosen,
+                host=host,
+                port=port,
+                health_port=health_port,
+                announce=lambda text: err.print(text, highlight=False),
+            )
+        )
+    except InputError as e:
+        raise fail(str(e)) from None
 
 
 @db_app.command("upgrade")

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from headrace.services.embedded import Embedded
+from headrace.services.runtime import Embedded
 from headrace.store import NodeRecord
 
 _STYLE = {

@@ -63,6 +63,8 @@ class Worker:
         self.flush_needed = asyncio.Event()
         self.free = concurrency  # slots not running a job
         self.slot_freed = asyncio.Event()
+        self.accepting = True
+        self.handing_back = False  # jobs cancelled now go back to the bus, unacknowledged
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -72,7 +74,7 @@ class Worker:
 
     async def _take_jobs(self) -> None:
         """Take as many jobs as there are free slots, high lane first."""
-        while True:
+        while self.accepting:
             while self.free == 0:
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
@@ -110,7 +112,8 @@ class Worker:
         try:
             result = await self._attempt(job, started)
         except asyncio.CancelledError:
-            self._send(None, delivery)  # the run ended: nothing to report
+            if not self.handing_back:
+                self._send(None, delivery)  # the run ended: nothing to report
             raise
         finally:
             notice.cancel()
@@ -178,12 +181,28 @@ class Worker:
             self.flush_needed.clear()
             if len(self.results) > 1:  # under load, linger a loop turn: more results join
                 await asyncio.sleep(0)
-            results, self.results = self.results, []
-            acks, self.acks = self.acks, []
-            if results:
-                await self.bus.publish(results)
-            if acks:
-                await self.bus.ack(GROUP, acks)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        results, self.results = self.results, []
+        acks, self.acks = self.acks, []
+        if results:
+            await self.bus.publish(results)
+        if acks:
+            await self.bus.ack(GROUP, acks)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking jobs; let running ones finish for `grace_s`, then hand the rest back
+        (cancelled without acknowledgement: the bus redelivers them to another worker)."""
+        self.accepting = False
+        running = list(self.running.values())
+        if running:
+            await asyncio.wait(running, timeout=grace_s)
+        self.handing_back = True
+        for task in self.running.values():
+            task.cancel()
+        await asyncio.gather(*self.running.values(), return_exceptions=True)
+        await self._flush()
 
     async def _take_cancels(self) -> None:
         group = f"cancels-{self.name}"  # a group per worker: every worker sees every cancel

@@ -10,7 +10,7 @@ import pytest
 
 from headrace.api.app import create_app
 from headrace.config import Settings
-from headrace.services.embedded import Embedded
+from headrace.services.runtime import Embedded
 from headrace.testing.servers import serve
 
 SECRET = "tok-7f3a9c-very-secret"

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from headrace.services.embedded import Embedded
+from headrace.services.runtime import Embedded
 
 CHAIN = """
 name: chain

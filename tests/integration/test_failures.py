@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from headrace.services.embedded import Embedded
+from headrace.services.runtime import Embedded
 from headrace.testing.servers import serve
 
 T = "headrace.testing.tasks"

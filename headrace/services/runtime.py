@@ -1,6 +1,6 @@
-"""Embedded mode: the store, bus, coordinator, worker and relay in one process.
-
-`headrace run` and `headrace dev` use it; the cluster runs the same loops as processes.
+"""A headrace process: adapters built from settings, the loops of its roles, and the
+operations the API needs. `Embedded` runs every role in one process (`headrace run`,
+`headrace dev`); `headrace serve ROLE` runs some of them (the cluster).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import functools
 import gc
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -42,12 +42,21 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-class Embedded:
-    """All loops in one process. Use as `async with Embedded(settings) as rt:`."""
+ROLES = ("api", "coordinator", "worker", "relay")
+
+
+class Runtime:
+    """The loops of `roles` in this process. Use as `async with Runtime(settings, roles):`."""
 
     def __init__(
-        self, settings: Settings, *, store: Store | None = None, bus: Bus | None = None
+        self,
+        settings: Settings,
+        roles: tuple[str, ...] = ROLES,
+        *,
+        store: Store | None = None,
+        bus: Bus | None = None,
     ) -> None:
+        self.roles = roles
         self.settings = settings
         self.store = store or build_store(settings)
         self.bus = bus or build_bus(settings)
@@ -56,7 +65,7 @@ class Embedded:
         crash = CrashPoints(settings.crash_at)
         self.driver = Driver(self.store, self.bus, self.hub, self.metrics, crash=crash)
         self.secrets = settings.all_secrets()
-        self.tasks = TaskRegistry(settings.task_modules)
+        self.tasks = TaskRegistry(settings.task_modules if "worker" in roles else [])
         self.http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self.executors: dict[str, NodeExecutor] = {
             "task": self.tasks.run,
@@ -78,16 +87,20 @@ class Embedded:
                 self.metrics.watch_depth(lane, functools.partial(bus.depth, lane))
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def __aenter__(self) -> Embedded:
+    async def __aenter__(self) -> Self:
         tune_gc()
         await self.store.open()
         await self.recover()
-        self.loops = [
-            Supervised("coordinator.results", self.coordinator.run_results),
-            Supervised("coordinator.timers", self.coordinator.run_timers),
-            Supervised("worker", self.worker.run),
-            Supervised("relay", self.relay.run),
-        ]
+        self.loops = []
+        if "coordinator" in self.roles:
+            self.loops += [
+                Supervised("coordinator.results", self.coordinator.run_results),
+                Supervised("coordinator.timers", self.coordinator.run_timers),
+            ]
+        if "worker" in self.roles:
+            self.loops.append(Supervised("worker", self.worker.run))
+        if "relay" in self.roles:
+            self.loops.append(Supervised("relay", self.relay.run))
         for loop in self.loops:
             self._tasks.append(asyncio.create_task(loop.run(), name=loop.name))
         return self
@@ -107,8 +120,15 @@ class Embedded:
     async def recover(self) -> None:
         """Publish what a previous process left: outbox rows, and (if the bus forgets on
         restart) the jobs of every attempt still in flight."""
-        swept = await self.relay.sweep(older_than_s=0)
-        republished = 0 if self.bus.durable else await self.driver.republish_in_flight()
+        alone = set(self.roles) == set(ROLES)  # nobody else publishes: nothing is in flight
+        swept = (
+            await self.relay.sweep(older_than_s=0 if alone else None)
+            if "relay" in self.roles
+            else 0
+        )
+        republished = 0
+        if alone and not self.bus.durable:
+            republished = await self.driver.republish_in_flight()
         if swept or republished:
             log.info("recovered %d outbox messages and %d in-flight jobs", swept, republished)
 
@@ -146,3 +166,7 @@ class Embedded:
                 raise TimeoutError(f"run {run_id} still {record.status}")
             self.check_failed()
             await self.hub.wait_end(run_id, 1.0)
+
+
+class Embedded(Runtime):
+    """Every role in one process: `async with Embedded(settings) as rt:`."""
