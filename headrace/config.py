@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +29,10 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(256, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+    process_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="names this process's consumers on the bus; keep it stable per slot",
+    )
     shutdown_grace_s: float = Field(
         10.0,
         ge=0,

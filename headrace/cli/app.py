@@ -201,6 +201,35 @@ def serve(
         raise fail(str(e)) from None
 
 
+cluster_app = typer.Typer(help="A local cluster of separate processes.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("up")
+def cluster_up(
+    port: Annotated[int, typer.Option("--port", help="HTTP port of the API.")] = 8080,
+    coordinators: Annotated[int, typer.Option("--coordinators", min=1)] = 2,
+    workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
+    tasks: TasksOption = None,
+) -> None:
+    """Start api, coordinators, workers and a relay as processes (needs a shared bus and
+    database: HEADRACE_BUS=redis://..., HEADRACE_DATABASE_URL=postgresql://...)."""
+    from headrace.cli.cluster import up
+
+    try:
+        settings = load_settings(tasks=tasks)
+        if settings.bus.startswith("memory"):
+            raise InputError("HEADRACE_BUS", "the cluster needs a shared bus (redis://...)")
+        if settings.database_url.startswith("sqlite"):
+            raise InputError(
+                "HEADRACE_DATABASE_URL", "the cluster needs a shared database (postgresql://...)"
+            )
+    except InputError as e:
+        raise fail(str(e)) from None
+    extra = ["--tasks", tasks] if tasks else []
+    raise typer.Exit(asyncio.run(up(port, coordinators, workers, extra)))
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply schema migrations to HEADRACE_DATABASE_URL."""

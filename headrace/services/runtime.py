@@ -72,11 +72,14 @@ class Runtime:
             "http": HttpExecutor(self.http, self.secrets).run,
             "agent": AgentExecutor(self.secrets).run,
         }
-        self.coordinator = Coordinator(self.driver, self.bus, self.store)
+        self.coordinator = Coordinator(
+            self.driver, self.bus, self.store, name=f"coordinator-{settings.process_name}"
+        )
         self.worker = Worker(
             self.bus,
             self.executors,
             self.secrets,
+            name=f"worker-{settings.process_name}",
             concurrency=settings.worker_concurrency,
             crash=crash,
         )
