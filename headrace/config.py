@@ -19,9 +19,17 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         "sqlite:///.headrace/headrace.db",
-        description="sqlite:///relative.db or sqlite:////absolute.db",
+        description="sqlite:///relative.db, sqlite:////absolute.db or postgresql://user@host/db",
     )
-    bus: str = Field("memory://", description="memory://")
+    bus: str = Field("memory://", description="memory:// or redis://host:port/db")
+    bus_prefix: str = Field("headrace:", description="prefix of every stream key on the bus")
+    lease_s: float = Field(
+        10.0,
+        gt=0,
+        description="a job held this long without a heartbeat "
+        "is redelivered (its worker is presumed dead)",
+    )
+    heartbeat_s: float = Field(2.0, gt=0, description="how often workers renew their leases")
     tasks: str = Field("", description="comma-separated modules whose functions tasks may name")
     vars: dict[str, Any] = Field(default_factory=dict, description="JSON object: `vars.*`")
     secrets: dict[str, str] = Field(default_factory=dict, description="JSON object: `secrets.*`")

@@ -1,7 +1,23 @@
-"""The Bus seam, its adapters (memory now; Redis Streams and Kafka fit the same Protocol)."""
+"""The Bus seam and its adapters: memory (in-process) and Redis Streams; Kafka fits the same
+Protocol. `RedisBus` is imported on first use, so the embedded mode never loads redis-py."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from headrace.bus import topics
-from headrace.bus.base import Bus, Delivery
+from headrace.bus.base import DEAD_LETTER_TOPIC, Bus, Delivery
 from headrace.bus.memory import MemoryBus
 
-__all__ = ["Bus", "Delivery", "MemoryBus", "topics"]
+if TYPE_CHECKING:
+    from headrace.bus.redis import RedisBus
+
+__all__ = ["DEAD_LETTER_TOPIC", "Bus", "Delivery", "MemoryBus", "RedisBus", "topics"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisBus":
+        from headrace.bus.redis import RedisBus
+
+        return RedisBus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,22 @@
 """The Bus seam: at-least-once transport of jobs, results and cancels.
 
-Consumers in the same group share a topic's messages; every group sees every message (so a
-group per worker turns a topic into a broadcast). A delivered message stays pending until
-acknowledged; acknowledge only after its effect is committed.
+The contract every adapter keeps (tests/contract/test_bus_contract.py checks it on each):
+
+- **Groups.** Consumers in the same group share a topic's messages; every group sees every
+  message published after it first consumed (so a group per worker turns a topic into a
+  broadcast). Whether a new group also sees older messages is the backend's affair: memory
+  gives the backlog to the first group only, Redis gives a new group everything it retains.
+- **Order.** Within one topic, messages are delivered in publish order (a redelivery comes
+  out of order). `consume` drains the topics it is given in that order: earlier first.
+- **At-least-once.** A delivered message stays pending until acknowledged; acknowledge only
+  after its effect is committed. A message pending longer than the bus's visibility timeout
+  is delivered again, to whichever consumer of the group asks next; `touch` restarts that
+  clock for a consumer still working on it. So a message can be delivered twice, and its
+  consumer must be idempotent; it is never lost while the backend keeps it.
+- **Poison.** A message its consumer cannot decode goes to `dead_letter`, which moves it to
+  `DEAD_LETTER_TOPIC` with the reason and acknowledges the original, so it blocks nobody.
+- **Errors.** Adapters raise `headrace.errors.InfraError` for a backend failure, never their
+  driver's exceptions; the next call after the backend returns works again.
 """
 
 from __future__ import annotations
@@ -13,11 +27,18 @@ from typing import Protocol
 
 from headrace.events import Message
 
+DEAD_LETTER_TOPIC = "dead-letter"
+# headers a dead-lettered message carries beside its own: where it came from, and why
+DL_TOPIC = "dead-letter-topic"
+DL_ID = "dead-letter-id"
+DL_GROUP = "dead-letter-group"
+DL_REASON = "dead-letter-reason"
+
 
 @dataclass(frozen=True)
 class Delivery:
     topic: str
-    id: str  # the backend's message id, used to acknowledge
+    id: str  # the backend's message id, unique within its topic; used to acknowledge
     message: Message
 
 
@@ -25,14 +46,38 @@ class Bus(Protocol):
     durable: bool  # whether messages survive a restart of this process
 
     async def publish(self, messages: Sequence[Message]) -> None:
-        """Send all messages, in order per topic (one pipelined round trip where possible)."""
+        """Send all messages, in order per topic (one pipelined round trip where possible).
+        When it returns, every message is in the backend."""
 
     async def consume(
         self, topics: Sequence[str], group: str, consumer: str, max_count: int, block_ms: int
     ) -> list[Delivery]:
-        """Up to `max_count` messages, earlier topics drained first; waits up to `block_ms`
-        when none is there."""
+        """Up to `max_count` messages for `group`: first those whose visibility timeout ran
+        out (redeliveries), then new ones, earlier topics drained first. When there is
+        none, waits up to `block_ms` for one (0: does not wait; an adapter may return
+        empty-handed earlier). The first call of a group on a topic creates the group."""
 
-    async def ack(self, group: str, deliveries: Sequence[Delivery]) -> None: ...
+    async def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
+        """Mark deliveries done for `group`: they are never delivered to it again.
+        Acknowledging twice, or a message the group no longer holds, is a no-op."""
 
-    async def close(self) -> None: ...
+    async def touch(self, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """Heartbeat for long work: restart the visibility clock of these pending messages,
+        now held by `consumer`. Touch only what you still hold: a touch after the timeout
+        ran out may race a redelivery (both consumers then work on it: at-least-once)."""
+
+    async def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
+        """Publish the message to `DEAD_LETTER_TOPIC` (same key and payload, its headers
+        plus `DL_TOPIC`, `DL_ID`, `DL_GROUP`, `DL_REASON`) and acknowledge the original
+        for `group`, so it is never redelivered."""
+
+    async def depth(self, topic: str) -> int:
+        """Messages of `topic` not yet delivered to its slowest group (all of them while
+        there is no group). Pending (delivered, unacknowledged) messages are not counted.
+        Cheap: meant for a gauge. An adapter that cannot tell exactly gives an upper bound
+        and says so."""
+
+    async def close(self) -> None:
+        """Release the bus's connections; call it once its consumers stopped, and no other
+        method after it. What is pending stays pending in a durable backend (redelivered to
+        the next consumer after the visibility timeout); an in-memory bus forgets it all."""

@@ -21,13 +21,12 @@ log = logging.getLogger(__name__)
 GROUP = "coordinators"
 
 
-def command_of(delivery: Delivery) -> tuple[str, Command] | None:
-    """The engine command a result message asks for; None for an undecodable one."""
+def command_of(delivery: Delivery) -> tuple[str, Command] | str:
+    """The engine command a result message asks for, or why it cannot be decoded."""
     try:
         r = decode_result(delivery.message.payload)
-    except msgspec.DecodeError:
-        log.error("dropping an undecodable result %s", delivery.id)
-        return None
+    except msgspec.DecodeError as e:
+        return f"undecodable result: {e}"
     if isinstance(r, Started):
         return r.run_id, MarkStarted(r.node_id, r.attempt, r.at_ms)
     assert isinstance(r, Finished)
@@ -64,9 +63,18 @@ class Coordinator:
                 await asyncio.sleep(0)  # under load, linger a loop turn: more results join
                 more = self.batch_size - len(deliveries)
                 deliveries += await self.bus.consume([RESULTS], GROUP, self.name, more, 0)
-            commands = [c for c in map(command_of, deliveries) if c is not None]
+            commands: list[tuple[str, Command]] = []
+            good = []
+            for delivery in deliveries:
+                command = command_of(delivery)
+                if isinstance(command, str):  # poison: set aside, never blocks the others
+                    log.error("result %s goes to the dead-letter topic: %s", delivery.id, command)
+                    await self.bus.dead_letter(GROUP, delivery, command)
+                else:
+                    commands.append(command)
+                    good.append(delivery)
             await self.apply(commands)
-            await self.bus.ack(GROUP, deliveries)
+            await self.bus.ack(GROUP, good)
 
     async def apply(self, commands: list[tuple[str, Command]]) -> None:
         """Apply a batch; while the store is down, retry it. A command that fails on its own

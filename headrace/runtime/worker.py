@@ -48,8 +48,10 @@ class Worker:
         name: str = "worker-1",
         concurrency: int = 256,
         started_notice_s: float = 0.5,
+        heartbeat_s: float = 2.0,
         crash: CrashPoints = NO_CRASH,
     ) -> None:
+        self.heartbeat_s = heartbeat_s
         self.crash = crash
         self.bus = bus
         self.executors = executors
@@ -58,6 +60,8 @@ class Worker:
         self.concurrency = concurrency
         self.started_notice_s = started_notice_s
         self.running: dict[tuple[str, str, int], asyncio.Task[None]] = {}
+        self.held: dict[tuple[str, str, int], Delivery] = {}  # their deliveries, for heartbeats
+        self._poison: list[tuple[Delivery, str]] = []
         self.results: list[Message] = []
         self.acks: list[Delivery] = []  # sent after the results queued with them
         self.flush_needed = asyncio.Event()
@@ -71,6 +75,7 @@ class Worker:
             tg.create_task(self._take_jobs())
             tg.create_task(self._flush_results())
             tg.create_task(self._take_cancels())
+            tg.create_task(self._heartbeat())
 
     async def _take_jobs(self) -> None:
         """Take as many jobs as there are free slots, high lane first."""
@@ -86,18 +91,21 @@ class Worker:
     def _start(self, delivery: Delivery) -> None:
         try:
             job = decode_job(delivery.message.payload)
-        except msgspec.DecodeError:
-            log.error("dropping an undecodable job %s", delivery.id)
+        except msgspec.DecodeError as e:
+            log.error("undecodable job %s goes to the dead-letter topic: %s", delivery.id, e)
             self._release()
-            self._send(None, delivery)
+            self._poison.append((delivery, f"undecodable job: {e}"))
+            self.flush_needed.set()
             return
         key = (job.run_id, job.node_id, job.attempt)
         task = asyncio.create_task(self._execute(job, delivery))
         self.running[key] = task
+        self.held[key] = delivery
         task.add_done_callback(lambda _: self._done(key))
 
     def _done(self, key: tuple[str, str, int]) -> None:
         self.running.pop(key, None)
+        self.held.pop(key, None)
         self._release()
 
     def _release(self) -> None:
@@ -184,6 +192,9 @@ class Worker:
             await self._flush()
 
     async def _flush(self) -> None:
+        poison, self._poison = self._poison, []
+        for delivery, reason in poison:
+            await self.bus.dead_letter(GROUP, delivery, reason)
         results, self.results = self.results, []
         acks, self.acks = self.acks, []
         if results:
@@ -203,6 +214,14 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
         await self._flush()
+
+    async def _heartbeat(self) -> None:
+        """Renew the lease of every job still running, so the bus does not hand it to
+        another worker; a worker that dies stops renewing and its jobs are redelivered."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if self.held:
+                await self.bus.touch(GROUP, self.name, list(self.held.values()))
 
     async def _take_cancels(self) -> None:
         group = f"cancels-{self.name}"  # a group per worker: every worker sees every cancel

@@ -1,4 +1,5 @@
-"""Build adapters from URLs. The only place that chooses a backend."""
+"""Build adapters from URLs. The only place that chooses a backend; optional backends are
+imported only when asked for."""
 
 from __future__ import annotations
 
@@ -8,25 +9,40 @@ from headrace.bus import Bus, MemoryBus
 from headrace.config import Settings
 from headrace.errors import InputError
 from headrace.store import Store
-from headrace.store.sqlite import SqliteStore
 
 
 def build_store(settings: Settings) -> Store:
     url = settings.database_url
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
+        from headrace.store.sqlite import SqliteStore
+
         path = url.removeprefix("sqlite://")
         path = path[1:] if path.startswith("/") else path  # sqlite:///rel, sqlite:////abs
         if not path:
             raise InputError("HEADRACE_DATABASE_URL", "give a file: sqlite:///.headrace/h.db")
         return SqliteStore(path, synchronous=settings.sqlite_synchronous)
+    raise InputError("HEADRACE_DATABASE_URL", "give a file: sqlite:///.headrace/h.db")
+        return SqliteStore(path, synchronous=settings.sqlite_synchronous)
+    if scheme in ("postgresql", "postgres"):
+        from headrace.store.postgres import PostgresStore
+
+        return PostgresStore(url.replace("postgres://", "postgresql://", 1))
     raise InputError(
-        "HEADRACE_DATABASE_URL", f"unsupported database {url!r} (this build has sqlite:///PATH)"
+        "HEADRACE_DATABASE_URL",
+        f"unsupported database {url!r} (sqlite:///PATH or postgresql://user@host:port/db)",
     )
 
 
 def build_bus(settings: Settings) -> Bus:
     scheme = urlparse(settings.bus).scheme
+    visibility_ms = int(settings.lease_s * 1000)
     if scheme == "memory":
-        return MemoryBus()
-    raise InputError("HEADRACE_BUS", f"unsupported bus {settings.bus!r} (this build has memory://)")
+        return MemoryBus(visibility_ms=visibility_ms)
+    if scheme in ("redis", "rediss"):
+        from headrace.bus.redis import RedisBus
+
+        return RedisBus(settings.bus, prefix=settings.bus_prefix, visibility_ms=visibility_ms)
+    raise InputError(
+        "HEADRACE_BUS", f"unsupported bus {settings.bus!r} (memory:// or redis://host:port/db)"
+    )

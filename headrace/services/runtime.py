@@ -80,6 +80,7 @@ class Runtime:
             self.executors,
             self.secrets,
             name=f"worker-{settings.process_name}",
+            heartbeat_s=settings.heartbeat_s,
             concurrency=settings.worker_concurrency,
             crash=crash,
         )
@@ -87,7 +88,7 @@ class Runtime:
         if isinstance(self.bus, MemoryBus):
             bus = self.bus
             for lane in JOB_LANES:
-                self.metrics.watch_depth(lane, functools.partial(bus.depth, lane))
+                self.metrics.watch_depth(lane, functools.partial(bus.depth_now, lane))
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Self:

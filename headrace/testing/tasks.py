@@ -51,3 +51,14 @@ def permanent(message: str = "no retry") -> None:
 
 def add(a: float, b: float) -> dict[str, float]:
     return {"sum": a + b}
+
+
+async def counted_sleep(key: str, seconds: float) -> dict[str, Any]:
+    """Sleep, counting how many times `key` ran in this process (see `calls`)."""
+    _calls[key] = _calls.get(key, 0) + 1
+    await asyncio.sleep(seconds)
+    return {"key": key}
+
+
+def calls(key: str) -> int:
+    return _calls.get(key, 0)

@@ -1,0 +1,386 @@
+"""The Redis Streams bus (ARCHITECTURE §4, phase 1): one stream per topic, consumer groups.
+
+Keys and fields, all of them:
+
+    {prefix}{topic}        a stream per topic; entry fields `k` (key), `p` (payload bytes),
+                           `h` (headers as a JSON object; absent when there are none)
+    {prefix}dead-letter    dead letters: `k`, `p`, `h` as above (`h` holds the DL_* headers)
+                           plus `topic`, `id`, `group`, `reason` for a reader with redis-cli
+
+Delivery: XREADGROUP, the topics one after another in the order given, then one blocking
+XREADGROUP over all of them when they were all empty. Redelivery: the next consume of a
+group claims messages pending longer than `visibility_ms` with XAUTOCLAIM; that scan runs at
+most every visibility/4 per topic and group. `touch` is XCLAIM (min-idle 0, JUSTID) by the
+holder, which resets the idle time. A group is created at id 0 on first use, so a new group
+reads everything the stream retains; a group that vanished (a Redis restarted without
+persistence) is recreated on the NOGROUP error.
+
+Trimming never uses XADD MAXLEN, which drops messages nobody has acknowledged. Instead
+`publish` checks a stream's length (an XLEN in the same pipeline) at most every
+`trim_every_s` per stream, and when it exceeds `max_len`, `trim` cuts it (XTRIM MINID) to the
+oldest entry some group still needs: the minimum over groups of its oldest pending id and
+its last-delivered id. So `max_len` bounds the history of delivered, acknowledged messages a
+stream keeps; a stream whose consumers lag grows past it rather than lose work, and a group
+that stops reading holds trimming back until it is deleted (XGROUP DESTROY).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.typing import EncodableT, FieldT, StreamIdT
+
+from headrace.bus.base import (
+    DEAD_LETTER_TOPIC,
+    DL_GROUP,
+    DL_ID,
+    DL_REASON,
+    DL_TOPIC,
+    Delivery,
+)
+from headrace.errors import InfraError
+from headrace.events import Message
+
+log = logging.getLogger(__name__)
+
+_SOCKET_TIMEOUT_S = 10.0
+_MAX_BLOCK_MS = 8_000  # a blocking read must answer within the socket timeout
+_CONNECT_TIMEOUT_S = 5.0
+_START = "0-0"  # XAUTOCLAIM's first cursor, and the id a new group starts after
+
+Queue = tuple[str, str]  # (topic, group)
+
+
+class RedisBus:
+    durable = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "headrace:",
+        visibility_ms: int = 30_000,
+        max_len: int = 1_000_000,
+        trim_every_s: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.visibility_ms = visibility_ms
+        self.max_len = max_len
+        self.trim_every_s = trim_every_s
+        # a few quick retries on a broken connection (reconnecting each time); longer
+        # outages surface as InfraError, which the runtime loops retry with their backoff
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=3),
+        )
+        self._groups: set[Queue] = set()  # groups known to exist
+        self._next_claim_s: dict[Queue, float] = {}
+        self._claim_cursor: dict[Queue, bytes] = {}  # an XAUTOCLAIM scan cut short
+        self._next_trim_s: dict[str, float] = {}
+        # messages a blocking read returned beyond `max_count`, for the next consume of
+        # the same (group, consumer); with the monotonic time they were read
+        self._spill: dict[tuple[str, str], list[tuple[float, Delivery]]] = {}
+
+    @property
+    def description(self) -> str:
+        u = urlsplit(self.url)  # without the credentials
+        port = f":{u.port}" if u.port else ""
+        return f"redis {u.scheme}://{u.hostname or ''}{port}{u.path} prefix {self.prefix}"
+
+    def _key(self, topic: str) -> str:
+        return self.prefix + topic
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        now = time.monotonic()
+        due = [t for t in dict.fromkeys(m.topic for m in messages) if self._trim_due(t, now)]
+        with _edge("publish"):
+            pipe = self._client.pipeline(transaction=False)
+            for m in messages:
+                pipe.xadd(self._key(m.topic), _fields(m))
+            for topic in due:
+                pipe.xlen(self._key(topic))
+            lengths = (await pipe.execute())[len(messages) :]
+        for topic, length in zip(due, lengths, strict=True):
+            if length > self.max_len:
+                try:  # the messages are published: a failed trim waits for the next check
+                    await self._trim(topic)
+                except RedisError as e:
+                    log.warning("could not trim %s: %s", self._key(topic), e)
+
+    def _trim_due(self, topic: str, now: float) -> bool:
+        if now < self._next_trim_s.get(topic, 0.0):
+            return False
+        self._next_trim_s[topic] = now + self.trim_every_s
+        return True
+
+    async def consume(
+        self, topics: Sequence[str], group: str, consumer: str, max_count: int, block_ms: int
+    ) -> list[Delivery]:
+        if max_count <= 0:
+            return []
+        with _edge("consume"):
+            try:
+                return await self._consume(topics, group, consumer, max_count, block_ms)
+            except ResponseError as e:
+                if not _is_nogroup(e):
+                    raise
+                log.warning("consumer group %s vanished from Redis; recreating it", group)
+                self._groups.difference_update((t, group) for t in topics)
+                return await self._consume(topics, group, consumer, max_count, block_ms)
+
+    async def _consume(
+        self, topics: Sequence[str], group: str, consumer: str, max_count: int, block_ms: int
+    ) -> list[Delivery]:
+        now = time.monotonic()
+        out = self._unspill(topics, group, consumer, max_count, now)
+        await self._ensure_groups(topics, group)
+        for topic in topics:
+            if len(out) < max_count:
+                out += await self._claim(topic, group, consumer, max_count - len(out), now)
+        block = min(block_ms, _MAX_BLOCK_MS)
+        if len(topics) == 1 and not out and block > 0:
+            # one stream: a blocking read answers at once when there is something
+            return await self._read(topics, group, consumer, max_count, block)
+        for topic in topics:
+            if len(out) < max_count:
+                out += await self._read([topic], group, consumer, max_count - len(out), None)
+        if out or block <= 0:
+            return out
+        return await self._read(topics, group, consumer, max_count, block)
+
+    async def _ensure_groups(self, topics: Sequence[str], group: str) -> None:
+        missing = [t for t in topics if (t, group) not in self._groups]
+        if not missing:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for topic in missing:
+            pipe.xgroup_create(self._key(topic), group, id=_START, mkstream=True)
+        for topic, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
+            self._groups.add((topic, group))
+
+    async def _claim(
+        self, topic: str, group: str, consumer: str, room: int, now: float
+    ) -> list[Delivery]:
+        """Messages of `topic` pending in `group` longer than the visibility timeout, now
+        held by `consumer`. Scans at most every visibility/4, unless a scan was cut short."""
+        queue = (topic, group)
+        if now < self._next_claim_s.get(queue, 0.0):
+            return []
+        start = self._claim_cursor.pop(queue, _START.encode())
+        reply: Any = await self._client.xautoclaim(
+            self._key(topic), group, consumer, self.visibility_ms, start, count=room
+        )
+        cursor, entries = reply[0], reply[1]
+        if cursor == _START.encode():
+            self._next_claim_s[queue] = now + self.visibility_ms / 4000
+        else:
+            self._claim_cursor[queue] = cursor
+        return [_delivery(topic, id, fields) for id, fields in entries if fields]
+
+    async def _read(
+        self, topics: Sequence[str], group: str, consumer: str, count: int, block: int | None
+    ) -> list[Delivery]:
+        """New messages (XREADGROUP >), earlier topics first; at most `count` returned, the
+        rest (a blocking read over several streams returns up to `count` from each) kept
+        for this consumer's next call."""
+        by_key = {self._key(t): t for t in topics}
+        reply: Any = await self._client.xreadgroup(  # RESP2 list or RESP3 dict
+            group, consumer, dict.fromkeys(by_key, ">"), count=count, block=block
+        )
+        streams = reply.items() if isinstance(reply, dict) else reply or []
+        got = [
+            _delivery(by_key[_text(key)], id, fields)
+            for key, entries in streams
+            for id, fields in entries
+            if fields
+        ]
+        if len(got) > count:
+            order = {t: i for i, t in enumerate(topics)}
+            got.sort(key=lambda d: order[d.topic])
+            now = time.monotonic()
+            self._spill.setdefault((group, consumer), []).extend((now, d) for d in got[count:])
+            del got[count:]
+        return got
+
+    def _unspill(
+        self, topics: Sequence[str], group: str, consumer: str, max_count: int, now: float
+    ) -> list[Delivery]:
+        spilled = self._spill.pop((group, consumer), None)
+        if not spilled:
+            return []
+        out: list[Delivery] = []
+        keep: list[tuple[float, Delivery]] = []
+        stale_before = now - self.visibility_ms / 2000
+        for at, d in spilled:
+            if at < stale_before:
+                continue  # soon claimable by anyone: XAUTOCLAIM redelivers it
+            if d.topic in topics and len(out) < max_count:
+                out.append(d)
+            else:
+                keep.append((at, d))
+        if keep:
+            self._spill[(group, consumer)] = keep
+        return out
+
+    async def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with _edge("ack"):
+            pipe = self._client.pipeline(transaction=False)
+            for topic, ids in _by_topic(deliveries).items():
+                pipe.xack(self._key(topic), group, *ids)
+            await pipe.execute()
+
+    async def touch(self, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with _edge("touch"):
+            pipe = self._client.pipeline(transaction=False)
+            for topic, ids in _by_topic(deliveries).items():
+                pipe.xclaim(self._key(topic), group, consumer, 0, ids, justid=True)
+            for reply in await pipe.execute(raise_on_error=False):
+                # a vanished group holds nothing: there is nothing to keep alive
+                if isinstance(reply, Exception) and not _is_nogroup(reply):
+                    raise reply
+
+    async def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
+        m = delivery.message
+        headers = {
+            **m.headers,
+            DL_TOPIC: delivery.topic,
+            DL_ID: delivery.id,
+            DL_GROUP: group,
+            DL_REASON: reason,
+        }
+        fields = _fields(Message(DEAD_LETTER_TOPIC, m.key, m.payload, headers))
+        fields |= {"topic": delivery.topic, "id": delivery.id, "group": group, "reason": reason}
+        with _edge("dead_letter"):
+            pipe = self._client.pipeline(transaction=True)  # both or neither
+            pipe.xadd(self._key(DEAD_LETTER_TOPIC), fields)
+            pipe.xack(self._key(delivery.topic), group, delivery.id)
+            await pipe.execute()
+
+    async def depth(self, topic: str) -> int:
+        """Entries not yet delivered to the slowest group: the largest XINFO GROUPS `lag`.
+        Where Redis cannot tell a group's lag (it says null, or is older than 7.0), the
+        stream's length: an upper bound."""
+        with _edge("depth"):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.xinfo_groups(self._key(topic))
+            pipe.xlen(self._key(topic))
+            groups, length = await pipe.execute(raise_on_error=False)
+            if isinstance(length, Exception):
+                raise length
+            if isinstance(groups, Exception):
+                if "no such key" in str(groups).lower():
+                    return 0
+                raise groups
+        lags = [g.get("lag") for g in groups]
+        if not lags or any(lag is None for lag in lags):
+            return int(length)
+        return max(int(lag) for lag in lags)
+
+    async def trim(self, topic: str) -> int:
+        """Cut `topic`'s stream to the oldest entry some group still needs, now; returns how
+        many entries went. `publish` calls it when a stream grows past `max_len`."""
+        with _edge("trim"):
+            return await self._trim(topic)
+
+    async def _trim(self, topic: str) -> int:
+        key = self._key(topic)
+        try:
+            groups: list[dict[str, Any]] = await self._client.xinfo_groups(key)
+        except ResponseError as e:
+            if "no such key" in str(e).lower():
+                return 0
+            raise
+        if not groups:
+            return 0  # nobody has read anything yet: every entry is still needed
+        # Read in this order, the bound is safe against concurrent consumers: whatever is
+        # delivered after XINFO lies past its last-delivered id, and whatever is pending at
+        # XPENDING time is at or past its minimum.
+        needed = [_id(g["last-delivered-id"]) for g in groups]
+        pending = [g["name"] for g in groups if g["pending"]]
+        if pending:
+            pipe = self._client.pipeline(transaction=False)
+            for name in pending:
+                pipe.xpending(key, name)
+            needed += [_id(p["min"]) for p in await pipe.execute() if p["pending"]]
+        oldest = min(needed)
+        if oldest == (0, 0):
+            return 0
+        removed: int = await self._client.xtrim(
+            key, minid=f"{oldest[0]}-{oldest[1]}", approximate=False
+        )
+        return removed
+
+    async def close(self) -> None:
+        with _edge("close"):
+            await self._client.aclose()
+
+
+@contextlib.contextmanager
+def _edge(operation: str) -> Iterator[None]:
+    """Translate the driver's exceptions into InfraError at the adapter's edge."""
+    try:
+        yield
+    except RedisError as e:
+        raise InfraError(f"redis bus {operation}: {type(e).__name__}: {e}") from e
+
+
+def _is_nogroup(e: Exception) -> bool:
+    return isinstance(e, ResponseError) and str(e).startswith("NOGROUP")
+
+
+def _fields(m: Message) -> dict[FieldT, EncodableT]:
+    fields: dict[FieldT, EncodableT] = {"k": m.key, "p": m.payload}
+    if m.headers:
+        fields["h"] = msgspec.json.encode(m.headers)
+    return fields
+
+
+_HEADERS = msgspec.json.Decoder(dict[str, str])
+
+
+def _delivery(topic: str, id: bytes | str, fields: dict[bytes, bytes]) -> Delivery:
+    """An entry as a Delivery. A malformed entry still arrives (with what could be read),
+    so its consumer sees an undecodable payload and dead-letters it."""
+    try:
+        headers = _HEADERS.decode(fields[b"h"]) if b"h" in fields else {}
+    except msgspec.DecodeError:
+        headers = {}
+    key = fields.get(b"k", b"").decode(errors="replace")
+    return Delivery(topic, _text(id), Message(topic, key, fields.get(b"p", b""), headers))
+
+
+def _by_topic(deliveries: Sequence[Delivery]) -> dict[str, list[StreamIdT]]:
+    out: dict[str, list[StreamIdT]] = {}
+    for d in deliveries:
+        out.setdefault(d.topic, []).append(d.id)
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id(value: bytes | str) -> tuple[int, int]:
+    ms, _, seq = _text(value).partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,384 @@
+"""The Bus contract (headrace/bus/base.py), run against every adapter: memory and Redis.
+
+Redis cases use the test server with a key prefix of their own (never flushed). Visibility
+is 300 ms on both, so redelivery cases take about a second; the deadlines in the helpers are
+generous ceilings, never the expected time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from headrace.bus import Bus, Delivery, MemoryBus
+from headrace.bus.base import DEAD_LETTER_TOPIC, DL_GROUP, DL_ID, DL_REASON, DL_TOPIC
+from headrace.bus.redis import RedisBus
+from headrace.bus.topics import JOB_LANES, JOBS_HIGH, JOBS_LOW, JOBS_NORMAL
+from headrace.errors import InfraError
+from headrace.events import Message
+from headrace.testing.servers import free_port
+from headrace.testing.services import redis_prefix
+
+VISIBILITY_MS = 300
+VISIBILITY_S = VISIBILITY_MS / 1000
+CEILING_S = 5.0  # the longest any wait below may take before the test fails
+T = "t.a"
+
+
+def msg(topic: str, i: int, **headers: str) -> Message:
+    return Message(topic, f"run-{i}", f"payload-{i}".encode(), headers)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    if request.param == "memory":
+        memory = MemoryBus(visibility_ms=VISIBILITY_MS)
+        yield memory
+        await memory.close()
+        return
+    with redis_prefix() as (url, prefix):
+        rbus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
+        yield rbus
+        await rbus.close()
+
+
+@pytest.fixture
+def redis_env() -> Iterator[tuple[str, str]]:
+    with redis_prefix() as env:
+        yield env
+
+
+async def take(
+    bus: Bus, topics: Sequence[str], group: str, consumer: str, n: int, *, ack: bool = True
+) -> list[Delivery]:
+    """Consume until `n` messages arrived (fails after CEILING_S)."""
+    got: list[Delivery] = []
+    deadline = time.monotonic() + CEILING_S
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"only {len(got)} of {n} messages arrived"
+        batch = await bus.consume(topics, group, consumer, n - len(got), 50)
+        if ack and batch:
+            await bus.ack(group, batch)
+        got += batch
+    return got
+
+
+async def nothing_for(bus: Bus, topic: str, group: str, consumer: str, seconds: float) -> None:
+    """Assert `group` gets no message of `topic` for `seconds`."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        got = await bus.consume([topic], group, consumer, 10, 50)
+        assert got == [], [d.message for d in got]
+
+
+def payloads(deliveries: Sequence[Delivery]) -> list[bytes]:
+    return [d.message.payload for d in deliveries]
+
+
+async def test_publish_consume_keeps_order_per_topic(bus: Bus) -> None:
+    await bus.publish([msg(T if i % 2 else "t.b", i, n=str(i)) for i in range(40)])
+    got = await take(bus, [T, "t.b"], "g", "c1", 40)
+    for topic, parity in ((T, 1), ("t.b", 0)):
+        mine = [d for d in got if d.topic == topic]
+        assert [d.message for d in mine] == [
+            msg(topic, i, n=str(i)) for i in range(40) if i % 2 == parity
+        ]
+    assert len({(d.topic, d.id) for d in got}) == 40  # an id is unique within its topic
+
+
+async def test_topics_are_drained_in_the_given_order(bus: Bus) -> None:
+    await bus.publish([msg(JOBS_LOW, i) for i in range(3)])
+    await bus.publish([msg(JOBS_NORMAL, i) for i in range(3)])
+    await bus.publish([msg(JOBS_HIGH, i) for i in range(3)])
+    first = await bus.consume(JOB_LANES, "workers", "w1", 4, 0)
+    assert [d.topic for d in first] == [JOBS_HIGH] * 3 + [JOBS_NORMAL]
+    rest = await bus.consume(JOB_LANES, "workers", "w1", 10, 0)
+    assert [d.topic for d in rest] == [JOBS_NORMAL] * 2 + [JOBS_LOW] * 3
+    assert payloads(rest[2:]) == [b"payload-0", b"payload-1", b"payload-2"]
+
+
+async def test_every_group_sees_every_message(bus: Bus) -> None:
+    for group in ("g1", "g2"):
+        assert await bus.consume([T], group, "c", 10, 0) == []  # join before publishing
+    await bus.publish([msg(T, i) for i in range(10)])
+    one = await take(bus, [T], "g1", "c", 10)
+    two = await take(bus, [T], "g2", "c", 10)
+    assert payloads(one) == payloads(two) == [f"payload-{i}".encode() for i in range(10)]
+
+
+async def test_consumers_of_one_group_share_without_duplicates(bus: Bus) -> None:
+    await bus.publish([msg(T, i) for i in range(20)])
+    got: dict[str, list[Delivery]] = {"c1": [], "c2": []}
+    for consumer in ("c1", "c2", "c1", "c2"):
+        batch = await bus.consume([T], "g", consumer, 5, 0)
+        await bus.ack("g", batch)
+        got[consumer] += batch
+    assert len(got["c1"]) == len(got["c2"]) == 10
+    ids = [d.id for d in got["c1"] + got["c2"]]
+    assert len(set(ids)) == 20
+    assert await bus.consume([T], "g", "c3", 5, 0) == []
+
+
+async def test_acknowledged_messages_are_not_redelivered(bus: Bus) -> None:
+    await bus.publish([msg(T, i) for i in range(3)])
+    got = await bus.consume([T], "g", "c1", 10, 0)
+    assert len(got) == 3
+    await bus.ack("g", got)
+    await bus.ack("g", got)  # twice is a no-op
+    await asyncio.sleep(VISIBILITY_S * 1.5)
+    await nothing_for(bus, T, "g", "c2", VISIBILITY_S * 1.5)
+
+
+async def test_unacknowledged_message_goes_to_another_consumer_after_visibility(
+    bus: Bus,
+) -> None:
+    await bus.publish([msg(T, 1)])
+    t0 = time.monotonic()
+    (held,) = await bus.consume([T], "g", "dead", 10, 0)  # this consumer dies holding it
+    assert await bus.consume([T], "g", "alive", 10, 0) == []  # not yet
+    (again,) = await take(bus, [T], "g", "alive", 1)
+    assert time.monotonic() - t0 >= VISIBILITY_S
+    assert (again.id, again.message) == (held.id, held.message)
+    await nothing_for(bus, T, "g", "dead", VISIBILITY_S * 1.5)  # acknowledged by `take`
+
+
+async def test_touch_keeps_a_message_from_redelivery(bus: Bus) -> None:
+    await bus.publish([msg(T, 1)])
+    (held,) = await bus.consume([T], "g", "slow", 10, 0)
+    until = time.monotonic() + VISIBILITY_S * 4
+    while time.monotonic() < until:  # a long job: heartbeats well within the visibility
+        await bus.touch("g", "slow", [held])
+        assert await bus.consume([T], "g", "other", 10, 0) == []
+        await asyncio.sleep(VISIBILITY_S / 5)
+    (again,) = await take(bus, [T], "g", "other", 1)  # the heartbeats stop: redelivered
+    assert again.id == held.id
+
+
+async def test_dead_letter_moves_the_message_with_its_reason(bus: Bus) -> None:
+    await bus.publish([msg(T, 7, origin="test")])
+    (poison,) = await bus.consume([T], "g", "c1", 10, 0)
+    await bus.dead_letter("g", poison, "undecodable: bad json")
+    (dead,) = await take(bus, [DEAD_LETTER_TOPIC], "ops", "c", 1)
+    assert dead.topic == DEAD_LETTER_TOPIC
+    assert (dead.message.key, dead.message.payload) == ("run-7", b"payload-7")
+    assert dead.message.headers == {
+        "origin": "test",
+        DL_TOPIC: T,
+        DL_ID: poison.id,
+        DL_GROUP: "g",
+        DL_REASON: "undecodable: bad json",
+    }
+    await asyncio.sleep(VISIBILITY_S)
+    await nothing_for(bus, T, "g", "c2", VISIBILITY_S * 1.5)
+
+
+async def test_consume_blocks_until_the_timeout_when_empty(bus: Bus) -> None:
+    t0 = time.monotonic()
+    assert await bus.consume([T, "t.b"], "g", "c", 10, 300) == []
+    assert 0.25 <= time.monotonic() - t0 < CEILING_S
+    t0 = time.monotonic()
+    assert await bus.consume([T], "g", "c", 10, 300) == []
+    assert 0.25 <= time.monotonic() - t0 < CEILING_S
+
+
+@pytest.mark.parametrize("topics", [[T], [T, "t.b"]])
+async def test_consume_wakes_when_a_message_is_published(bus: Bus, topics: list[str]) -> None:
+    t0 = time.monotonic()
+    waiting = asyncio.create_task(bus.consume(topics, "g", "c", 10, 5_000))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await bus.publish([msg(topics[-1], 1)])
+    got = await asyncio.wait_for(waiting, CEILING_S)
+    assert payloads(got) == [b"payload-1"]
+    assert time.monotonic() - t0 < 2.0  # well before the 5 s block ran out
+
+
+async def test_blocking_read_never_returns_more_than_asked(bus: Bus) -> None:
+    await bus.consume([T, "t.b"], "g", "c", 1, 0)  # join
+    waiting = asyncio.create_task(bus.consume([T, "t.b"], "g", "c", 1, 2_000))
+    await asyncio.sleep(0.05)
+    await bus.publish([msg("t.b", 1), msg(T, 2), msg("t.b", 3)])
+    first = await asyncio.wait_for(waiting, CEILING_S)
+    assert len(first) == 1
+    rest = await take(bus, [T, "t.b"], "g", "c", 2)
+    assert sorted(payloads([*first, *rest])) == [b"payload-1", b"payload-2", b"payload-3"]
+
+
+async def test_depth_counts_messages_not_yet_delivered(bus: Bus) -> None:
+    assert await bus.depth(T) == 0
+    await bus.publish([msg(T, i) for i in range(5)])
+    assert await bus.depth(T) == 5  # no group yet: all of them wait
+    got = await bus.consume([T], "g", "c", 2, 0)
+    assert await bus.depth(T) == 3
+    await bus.ack("g", got)
+    assert await bus.depth(T) == 3
+    await bus.consume([T], "g", "c", 10, 0)
+    assert await bus.depth(T) == 0
+
+
+# Redis only: durability, trimming, recovery and errors
+
+
+@pytest.mark.integration
+async def test_redis_messages_outlive_the_bus_instance(redis_env: tuple[str, str]) -> None:
+    url, prefix = redis_env
+    first = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
+    await first.consume([T], "g", "c1", 1, 0)
+    await first.publish([msg(T, i) for i in range(3)])
+    (held,) = await first.consume([T], "g", "c1", 1, 0)  # dies holding it
+    await first.close()
+    second = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
+    try:
+        got = await take(second, [T], "g", "c2", 3)
+        assert sorted(payloads(got)) == [b"payload-0", b"payload-1", b"payload-2"]
+        assert held.id in {d.id for d in got}
+    finally:
+        await second.close()
+
+
+@pytest.mark.integration
+async def test_redis_trim_never_drops_what_a_group_still_needs(
+    redis_env: tuple[str, str],
+) -> None:
+    url, prefix = redis_env
+    bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
+    try:
+        for group in ("g", "slow"):
+            await bus.consume([T], group, "c", 1, 0)
+        await bus.publish([msg(T, i) for i in range(300)])
+        await bus.ack("g", await bus.consume([T], "g", "c1", 100, 0))
+        unacked = await bus.consume([T], "g", "c1", 50, 0)
+        assert await bus.trim(T) == 0  # `slow` has read nothing yet
+        await take(bus, [T], "slow", "c", 300)
+        assert await bus.trim(T) == 100  # the acknowledged ones before the first unacked
+        await asyncio.sleep(VISIBILITY_S)
+        again = await take(bus, [T], "g", "c2", 200)  # the 50 claimed, then the 150 new
+        assert {d.id for d in again[:50]} == {d.id for d in unacked}
+        assert payloads(again[50:]) == [f"payload-{i}".encode() for i in range(150, 300)]
+    finally:
+        await bus.close()
+
+
+@pytest.mark.integration
+async def test_redis_publish_trims_a_stream_past_max_len(redis_env: tuple[str, str]) -> None:
+    url, prefix = redis_env
+    bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS, max_len=50, trim_every_s=0)
+    raw = aioredis.Redis.from_url(url)
+    try:
+        await bus.consume([T], "g", "c", 1, 0)
+        await bus.publish([msg(T, i) for i in range(100)])
+        await take(bus, [T], "g", "c", 90)  # 10 undelivered
+        await bus.publish([msg(T, 100)])
+        # kept: the last delivered entry, the 10 undelivered, the new one
+        assert await raw.xlen(prefix + T) == 12
+        got = await take(bus, [T], "g", "c", 11)
+        assert payloads(got) == [f"payload-{i}".encode() for i in range(90, 101)]
+    finally:
+        await raw.aclose()
+        await bus.close()
+
+
+@pytest.mark.integration
+async def test_redis_recreates_a_vanished_group(redis_env: tuple[str, str]) -> None:
+    url, prefix = redis_env
+    bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
+    raw = aioredis.Redis.from_url(url)
+    try:
+        await bus.publish([msg(T, 1)])
+        await take(bus, [T], "g", "c", 1)
+        await raw.delete(prefix + T)  # what a Redis restarted without persistence shows
+        await bus.publish([msg(T, 2)])
+        got = await take(bus, [T], "g", "c", 1)
+        assert payloads(got) == [b"payload-2"]
+    finally:
+        await raw.aclose()
+        await bus.close()
+
+
+@pytest.mark.integration
+async def test_redis_unreachable_raises_infra_error() -> None:
+    bus = RedisBus("redis://127.0.0.1:1/0", visibility_ms=VISIBILITY_MS)
+    delivery = Delivery(T, "1-0", msg(T, 1))
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: bus.publish([msg(T, 1)]),
+        lambda: bus.consume([T], "g", "c", 1, 100),
+        lambda: bus.ack("g", [delivery]),
+        lambda: bus.touch("g", "c", [delivery]),
+        lambda: bus.dead_letter("g", delivery, "x"),
+        lambda: bus.depth(T),
+        lambda: bus.trim(T),
+    ]
+    for call in calls:
+        t0 = time.monotonic()
+        with pytest.raises(InfraError) as caught:
+            await call()
+        assert not isinstance(caught.value, redis.RedisError)
+        assert time.monotonic() - t0 < CEILING_S
+    await bus.close()
+
+
+@pytest.mark.integration
+async def test_redis_keeps_the_surplus_of_a_blocking_read(redis_env: tuple[str, str]) -> None:
+    """A blocking read over several streams returns up to COUNT from each; the adapter
+    returns `max_count` and keeps the rest for the consumer's next call. Only a race
+    reaches this through `consume`, so the test calls the read itself."""
+    url, prefix = redis_env
+    bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
+    try:
+        await bus.consume([T, "t.b"], "g", "c", 1, 0)  # join
+        await bus.publish([msg("t.b", 1), msg(T, 2)])
+        first = await bus._read([T, "t.b"], "g", "c", 1, 100)
+        assert payloads(first) == [b"payload-2"]  # the earlier topic first
+        assert payloads(await bus.consume([T, "t.b"], "g", "c", 5, 0)) == [b"payload-1"]
+        assert await bus.consume([T, "t.b"], "g", "c", 5, 0) == []
+    finally:
+        await bus.close()
+
+
+async def start_redis(port: int, workdir: Path) -> asyncio.subprocess.Process:
+    """A private redis-server without persistence (the shared one must not be restarted)."""
+    proc = await asyncio.create_subprocess_exec(
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(workdir),
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    client = aioredis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + CEILING_S
+        while True:
+            try:
+                await client.ping()
+                return proc
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.integration
+async def test_redis_restart_surfaces_as_infra_error_then_recovers(tmp_path: Path) -> None:
+    port = free_port()
+    server = await start_redis(port, tmp_path)
+    bus = RedisBus(f"redis://127.0.0.1:{port}/0", visibility_ms=VISIBILITY_MS)
+    try:
+        await bus.publish([msg(T, 1)])
+        await take(bus, [T], "g", "c", 1)
+        server.kill()
+        await server.wait()
+        with pytest.raises(InfraError):
+            await bus.publish([msg(T, 2)])
+        server = await start_redis(port, tmp_path)  # empty: streams and groups are gone
+        await bus.publish([msg(T, 3)])
+        assert payloads(await take(bus, [T], "g", "c", 1)) == [b"payload-3"]
+    finally:
+        await bus.close()
+        if server.returncode is None:
+            server.kill()
+            await server.wait()
