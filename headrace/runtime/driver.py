@@ -179,24 +179,43 @@ class Driver:
         self, commands: Sequence[tuple[str, Command]], fired: dict[str, list[Timer]]
     ) -> tuple[_Batch, set[str]]:
         batch = _Batch()
+        stale: set[str] = set()
         async with self.lock:
             try:
                 for run_id, command in commands:
+                    if run_id in stale:
+                        continue
                     state = await self._state(run_id)
                     decision = decide(state, command)
+                    if not decision.events and await self._is_stale(state):
+                        stale.add(run_id)  # another process moved the run: retry it fresh
+                        continue
                     self._collect(batch, state, decision, fired)
                     batch.applied.append((run_id, Applied(state, decision)))
-                todo = [t for t in batch.transitions.values() if t.events or t.fired]
+                todo = [
+                    t
+                    for t in batch.transitions.values()
+                    if (t.events or t.fired) and t.state.run_id not in stale
+                ]
                 committed = await self._commit(todo)
             except BaseException:
                 for run_id in batch.transitions:  # their cached states hold uncommitted events
                     self.cache.pop(run_id, None)
                 raise
-            for run_id in committed.conflicts:
+            conflicts = committed.conflicts | stale
+            for run_id in conflicts:
                 self.cache.pop(run_id, None)
-        done = [t for t in todo if t.state.run_id not in committed.conflicts]
+        done = [t for t in todo if t.state.run_id not in conflicts]
         await self._publish(done, committed.outbox_ids)
-        return batch, committed.conflicts
+        return batch, conflicts
+
+    async def _is_stale(self, state: RunState) -> bool:
+        """Whether the store holds a newer version of a run than this cached state. A command
+        that changes nothing may be a duplicate, or news this cache has not seen yet: only a
+        fresh read tells, and dropping news would lose it."""
+        if state.seq == 0 and state.status == "pending":
+            return False
+        return await self.store.run_version(state.run_id) != state.version
 
     def _collect(
         self, batch: _Batch, state: RunState, d: Decision, fired: dict[str, list[Timer]]

@@ -22,6 +22,10 @@ def build_store(settings: Settings) -> Store:
         if not path:
             raise InputError("HEADRACE_DATABASE_URL", "give a file: sqlite:///.headrace/h.db")
         return SqliteStore(path, synchronous=settings.sqlite_synchronous)
+    if scheme in ("postgresql", "postgres"):
+        from headrace.store.postgres import PostgresStore
+
+        return PostgresStore(url.replace("postgres://", "postgresql://", 1))
     raise InputError(
         "HEADRACE_DATABASE_URL",
         f"unsupported database {url!r} (sqlite:///PATH or postgresql://user@host:port/db)",

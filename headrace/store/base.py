@@ -123,6 +123,9 @@ class Store(Protocol):
         `conflicts` and nothing of them is written. The same transaction deletes the `sent`
         outbox rows (published since), which saves a transaction per batch."""
 
+    async def run_version(self, run_id: str) -> int:
+        """The committed version of a run (NotFound for an unknown id)."""
+
     async def load_run(self, run_id: str) -> RunState:
         """The run's current state (NotFound for an unknown id)."""
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import msgspec
 
 from headrace.engine import NodeState, RunState, split_child
-from headrace.events import NODE_DONE, NODE_TERMINAL, ErrorInfo, Event
-from headrace.spec import Plan
+from headrace.errors import InputError
+from headrace.events import NODE_DONE, NODE_TERMINAL, ErrorInfo, Event, Timer
+from headrace.spec import Plan, decode_ir
+from headrace.store.base import NodeRecord, RunRecord, WorkflowRecord
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 _err_dec = msgspec.json.Decoder(ErrorInfo)
+_timer_dec = msgspec.json.Decoder(Timer)
 
 
 def dumps(value: Any) -> str:
@@ -25,6 +29,26 @@ def loads(text: str | bytes | None) -> Any:
 
 def load_error(text: str | None) -> ErrorInfo | None:
     return None if text is None else _err_dec.decode(text)
+
+
+def load_timer(text: str) -> Timer:
+    return _timer_dec.decode(text)
+
+
+# Column lists of the SELECTs both stores run, in the order the converters below read them.
+WORKFLOW_SELECT = "name, version, ir_hash, ir, created_at"
+RUN_SELECT = (
+    "run_id, workflow_name, workflow_version, ir_hash, status, inputs, outputs, error, "
+    "failed_node, cost_cents, seq, created_at, started_at, ended_at"
+)
+RUN_STATE_SELECT = (
+    "ir_hash, status, version, seq, inputs, vars, signals, outputs, error, failed_node, "
+    "cost_cents, created_at, started_at, ended_at"
+)
+NODE_SELECT = (
+    "node_id, status, attempt, output, error, scheduled_at, started_at, ended_at, cost_cents, "
+    "width, launched, done"
+)
 
 
 RUN_COLUMNS = (
@@ -173,3 +197,60 @@ def rebuild(run_id: str, plan: Plan, run_row: Any, node_rows: list[tuple[str, An
         )
     state.open_nodes = sum(1 for nid in plan.nodes if state.nodes[nid].status not in NODE_TERMINAL)
     return state
+
+
+def workflow_record(row: Any) -> WorkflowRecord:
+    """A WorkflowRecord from a row holding WORKFLOW_SELECT."""
+    return WorkflowRecord(row[0], row[1], row[2], decode_ir(row[3].encode()), row[4])
+
+
+def run_record(r: Any) -> RunRecord:
+    """A RunRecord from a row holding RUN_SELECT."""
+    return RunRecord(
+        run_id=r[0],
+        workflow_tag=f"{r[1]}@{r[2]}",
+        ir_hash=r[3],
+        status=r[4],
+        inputs=loads(r[5]),
+        outputs=loads(r[6]),
+        error=load_error(r[7]),
+        failed_node=r[8],
+        cost_cents=r[9],
+        seq=r[10],
+        created_at_ms=r[11],
+        started_at_ms=r[12],
+        ended_at_ms=r[13],
+    )
+
+
+def node_record(node_id: str, row: Any, children: dict[str, int] | None) -> NodeRecord:
+    """A NodeRecord from a row holding NODE_SELECT[1:] (None: the node has no row yet)."""
+    if row is None:
+        return NodeRecord(node_id, "pending", 0, None, None, None, None, None, 0)
+    n = node_from_row(row)
+    return NodeRecord(
+        node_id,
+        n.status,
+        n.attempt,
+        n.output,
+        n.error,
+        n.scheduled_at_ms,
+        n.started_at_ms,
+        n.ended_at_ms,
+        n.cost_cents,
+        n.width,
+        children if n.width is not None else None,
+    )
+
+
+def encode_cursor(r: RunRecord) -> str:
+    """list_runs' cursor: the last run returned (runs are listed newest first)."""
+    return base64.urlsafe_b64encode(f"{r.created_at_ms}:{r.run_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        created, _, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        return int(created), run_id
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("cursor", "is not a cursor this API returned") from None

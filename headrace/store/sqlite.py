@@ -7,19 +7,16 @@ the last commits on power loss) or FULL.
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from headrace.engine import RunState
 from headrace.errors import Conflict, InfraError, NotFound
 from headrace.events import RUN_TERMINAL, Message, Timer, encode
-from headrace.spec import Plan, WorkflowIR, canonical_json, decode_ir, ir_hash, plan_from_json
+from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_json
 from headrace.store import rows
 from headrace.store.base import (
     Committed,
@@ -32,15 +29,7 @@ from headrace.store.base import (
 )
 from headrace.store.migrate import upgrade
 
-_timer_dec = msgspec.json.Decoder(Timer)
-_RUN_SELECT = (
-    "SELECT status, version, seq, inputs, vars, signals, outputs, error, failed_node, "
-    "cost_cents, created_at, started_at, ended_at FROM runs WHERE run_id = ?"
-)
-_NODE_SELECT = (
-    "SELECT node_id, status, attempt, output, error, scheduled_at, started_at, ended_at, "
-    "cost_cents, width, launched, done FROM node_states"
-)
+_NODE_SELECT = f"SELECT {rows.NODE_SELECT} FROM node_states"
 _NODE_UPSERT = (
     f"INSERT INTO node_states ({', '.join(rows.NODE_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(rows.NODE_COLUMNS))}) ON CONFLICT (run_id, node_id) DO UPDATE "
@@ -114,25 +103,24 @@ class SqliteStore:
             if not version.isdigit():
                 raise NotFound("workflow", tag)
             row = self.db.execute(
-                "SELECT name, version, ir_hash, ir, created_at FROM workflows "
-                "WHERE name = ? AND version = ?",
+                f"SELECT {rows.WORKFLOW_SELECT} FROM workflows WHERE name = ? AND version = ?",
                 (name, int(version)),
             ).fetchone()
         else:
             row = self.db.execute(
-                "SELECT name, version, ir_hash, ir, created_at FROM workflows WHERE name = ? "
+                f"SELECT {rows.WORKFLOW_SELECT} FROM workflows WHERE name = ? "
                 "ORDER BY version DESC LIMIT 1",
                 (name,),
             ).fetchone()
         if row is None:
             raise NotFound("workflow", tag)
-        return _workflow(row)
+        return rows.workflow_record(row)
 
     async def list_workflows(self) -> list[WorkflowRecord]:
         cur = self.db.execute(
-            "SELECT name, version, ir_hash, ir, created_at FROM workflows ORDER BY name, version"
+            f"SELECT {rows.WORKFLOW_SELECT} FROM workflows ORDER BY name, version"
         )
-        return [_workflow(r) for r in cur.fetchall()]
+        return [rows.workflow_record(r) for r in cur.fetchall()]
 
     def _plan(self, digest: str) -> Plan:
         plan = self._plans.get(digest)
@@ -259,12 +247,15 @@ class SqliteStore:
         )
         return list(range(first, first + len(messages)))
 
+    async def run_version(self, run_id: str) -> int:
+        row = self.db.execute("SELECT version FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound("run", run_id)
+        return int(row[0])
+
     async def load_run(self, run_id: str) -> RunState:
         row = self.db.execute(
-            "SELECT ir_hash, status, version, seq, inputs, vars, signals, outputs, error, "
-            "failed_node, cost_cents, created_at, started_at, ended_at FROM runs "
-            "WHERE run_id = ?",
-            (run_id,),
+            f"SELECT {rows.RUN_STATE_SELECT} FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
         if row is None:
             raise NotFound("run", run_id)
@@ -290,19 +281,16 @@ class SqliteStore:
         nodes = []
         for nid in plan.order:
             row = by_id.get(nid)
-            nodes.append(_node_record(nid, row[1:] if row else None, counts.get(nid)))
+            nodes.append(rows.node_record(nid, row[1:] if row else None, counts.get(nid)))
         return record, nodes
 
     def _run_record(self, run_id: str) -> RunRecord:
         row = self.db.execute(
-            "SELECT run_id, workflow_name, workflow_version, ir_hash, status, inputs, outputs, "
-            "error, failed_node, cost_cents, seq, created_at, started_at, ended_at FROM runs "
-            "WHERE run_id = ?",
-            (run_id,),
+            f"SELECT {rows.RUN_SELECT} FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
         if row is None:
             raise NotFound("run", run_id)
-        return _run_record(row)
+        return rows.run_record(row)
 
     async def list_runs(
         self, status: str | None, workflow: str | None, limit: int, cursor: str | None
@@ -320,19 +308,18 @@ class SqliteStore:
                 where.append("workflow_version = ?")
                 args.append(version)
         if cursor:
-            created, run_id = _decode_cursor(cursor)
+            created, run_id = rows.decode_cursor(cursor)
             where.append("(created_at < ? OR (created_at = ? AND run_id < ?))")
             args += [created, created, run_id]
         sql = (
-            "SELECT run_id, workflow_name, workflow_version, ir_hash, status, inputs, outputs, "
-            "error, failed_node, cost_cents, seq, created_at, started_at, ended_at FROM runs"
+            f"SELECT {rows.RUN_SELECT} FROM runs"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY created_at DESC, run_id DESC LIMIT ?"
         )
-        found = [_run_record(r) for r in self.db.execute(sql, (*args, limit + 1))]
+        found = [rows.run_record(r) for r in self.db.execute(sql, (*args, limit + 1))]
         more = len(found) > limit
         found = found[:limit]
-        next_cursor = _encode_cursor(found[-1]) if more and found else None
+        next_cursor = rows.encode_cursor(found[-1]) if more and found else None
         return found, next_cursor
 
     async def list_children(
@@ -342,7 +329,7 @@ class SqliteStore:
             _NODE_SELECT + " WHERE run_id = ? AND parent = ? ORDER BY idx LIMIT ? OFFSET ?",
             (run_id, node_id, limit, offset),
         )
-        return [_node_record(r[0], r[1:], None) for r in cur]
+        return [rows.node_record(r[0], r[1:], None) for r in cur]
 
     async def read_events(self, run_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
         cur = self.db.execute(
@@ -381,7 +368,7 @@ class SqliteStore:
         cur = self.db.execute(
             "SELECT data FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?", (now_ms, limit)
         )
-        return [_timer_dec.decode(r[0]) for r in cur]
+        return [rows.load_timer(r[0]) for r in cur]
 
     async def next_timer_at(self) -> int | None:
         row = self.db.execute("SELECT MIN(due_at) FROM timers").fetchone()
@@ -403,58 +390,3 @@ def _ranges(ids: Sequence[int]) -> list[tuple[int, int]]:
         else:
             out.append((i, i))
     return out
-
-
-def _workflow(row: Any) -> WorkflowRecord:
-    return WorkflowRecord(row[0], row[1], row[2], decode_ir(row[3].encode()), row[4])
-
-
-def _run_record(r: Any) -> RunRecord:
-    return RunRecord(
-        run_id=r[0],
-        workflow_tag=f"{r[1]}@{r[2]}",
-        ir_hash=r[3],
-        status=r[4],
-        inputs=rows.loads(r[5]),
-        outputs=rows.loads(r[6]),
-        error=rows.load_error(r[7]),
-        failed_node=r[8],
-        cost_cents=r[9],
-        seq=r[10],
-        created_at_ms=r[11],
-        started_at_ms=r[12],
-        ended_at_ms=r[13],
-    )
-
-
-def _node_record(node_id: str, row: Any, children: dict[str, int] | None) -> NodeRecord:
-    if row is None:
-        return NodeRecord(node_id, "pending", 0, None, None, None, None, None, 0)
-    n = rows.node_from_row(row)
-    return NodeRecord(
-        node_id,
-        n.status,
-        n.attempt,
-        n.output,
-        n.error,
-        n.scheduled_at_ms,
-        n.started_at_ms,
-        n.ended_at_ms,
-        n.cost_cents,
-        n.width,
-        children if n.width is not None else None,
-    )
-
-
-def _encode_cursor(r: RunRecord) -> str:
-    return base64.urlsafe_b64encode(f"{r.created_at_ms}:{r.run_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    from headrace.errors import InputError
-
-    try:
-        created, _, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        return int(created), run_id
-    except (ValueError, UnicodeDecodeError):
-        raise InputError("cursor", "is not a cursor this API returned") from None

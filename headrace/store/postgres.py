@@ -1,0 +1,539 @@
+"""Postgres store (cluster mode): psycopg 3 async, a connection pool, one statement per commit.
+
+`commit` is one SQL statement (data-modifying CTEs over `unnest`ed column arrays), run in
+autocommit, so a batch of transitions costs one round trip whatever its size: the version
+checks (UPDATE ... WHERE version, INSERT ... ON CONFLICT DO NOTHING) decide which runs apply,
+and every other write joins on the runs that did, so a refused run writes nothing and never
+aborts the others. Reads that need several queries send them in one pipeline.
+
+Every psycopg error becomes InfraError at this edge: the caller retries (a commit whose
+connection broke may or may not have applied; the caller's reload of the run tells). The
+pool replaces connections the server closed (restart, failover) before handing them out.
+
+Durability is the server's `synchronous_commit` (shown by `description`); set it per store
+with the URL, e.g. `postgresql://host/db?options=-csynchronous_commit%3Doff`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+import sqlalchemy.exc
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from headrace.engine import RunState
+from headrace.errors import Conflict, InfraError, InputError, NotFound
+from headrace.events import RUN_TERMINAL, Message, Timer, encode
+from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_json
+from headrace.store import rows
+from headrace.store.base import (
+    Committed,
+    NodeRecord,
+    OutboxEntry,
+    RunRecord,
+    StoredEvent,
+    Transition,
+    WorkflowRecord,
+)
+from headrace.store.migrate import upgrade
+
+Connection = psycopg.AsyncConnection[TupleRow]
+
+POOL_TIMEOUT_S = 10.0  # waiting for a connection longer than this raises InfraError
+
+_TEXT, _INT, _BIGINT = "text", "int", "bigint"
+# Column -> array element type, per table, in the order of the row values in rows.py.
+_RUN_TYPES = dict(
+    zip(
+        rows.RUN_COLUMNS,
+        [_TEXT, _INT, _INT, _TEXT, _TEXT, _TEXT, _TEXT] + [_BIGINT] * 3,
+        strict=True,
+    )
+)
+_UPDATE_TYPES = {"run_id": _TEXT, **_RUN_TYPES}  # version: the one the writer read
+_INSERT_TYPES = {
+    "run_id": _TEXT,
+    "workflow_name": _TEXT,
+    "workflow_version": _INT,
+    "ir_hash": _TEXT,
+    "inputs": _TEXT,
+    "vars": _TEXT,
+    "created_at": _BIGINT,
+    "idempotency_key": _TEXT,
+    **_RUN_TYPES,
+}
+_EVENT_TYPES = {"run_id": _TEXT, "seq": _INT, "type": _TEXT, "at": _BIGINT, "data": _TEXT}
+_NODE_TYPES = dict(
+    zip(
+        rows.NODE_COLUMNS,
+        [_TEXT, _TEXT, _TEXT, _INT, _TEXT, _INT, _TEXT, _TEXT] + [_BIGINT] * 4 + [_INT, _INT, _INT],
+        strict=True,
+    )
+)
+_TIMER_TYPES = {"run_id": _TEXT, "timer_id": _TEXT, "due_at": _BIGINT, "data": _TEXT}
+_FIRED_TYPES = {"run_id": _TEXT, "timer_id": _TEXT}
+_OUTBOX_TYPES = {
+    "run_id": _TEXT,
+    "topic": _TEXT,
+    "key": _TEXT,
+    "payload": "bytea",
+    "headers": _TEXT,
+}
+_TABLES = {
+    "u": _UPDATE_TYPES,
+    "n": _INSERT_TYPES,
+    "e": _EVENT_TYPES,
+    "nd": _NODE_TYPES,
+    "t": _TIMER_TYPES,
+    "f": _FIRED_TYPES,
+    "o": _OUTBOX_TYPES,
+}
+
+
+def _unnest(alias: str, ordinality: bool = False) -> str:
+    """`unnest(%(alias_col)b::type[], ...) AS alias(col, ...)`: one array parameter per column,
+    sent in binary (half the commit's time went into quoting and parsing text arrays)."""
+    types = _TABLES[alias]
+    arrays = ", ".join(f"%({alias}_{c})b::{t}[]" for c, t in types.items())
+    extra = " WITH ORDINALITY" if ordinality else ""
+    return f"unnest({arrays}){extra} AS {alias}({', '.join(types)}{', i' if ordinality else ''})"
+
+
+def _set_excluded(columns: Sequence[str]) -> str:
+    return ", ".join(f"{c} = excluded.{c}" for c in columns)
+
+
+_APPLIED = "IN (SELECT run_id FROM ok)"
+_COMMIT = f"""
+WITH upd AS (
+    UPDATE runs SET {", ".join(f"{c} = u.{c}" for c in _RUN_TYPES if c != "version")},
+        version = u.version + 1
+    FROM {_unnest("u")}
+    WHERE runs.run_id = u.run_id AND runs.version = u.version
+    RETURNING runs.run_id
+), ins AS (
+    INSERT INTO runs ({", ".join(_INSERT_TYPES)}) SELECT * FROM {_unnest("n")}
+    ON CONFLICT DO NOTHING
+    RETURNING run_id
+), ok AS (
+    SELECT run_id FROM upd UNION ALL SELECT run_id FROM ins
+), ev AS (
+    INSERT INTO events ({", ".join(_EVENT_TYPES)})
+    SELECT * FROM {_unnest("e")} WHERE e.run_id {_APPLIED}
+), nodes AS (
+    INSERT INTO node_states ({", ".join(_NODE_TYPES)})
+    SELECT * FROM {_unnest("nd")} WHERE nd.run_id {_APPLIED}
+    ON CONFLICT (run_id, node_id) DO UPDATE SET {_set_excluded(rows.NODE_COLUMNS[4:])}
+), fired AS (
+    DELETE FROM timers USING {_unnest("f")}
+    WHERE timers.run_id = f.run_id AND timers.timer_id = f.timer_id AND f.run_id {_APPLIED}
+), ended AS (
+    DELETE FROM timers WHERE run_id = ANY(%(ended)b::text[]) AND run_id {_APPLIED}
+), tm AS (
+    INSERT INTO timers ({", ".join(_TIMER_TYPES)})
+    SELECT * FROM {_unnest("t")} WHERE t.run_id {_APPLIED}
+    ON CONFLICT (run_id, timer_id) DO UPDATE SET {_set_excluded(["due_at", "data"])}
+), sent AS (
+    DELETE FROM outbox WHERE id = ANY(%(sent)b::bigint[])
+), ob AS (
+    INSERT INTO outbox (topic, key, payload, headers, created_at)
+    SELECT o.topic, o.key, o.payload, o.headers, %(now)s FROM {_unnest("o", ordinality=True)}
+    WHERE o.run_id {_APPLIED} ORDER BY o.i
+    RETURNING id
+)
+SELECT ARRAY(SELECT run_id FROM ok), ARRAY(SELECT id FROM ob ORDER BY id)
+"""
+
+
+class _Columns:
+    """Rows for one `unnest`, sent as one list per column."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.names = list(_TABLES[alias])
+        self.rows: list[tuple[Any, ...]] = []
+
+    def add(self, *values: Any) -> None:
+        self.rows.append(values)
+
+    def params(self) -> dict[str, list[Any]]:
+        columns = zip(*self.rows, strict=True) if self.rows else ([] for _ in self.names)
+        return {
+            f"{self.alias}_{name}": list(column)
+            for name, column in zip(self.names, columns, strict=True)
+        }
+
+
+def _commit_params(transitions: list[Transition], sent: Sequence[int], now: int) -> dict[str, Any]:
+    """The parameters of _COMMIT. A run's timers are written so the statement never touches a
+    row twice: an ended run's timers are all deleted (none inserted), a timer both fired and
+    set again is upserted only."""
+    tables = {alias: _Columns(alias) for alias in _TABLES}
+    ended: list[str] = []
+    for t in transitions:
+        s = t.state
+        run = rows.run_values(s)
+        if t.new:
+            tables["n"].add(
+                s.run_id,
+                s.plan.ir.name,
+                s.plan.ir.version,
+                s.plan.ir_hash,
+                rows.dumps(s.inputs),
+                rows.dumps(s.vars),
+                s.created_at_ms,
+                t.idempotency_key,
+                run[0],
+                s.version + 1,
+                *run[2:],
+            )
+        else:
+            tables["u"].add(s.run_id, *run)
+        for e in t.events:
+            tables["e"].add(s.run_id, e.seq, type(e).__name__, e.at_ms, encode(e).decode())
+        for nid in rows.touched(t.events):
+            tables["nd"].add(*rows.node_values(s.run_id, nid, s.nodes[nid]))
+        if s.status in RUN_TERMINAL:
+            ended.append(s.run_id)
+        else:
+            timers = {tm.timer_id: tm for tm in t.timers}
+            for tid, tm in timers.items():
+                tables["t"].add(s.run_id, tid, tm.due_at_ms, encode(tm).decode())
+            for tid in {tm.timer_id for tm in t.fired} - timers.keys():
+                tables["f"].add(s.run_id, tid)
+        for m in t.messages:
+            tables["o"].add(s.run_id, m.topic, m.key, m.payload, rows.dumps(m.headers))
+    params: dict[str, Any] = {"ended": ended, "sent": list(sent), "now": now}
+    for table in tables.values():
+        params.update(table.params())
+    return params
+
+
+def _sqlalchemy_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        raise InputError("database_url", "expected postgresql://user@host:port/database")
+    return f"postgresql+psycopg://{rest}"
+
+
+class PostgresStore:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.url = url
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: AsyncConnectionPool[Connection] | None = None
+        self._plans: dict[str, Plan] = {}
+        self._synchronous_commit = "?"
+
+    @property
+    def description(self) -> str:
+        return f"postgres(synchronous_commit={self._synchronous_commit})"
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Connection]:
+        if self._pool is None:
+            raise RuntimeError("the store is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        try:
+            await asyncio.to_thread(upgrade, _sqlalchemy_url(self.url))
+        except sqlalchemy.exc.DBAPIError as e:
+            raise InfraError(f"postgres: migrations failed: {e.orig}") from e
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            self.url,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs={"autocommit": True},
+            check=self._check,
+            timeout=POOL_TIMEOUT_S,
+            open=False,
+            name="headrace",
+        )
+        self._pool = pool  # the pool's check drains it
+        try:
+            await pool.open(wait=True, timeout=POOL_TIMEOUT_S)
+            row = await self._one("SHOW synchronous_commit")
+        except BaseException:
+            self._pool = None
+            await pool.close()
+            raise
+        self._synchronous_commit = row[0] if row else "?"
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _check(self, conn: Connection) -> None:
+        """The pool's check of a connection it hands out, paying a round trip only when the
+        socket has something to say: an idle connection's socket turns readable when the
+        server closed it (restart, failover, terminated backend)."""
+        if not conn.closed:
+            poller = select.poll()  # not select.select: no limit on the descriptor's number
+            poller.register(conn.fileno(), select.POLLIN)
+            if not poller.poll(0):
+                return
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            # The other idle connections are most likely closed too: replace them all now.
+            # Found one by one, each failed check makes the pool back off longer (1 s, 2 s,
+            # 4 s...), and a pool of ten dead connections outlasts the wait for one.
+            await self.pool.drain()
+            raise
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Connection]:
+        """A pooled connection; psycopg's errors become InfraError here, at the edge."""
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except psycopg.Error as e:
+            raise InfraError(f"postgres: {type(e).__name__}: {e}") from e
+
+    async def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        async with self._conn() as conn:
+            return await (await conn.execute(sql, args)).fetchone()
+
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._conn() as conn:
+            return await (await conn.execute(sql, args)).fetchall()
+
+    # --- workflows ---
+
+    async def put_workflow(
+        self, ir: WorkflowIR, source: str, now_ms: int
+    ) -> tuple[WorkflowRecord, bool]:
+        digest = ir_hash(ir)
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                "INSERT INTO workflows (name, version, ir_hash, ir, source, created_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name, version) DO NOTHING "
+                "RETURNING created_at",
+                (ir.name, ir.version, digest, canonical_json(ir).decode(), source, now_ms),
+            )
+            if await cur.fetchone() is not None:
+                return WorkflowRecord(ir.name, ir.version, digest, ir, now_ms), True
+            cur = await conn.execute(
+                "SELECT ir_hash, created_at FROM workflows WHERE name = %s AND version = %s",
+                (ir.name, ir.version),
+            )
+            row = await cur.fetchone()
+        assert row is not None  # workflows are never deleted
+        if row[0] != digest:
+            raise Conflict(
+                f"workflow {ir.tag} already exists with different content; "
+                "register it under a new version"
+            )
+        return WorkflowRecord(ir.name, ir.version, digest, ir, row[1]), False
+
+    async def get_workflow(self, tag: str) -> WorkflowRecord:
+        name, _, version = tag.partition("@")
+        if version:
+            if not version.isdigit():
+                raise NotFound("workflow", tag)
+            row = await self._one(
+                f"SELECT {rows.WORKFLOW_SELECT} FROM workflows WHERE name = %s AND version = %s",
+                (name, int(version)),
+            )
+        else:
+            row = await self._one(
+                f"SELECT {rows.WORKFLOW_SELECT} FROM workflows WHERE name = %s "
+                "ORDER BY version DESC LIMIT 1",
+                (name,),
+            )
+        if row is None:
+            raise NotFound("workflow", tag)
+        return rows.workflow_record(row)
+
+    async def list_workflows(self) -> list[WorkflowRecord]:
+        found = await self._all(
+            f"SELECT {rows.WORKFLOW_SELECT} FROM workflows ORDER BY name, version"
+        )
+        return [rows.workflow_record(r) for r in found]
+
+    async def _plan(self, conn: Connection, digest: str) -> Plan:
+        plan = self._plans.get(digest)
+        if plan is None:
+            cur = await conn.execute(
+                "SELECT ir FROM workflows WHERE ir_hash = %s LIMIT 1", (digest,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound("workflow", digest)
+            plan = self._plans[digest] = plan_from_json(row[0].encode())
+        return plan
+
+    # --- runs: the hot path ---
+
+    async def run_for_key(self, idempotency_key: str) -> str | None:
+        row = await self._one(
+            "SELECT run_id FROM runs WHERE idempotency_key = %s", (idempotency_key,)
+        )
+        return None if row is None else str(row[0])
+
+    async def commit(self, transitions: list[Transition], sent: Sequence[int] = ()) -> Committed:
+        # A run is written once per commit: a second transition of it would be checked
+        # against the version its first one moved, so it is refused, as it would be in turn.
+        seen: set[str] = set()
+        todo = []
+        for t in transitions:
+            if t.state.run_id not in seen:
+                seen.add(t.state.run_id)
+                todo.append(t)
+        params = _commit_params(todo, sent, int(time.time() * 1000))
+        async with self._conn() as conn:
+            row = await (await conn.execute(_COMMIT, params)).fetchone()
+        assert row is not None
+        applied: set[str] = set(row[0])
+        for t in todo:
+            if t.state.run_id in applied:
+                t.state.version += 1
+        return Committed(seen - applied, list(row[1]))
+
+    async def run_version(self, run_id: str) -> int:
+        row = await self._one("SELECT version FROM runs WHERE run_id = %s", (run_id,))
+        if row is None:
+            raise NotFound("run", run_id)
+        return int(row[0])
+
+    async def load_run(self, run_id: str) -> RunState:
+        async with self._conn() as conn:
+            async with conn.pipeline():
+                run_cur = await conn.execute(
+                    f"SELECT {rows.RUN_STATE_SELECT} FROM runs WHERE run_id = %s", (run_id,)
+                )
+                node_cur = await conn.execute(
+                    f"SELECT {rows.NODE_SELECT} FROM node_states WHERE run_id = %s", (run_id,)
+                )
+                row = await run_cur.fetchone()
+                nodes = await node_cur.fetchall()
+            if row is None:
+                raise NotFound("run", run_id)
+            plan = await self._plan(conn, row[0])
+        return rows.rebuild(run_id, plan, row[1:], [(n[0], n[1:]) for n in nodes])
+
+    # --- reads ---
+
+    async def get_run(self, run_id: str) -> tuple[RunRecord, list[NodeRecord]]:
+        async with self._conn() as conn:
+            async with conn.pipeline():
+                run_cur = await conn.execute(
+                    f"SELECT {rows.RUN_SELECT} FROM runs WHERE run_id = %s", (run_id,)
+                )
+                top_cur = await conn.execute(
+                    f"SELECT {rows.NODE_SELECT} FROM node_states "
+                    "WHERE run_id = %s AND parent IS NULL",
+                    (run_id,),
+                )
+                count_cur = await conn.execute(
+                    "SELECT parent, status, COUNT(*) FROM node_states "
+                    "WHERE run_id = %s AND parent IS NOT NULL GROUP BY parent, status",
+                    (run_id,),
+                )
+                row = await run_cur.fetchone()
+                top = await top_cur.fetchall()
+                counted = await count_cur.fetchall()
+            if row is None:
+                raise NotFound("run", run_id)
+            record = rows.run_record(row)
+            plan = await self._plan(conn, record.ir_hash)
+        counts: dict[str, dict[str, int]] = {}
+        for parent, status, n in counted:
+            counts.setdefault(parent, {})[status] = n
+        by_id = {r[0]: r for r in top}
+        nodes = []
+        for nid in plan.order:
+            node = by_id.get(nid)
+            nodes.append(rows.node_record(nid, node[1:] if node else None, counts.get(nid)))
+        return record, nodes
+
+    async def list_runs(
+        self, status: str | None, workflow: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[RunRecord], str | None]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status:
+            where.append("status = %s")
+            args.append(status)
+        if workflow:
+            name, _, version = workflow.partition("@")
+            where.append("workflow_name = %s")
+            args.append(name)
+            if version:
+                if not version.isdigit():
+                    return [], None  # no run has such a version
+                where.append("workflow_version = %s")
+                args.append(int(version))
+        if cursor:
+            created, run_id = rows.decode_cursor(cursor)
+            where.append("(created_at, run_id) < (%s, %s)")
+            args += [created, run_id]
+        sql = (
+            f"SELECT {rows.RUN_SELECT} FROM runs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY created_at DESC, run_id DESC LIMIT %s"
+        )
+        found = [rows.run_record(r) for r in await self._all(sql, (*args, limit + 1))]
+        more = len(found) > limit
+        found = found[:limit]
+        next_cursor = rows.encode_cursor(found[-1]) if more and found else None
+        return found, next_cursor
+
+    async def list_children(
+        self, run_id: str, node_id: str, offset: int, limit: int
+    ) -> list[NodeRecord]:
+        found = await self._all(
+            f"SELECT {rows.NODE_SELECT} FROM node_states WHERE run_id = %s AND parent = %s "
+            "ORDER BY idx LIMIT %s OFFSET %s",
+            (run_id, node_id, limit, offset),
+        )
+        return [rows.node_record(r[0], r[1:], None) for r in found]
+
+    async def read_events(self, run_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        found = await self._all(
+            "SELECT seq, type, at, data FROM events WHERE run_id = %s AND seq > %s ORDER BY seq "
+            "LIMIT %s",
+            (run_id, after_seq, limit),
+        )
+        return [StoredEvent(r[0], r[1], r[2], r[3].encode()) for r in found]
+
+    async def active_runs(self) -> list[str]:
+        found = await self._all("SELECT run_id FROM runs WHERE status IN ('pending', 'running')")
+        return [r[0] for r in found]
+
+    # --- outbox and timers ---
+
+    async def pending_outbox(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:
+        found = await self._all(
+            "SELECT id, topic, key, payload, headers FROM outbox "
+            "WHERE created_at < %s ORDER BY id LIMIT %s",
+            (created_before_ms, limit),
+        )
+        return [
+            OutboxEntry(r[0], Message(r[1], r[2], bytes(r[3]), rows.loads(r[4]))) for r in found
+        ]
+
+    async def outbox_sent(self, ids: list[int]) -> None:
+        if ids:
+            async with self._conn() as conn:
+                await conn.execute("DELETE FROM outbox WHERE id = ANY(%s::bigint[])", (ids,))
+
+    async def due_timers(self, now_ms: int, limit: int) -> list[Timer]:
+        found = await self._all(
+            "SELECT data FROM timers WHERE due_at <= %s ORDER BY due_at LIMIT %s",
+            (now_ms, limit),
+        )
+        return [rows.load_timer(r[0]) for r in found]
+
+    async def next_timer_at(self) -> int | None:
+        row = await self._one("SELECT MIN(due_at) FROM timers")
+        return None if row is None or row[0] is None else int(row[0])

@@ -1,0 +1,485 @@
+"""The Store contract (headrace/store/base.py), run against every adapter: SQLite and Postgres.
+
+Each test gets an empty store: SQLite on a temporary file, Postgres on a fresh database of
+the test server (dropped afterwards). Runs are driven by the real engine, so what a store
+keeps is compared with what the engine holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_engine_properties import Checker, workflows
+
+from headrace.engine import Cancel, Complete, RunState, Start, decide, new_run
+from headrace.engine.decide import Decision
+from headrace.errors import Conflict, InfraError, InputError, NotFound
+from headrace.events import Message, SignalReceived, Timer
+from headrace.spec import Plan, canonical_json, parse_workflow, plan_of
+from headrace.store import Store, Transition
+from headrace.store.postgres import PostgresStore
+from headrace.store.sqlite import SqliteStore
+from headrace.testing.services import postgres_database
+
+SHOP = {
+    "name": "shop",
+    "version": 1,
+    "inputs": {"xs": {"type": "array"}},
+    "nodes": {
+        "a": {"task": "m.f"},
+        "m": {
+            "needs": ["a"],
+            "map": "${{ inputs.xs }}",
+            "task": "m.f",
+            "with": {"x": "${{ item }}"},
+        },
+        "z": {"needs": ["m"], "task": "m.f"},
+    },
+}
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        lite = SqliteStore(tmp_path / "h.db")
+        await lite.open()
+        yield lite
+        await lite.close()
+        return
+    with postgres_database() as url:
+        pg = PostgresStore(url, max_size=4)
+        await pg.open()
+        yield pg
+        await pg.close()
+
+
+async def register(store: Store, spec: dict[str, Any] = SHOP) -> Plan:
+    ir = parse_workflow(spec)
+    await store.put_workflow(ir, canonical_json(ir).decode(), 0)
+    return plan_of(ir)
+
+
+def start(plan: Plan, *, at_ms: int = 1_000, **inputs: Any) -> tuple[RunState, Decision]:
+    state = new_run(str(uuid.uuid4()), plan, created_at_ms=at_ms)
+    return state, decide(state, Start(at_ms=at_ms, inputs={"xs": [], **inputs}))
+
+
+def step(state: RunState, d: Decision, *, new: bool = False, key: str | None = None) -> Transition:
+    messages = [Message("node.jobs.normal", state.run_id, j.node_id.encode()) for j in d.jobs]
+    return Transition(state, d.events, messages, d.timers, new=new, idempotency_key=key)
+
+
+async def started(store: Store, plan: Plan, **kw: Any) -> RunState:
+    state, d = start(plan, **kw)
+    assert not (await store.commit([step(state, d, new=True)])).conflicts
+    return state
+
+
+async def complete(store: Store, state: RunState, node_id: str, at_ms: int = 2_000) -> None:
+    d = decide(state, Complete(node_id, 1, at_ms, at_ms, output={"n": node_id}))
+    assert not (await store.commit([step(state, d)])).conflicts
+
+
+async def same(store: Store, state: RunState) -> None:
+    assert (await store.load_run(state.run_id)).comparable() == state.comparable()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- workflows ---
+
+
+async def test_workflows_are_put_once_and_addressed_by_tag(store: Store) -> None:
+    ir = parse_workflow(SHOP)
+    first, new = await store.put_workflow(ir, "src", 5)
+    assert new and first.tag == "shop@1" and first.created_at_ms == 5
+    again, new = await store.put_workflow(ir, "src", 9)
+    assert not new and again.created_at_ms == 5 and again.ir_hash == first.ir_hash
+    changed = parse_workflow({**SHOP, "nodes": {"only": {"task": "m.g"}}})
+    with pytest.raises(Conflict):
+        await store.put_workflow(changed, "src", 9)
+    for version in (3, 2):
+        await store.put_workflow(parse_workflow({**SHOP, "version": version}), "src", version)
+    assert (await store.get_workflow("shop")).version == 3
+    assert (await store.get_workflow("shop@1")).ir == ir
+    assert [w.tag for w in await store.list_workflows()] == ["shop@1", "shop@2", "shop@3"]
+    for tag in ("nope", "shop@4", "shop@x", "nope@1"):
+        with pytest.raises(NotFound):
+            await store.get_workflow(tag)
+
+
+# --- commit: the hot path ---
+
+
+async def test_a_new_run_reloads_as_the_engine_holds_it(store: Store) -> None:
+    plan = await register(store)
+    state, d = start(plan, xs=[1, 2])
+    result = await store.commit([step(state, d, new=True, key="k1")])
+    assert result.conflicts == set() and len(result.outbox_ids) == 1
+    assert state.version == 1
+    await same(store, state)
+    assert await store.run_for_key("k1") == state.run_id
+    assert await store.run_for_key("k2") is None
+    await complete(store, state, "a")
+    assert state.version == 2
+    await same(store, state)
+
+
+async def test_two_writers_from_one_version_exactly_one_applies(store: Store) -> None:
+    plan = await register(store)
+    state = await started(store, plan, xs=[1, 2, 3])
+    mine, theirs = await store.load_run(state.run_id), await store.load_run(state.run_id)
+    ours = step(mine, decide(mine, Complete("a", 1, 2, 3, output=1)))
+    other = step(theirs, decide(theirs, Cancel(at_ms=3)))
+    results = await asyncio.gather(store.commit([ours]), store.commit([other]))
+    assert sorted(len(r.conflicts) for r in results) == [0, 1]
+    winner, loser = (mine, theirs) if not results[0].conflicts else (theirs, mine)
+    assert winner.version == 2 and loser.version == 1
+    await same(store, winner)
+    events = await store.read_events(state.run_id, 0, 100)
+    assert [e.seq for e in events] == list(range(1, winner.seq + 1))
+    outbox = await store.pending_outbox(now_ms() + 1_000, 100)
+    assert len(outbox) == 1 + len(results[0].outbox_ids) + len(results[1].outbox_ids)
+
+
+async def test_a_stale_update_among_others_is_refused_alone(store: Store) -> None:
+    plan = await register(store)
+    a, b = await started(store, plan), await started(store, plan)
+    stale = await store.load_run(b.run_id)
+    await complete(store, b, "a")  # moves b's version under `stale`
+    ta = step(a, decide(a, Complete("a", 1, 5, 6, output=1)))
+    tb = step(stale, decide(stale, Cancel(at_ms=6)))
+    result = await store.commit([ta, tb])
+    assert result.conflicts == {b.run_id}
+    await same(store, a)
+    await same(store, b)
+    assert (await store.run_version(a.run_id), await store.run_version(b.run_id)) == (2, 2)
+    assert len(result.outbox_ids) == len(ta.messages)
+
+
+async def test_a_taken_idempotency_key_refuses_only_that_run(store: Store) -> None:
+    plan = await register(store)
+    first, d = start(plan)
+    assert not (await store.commit([step(first, d, new=True, key="k")])).conflicts
+    dup, d_dup = start(plan)
+    twin_a, d_a = start(plan)
+    twin_b, d_b = start(plan)
+    fresh, d_fresh = start(plan)
+    d_first = decide(first, Complete("a", 1, 5, 6))
+    result = await store.commit(
+        [
+            step(dup, d_dup, new=True, key="k"),
+            step(twin_a, d_a, new=True, key="twin"),
+            step(twin_b, d_b, new=True, key="twin"),
+            step(fresh, d_fresh, new=True, key="fresh"),
+            step(first, d_first),
+        ]
+    )
+    assert result.conflicts == {dup.run_id, twin_b.run_id}
+    assert len(result.outbox_ids) == 3  # twin_a, fresh, first: one job each
+    for state in (first, twin_a, fresh):
+        await same(store, state)
+    for state in (dup, twin_b):
+        assert state.version == 0
+        with pytest.raises(NotFound):
+            await store.load_run(state.run_id)
+        assert await store.read_events(state.run_id, 0, 10) == []
+    assert await store.run_for_key("twin") == twin_a.run_id
+
+
+async def test_events_are_unique_per_run_and_read_in_pages(store: Store) -> None:
+    plan = await register(store)
+    state = await started(store, plan, xs=[1, 2, 3])
+    await complete(store, state, "a")
+    pages, after = [], 0
+    while page := await store.read_events(state.run_id, after, 2):
+        pages.append([e.seq for e in page])
+        after = page[-1].seq
+    assert [s for p in pages for s in p] == list(range(1, state.seq + 1))
+    assert all(len(p) == 2 for p in pages[:-1])
+    first = (await store.read_events(state.run_id, 0, 1))[0]
+    assert first.type == "RunStarted" and first.at_ms == 1_000 and b'"seq":1' in first.data
+    # A transition that passes the version check but repeats a stored seq writes nothing.
+    # (SqliteStore lets sqlite3.IntegrityError through; PostgresStore raises InfraError.)
+    outbox = await store.pending_outbox(now_ms() + 1_000, 100)
+    again = SignalReceived(seq=1, at_ms=9, name="x")
+    with pytest.raises((InfraError, sqlite3.IntegrityError)):
+        await store.commit([Transition(state, [again], [Message("t", "k", b"x")])])
+    assert state.version == 2
+    await same(store, state)
+    assert await store.pending_outbox(now_ms() + 1_000, 100) == outbox
+    assert len(await store.read_events(state.run_id, 0, 100)) == state.seq
+
+
+# --- reads ---
+
+
+async def test_get_run_counts_map_children_by_status(store: Store) -> None:
+    plan = await register(store)
+    state = await started(store, plan, xs=[10, 20, 30, 40])
+    await complete(store, state, "a")
+    await complete(store, state, "m[1]")
+    await complete(store, state, "m[3]")
+    record, nodes = await store.get_run(state.run_id)
+    assert record.run_id == state.run_id and record.workflow_tag == "shop@1"
+    assert record.status == "running" and record.seq == state.seq
+    assert record.inputs == {"xs": [10, 20, 30, 40]} and record.created_at_ms == 1_000
+    assert [n.node_id for n in nodes] == ["a", "m", "z"]
+    a, m, z = nodes
+    assert a.status == "completed" and a.output == {"n": "a"} and a.children is None
+    assert m.width == 4 and m.children == {"completed": 2, "scheduled": 2}
+    assert z.status == "pending" and z.attempt == 0
+    with pytest.raises(NotFound):
+        await store.get_run("no-such-run")
+
+
+async def test_list_runs_filters_and_pages_newest_first(store: Store) -> None:
+    shop = await register(store)
+    shop2 = await register(store, {**SHOP, "version": 2})
+    other = await register(store, {**SHOP, "name": "other"})
+    made: list[RunState] = []
+    batch: list[Transition] = []
+    for i in range(30):
+        plan = (shop, shop2, other)[i % 3]
+        state, d = start(plan, at_ms=1_000 + i // 4)  # ties on created_at, ordered by run id
+        if i % 5 == 0:
+            d.events += decide(state, Cancel(at_ms=2_000)).events
+        made.append(state)
+        batch.append(Transition(state, d.events, new=True))
+    assert not (await store.commit(batch)).conflicts
+
+    async def everything(status: str | None, workflow: str | None) -> list[str]:
+        ids: list[str] = []
+        cursor = None
+        while True:
+            page, cursor = await store.list_runs(status, workflow, 7, cursor)
+            assert len(page) <= 7
+            ids += [r.run_id for r in page]
+            if cursor is None:
+                return ids
+
+    def expected(keep: Any) -> list[str]:
+        chosen = sorted((s for s in made if keep(s)), key=lambda s: (s.created_at_ms, s.run_id))
+        return [s.run_id for s in reversed(chosen)]
+
+    assert await everything(None, None) == expected(lambda s: True)
+    assert await everything("cancelled", None) == expected(lambda s: s.status == "cancelled")
+    assert await everything(None, "shop") == expected(lambda s: s.plan.ir.name == "shop")
+    assert await everything(None, "shop@2") == expected(lambda s: s.plan is shop2)
+    assert await everything("running", "other@1") == expected(
+        lambda s: s.plan is other and s.status == "running"
+    )
+    assert await store.list_runs(None, "shop@x", 10, None) == ([], None)
+    page, cursor = await store.list_runs(None, None, 30, None)
+    assert len(page) == 30 and cursor is None
+    with pytest.raises(InputError):
+        await store.list_runs(None, None, 10, "not a cursor")
+
+
+async def test_list_children_pages_in_index_order(store: Store) -> None:
+    plan = await register(store)
+    state = await started(store, plan, xs=list(range(12)))
+    await complete(store, state, "a")
+    await complete(store, state, "m[10]")
+    seen = []
+    for offset in range(0, 15, 5):
+        page = await store.list_children(state.run_id, "m", offset, 5)
+        seen += [(c.node_id, c.status) for c in page]
+    assert [nid for nid, _ in seen] == [f"m[{i}]" for i in range(12)]
+    assert dict(seen)["m[10]"] == "completed" and dict(seen)["m[0]"] == "scheduled"
+    assert await store.list_children(state.run_id, "a", 0, 5) == []
+
+
+async def test_active_runs_are_those_not_ended(store: Store) -> None:
+    plan = await register(store)
+    running = await started(store, plan)
+    ended = await started(store, plan)
+    assert not (await store.commit([step(ended, decide(ended, Cancel(at_ms=3)))])).conflicts
+    assert await store.active_runs() == [running.run_id]
+
+
+async def test_unknown_run_ids(store: Store) -> None:
+    plan = await register(store)
+    with pytest.raises(NotFound):
+        await store.load_run("no-such-run")
+    with pytest.raises(NotFound):
+        await store.get_run("no-such-run")
+    with pytest.raises(NotFound):
+        await store.run_version("no-such-run")
+    assert await store.read_events("no-such-run", 0, 10) == []
+    assert await store.list_children("no-such-run", "m", 0, 10) == []
+    ghost, d = start(plan)
+    ghost.version = 1  # an update of a run that was never created: refused, nothing written
+    assert (await store.commit([step(ghost, d)])).conflicts == {ghost.run_id}
+    assert await store.read_events(ghost.run_id, 0, 10) == []
+    assert await store.pending_outbox(now_ms() + 1_000, 10) == []
+
+
+# --- outbox and timers ---
+
+
+async def test_outbox_rows_wait_until_marked_sent(store: Store) -> None:
+    plan = await register(store)
+    state, d = start(plan, xs=[1])
+    extra = [Message("t.x", state.run_id, bytes(range(256)), {"content-type": "a/b"})]
+    t = step(state, d, new=True)
+    t.messages += extra
+    before = now_ms() - 1
+    ids = (await store.commit([t])).outbox_ids
+    assert len(ids) == len(t.messages) == 2 and len(set(ids)) == 2
+    assert await store.pending_outbox(before, 10) == []
+    pending = await store.pending_outbox(now_ms() + 1_000, 10)
+    assert [p.id for p in pending] == sorted(ids)
+    assert [p.message for p in pending] == t.messages
+    assert len(await store.pending_outbox(now_ms() + 1_000, 1)) == 1
+    d2 = decide(state, Complete("a", 1, 5, 6))
+    third = (await store.commit([step(state, d2)], sent=[ids[0]])).outbox_ids
+    left = await store.pending_outbox(now_ms() + 1_000, 10)
+    assert [p.id for p in left] == sorted([ids[1], *third])
+    await store.outbox_sent([ids[1], *third])
+    await store.outbox_sent([])
+    assert await store.pending_outbox(now_ms() + 1_000, 10) == []
+    assert (await store.commit([], sent=[12345])).conflicts == set()
+
+
+def timer(state: RunState, node_id: str, due_at_ms: int, attempt: int = 1) -> Timer:
+    return Timer(
+        run_id=state.run_id, kind="retry", node_id=node_id, attempt=attempt, due_at_ms=due_at_ms
+    )
+
+
+async def test_timers_come_due_and_go_with_their_run(store: Store) -> None:
+    plan = await register(store)
+    a, b = await started(store, plan), await started(store, plan)
+    assert await store.next_timer_at() is None
+    ta1, ta2, tb = timer(a, "a", 100), timer(a, "m[0]", 300), timer(b, "a", 200)
+    assert not (await store.commit([Transition(a, [], timers=[ta1, ta2])])).conflicts
+    assert not (await store.commit([Transition(b, [], timers=[tb])])).conflicts
+    assert await store.next_timer_at() == 100
+    assert await store.due_timers(99, 10) == []
+    assert await store.due_timers(200, 10) == [ta1, tb]
+    assert await store.due_timers(1_000, 1) == [ta1]
+    moved = timer(a, "m[0]", 50)  # set again under the same id: replaced
+    renewed = timer(a, "a", 400)  # fired and set again in one step: kept
+    fired = Transition(a, [], timers=[moved, renewed], fired=[ta1])
+    assert not (await store.commit([fired])).conflicts
+    assert await store.due_timers(1_000, 10) == [moved, tb, renewed]
+    d = decide(a, Cancel(at_ms=500))
+    ending = step(a, d)
+    ending.timers.append(timer(a, "z", 600))  # a run that ends keeps no timer
+    assert not (await store.commit([ending])).conflicts
+    assert await store.due_timers(10_000, 10) == [tb]
+    assert await store.next_timer_at() == 200
+    assert not (await store.commit([Transition(b, [], fired=[tb])])).conflicts
+    assert await store.next_timer_at() is None
+
+
+# --- the engine's state survives every commit ---
+
+_versions = iter(range(2, 10_000))
+
+
+@settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(wf=workflows(), seed=st.integers(0, 2**32))
+async def test_reloaded_state_equals_engine_state(
+    store: Store, wf: tuple[dict[str, Any], dict[str, Any]], seed: int
+) -> None:
+    spec, inputs = wf
+    ir = parse_workflow({**spec, "version": next(_versions)})  # one store for all examples
+    await store.put_workflow(ir, canonical_json(ir).decode(), 0)
+    checker = Checker(plan_of(ir), inputs, random.Random(seed))
+    checker.state.run_id = str(uuid.uuid4())
+    committed, new = 0, True
+    for _ in range(2000):
+        events = checker.events[committed:]
+        t = Transition(checker.state, events, [Message("t", "k", b"x")], new=new)
+        assert not (await store.commit([t])).conflicts
+        new, committed = False, len(checker.events)
+        await same(store, checker.state)
+        if checker.state.status != "running" or not checker.step():
+            break
+    events = checker.events[committed:]
+    assert not (await store.commit([Transition(checker.state, events)])).conflicts
+    await same(store, checker.state)
+
+
+# --- Postgres only ---
+
+
+@pytest.mark.integration
+async def test_postgres_opens_concurrently_and_migrates_once(pg_url: str) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from headrace.store.postgres import PostgresStore\n"
+        "async def main():\n"
+        "    s = PostgresStore(sys.argv[1]); await s.open(); await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, pg_url, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(5)
+    ]
+    here = [PostgresStore(pg_url, min_size=1, max_size=2) for _ in range(5)]
+    await asyncio.gather(*(s.open() for s in here))
+    for proc in procs:
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+    for s in here:
+        assert s.description == "postgres(synchronous_commit=on)"
+        await s.close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+
+
+@pytest.mark.integration
+async def test_postgres_replaces_connections_the_server_closed(pg_url: str) -> None:
+    # Eight dead connections: checked one by one, the pool's backoff between failed checks
+    # (1 s, 2 s, 4 s...) would outlast its 10 s wait for a connection.
+    store = PostgresStore(pg_url, min_size=8, max_size=8)
+    await store.open()
+    try:
+        plan = await register(store)
+        state = await started(store, plan)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        assert len(killed) == 8
+        await asyncio.sleep(0.1)
+        await same(store, state)  # idle connections found closed are replaced, not used
+        await complete(store, state, "a")
+        await same(store, state)
+    finally:
+        await store.close()
+
+
+@pytest.mark.integration
+async def test_postgres_unreachable_is_an_infra_error() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/nothing?connect_timeout=1")
+    with pytest.raises(InfraError):
+        await store.open()
+    with pytest.raises(InputError):
+        await PostgresStore("mysql://x/y").open()
