@@ -30,8 +30,10 @@ unit: install
 test: lint typecheck
 	.venv/bin/pytest -q
 
+BACKEND ?= sqlite+memory
+
 bench: install
-	$(PY) -m bench
+	BACKEND=$(BACKEND) $(PY) -m bench
 
 clean:
 	rm -rf .venv .venv-tools .headrace .mypy_cache .pytest_cache .ruff_cache

@@ -53,12 +53,19 @@ def main() -> None:
             **best,
             f"{key}_samples": values,
             "peak_rss_mb": max(float(s["peak_rss_mb"]) for s in samples),  # type: ignore[arg-type]
-            "store": "sqlite(wal, synchronous=NORMAL)",
-            "bus": "memory",
+            **_backend(),
             "python": platform.python_version(),
             "cpus": _cpus(),
         }
         print(json.dumps(line), flush=True)
+
+
+def _backend() -> dict[str, str]:
+    import os
+
+    if os.environ.get("BACKEND", "sqlite+memory") == "postgres+redis":
+        return {"store": "postgres(synchronous_commit=on, fsync=on)", "bus": "redis streams"}
+    return {"store": "sqlite(wal, synchronous=NORMAL)", "bus": "memory"}
 
 
 def _cpus() -> int:

@@ -1,11 +1,15 @@
 """The workloads: each runs through the same runtime path as `headrace run` (Embedded:
-SQLite store, in-memory bus, coordinator, worker, relay) with no-op task bodies."""
+store, bus, coordinator, worker, relay in one process) with no-op task bodies.
+
+BACKEND chooses the adapters: `sqlite+memory` (default) or `postgres+redis` (a fresh
+database and key prefix on the servers of headrace.testing.services, fsync on)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +53,34 @@ def fan(width: int) -> dict[str, Any]:
     }
 
 
-async def _run(
-    db: Path,
-    spec: dict[str, Any],
-    runs: int,
-    on_ready: Callable[[Embedded], Awaitable[None]] | None = None,
-) -> float:
+async def _run(db: Path, spec: dict[str, Any], runs: int) -> float:
     """Seconds from the first submission to the end of the last run."""
     inputs = spec.pop("_inputs", {})
-    settings = Settings(database_url=f"sqlite:///{db}", tasks="headrace.testing.tasks")
+    with contextlib.ExitStack() as stack:
+        settings = _settings(db, stack)
+        return await _timed(settings, spec, inputs, runs)
+
+
+def backend() -> str:
+    return os.environ.get("BACKEND", "sqlite+memory")
+
+
+def _settings(db: Path, stack: contextlib.ExitStack) -> Settings:
+    tasks = "headrace.testing.tasks"
+    if backend() == "sqlite+memory":
+        return Settings(database_url=f"sqlite:///{db}", tasks=tasks)
+    if backend() == "postgres+redis":
+        from headrace.testing.services import postgres_database, redis_prefix
+
+        url = stack.enter_context(postgres_database())
+        redis_url, prefix = stack.enter_context(redis_prefix())
+        return Settings(database_url=url, bus=redis_url, bus_prefix=prefix, tasks=tasks)
+    raise SystemExit(f"unknown BACKEND {backend()!r} (sqlite+memory, postgres+redis)")
+
+
+async def _timed(
+    settings: Settings, spec: dict[str, Any], inputs: dict[str, Any], runs: int
+) -> float:
     async with Embedded(settings) as rt:
         ir = parse_workflow(spec)
         await rt.register(ir, "")
