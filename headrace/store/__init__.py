@@ -1,4 +1,4 @@
-"""The Store seam and its adapters (SQLite now; Postgres fits the same Protocol)."""
+"""The Store seam and its adapters: SQLite (embedded) and Postgres (the cluster)."""
 
 from headrace.store.base import (
     Committed,

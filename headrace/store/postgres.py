@@ -459,34 +459,11 @@ class PostgresStore:
     async def list_runs(
         self, status: str | None, workflow: str | None, limit: int, cursor: str | None
     ) -> tuple[list[RunRecord], str | None]:
-        where: list[str] = []
-        args: list[Any] = []
-        if status:
-            where.append("status = %s")
-            args.append(status)
-        if workflow:
-            name, _, version = workflow.partition("@")
-            where.append("workflow_name = %s")
-            args.append(name)
-            if version:
-                if not version.isdigit():
-                    return [], None  # no run has such a version
-                where.append("workflow_version = %s")
-                args.append(int(version))
-        if cursor:
-            created, run_id = rows.decode_cursor(cursor)
-            where.append("(created_at, run_id) < (%s, %s)")
-            args += [created, run_id]
-        sql = (
-            f"SELECT {rows.RUN_SELECT} FROM runs"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY created_at DESC, run_id DESC LIMIT %s"
-        )
-        found = [rows.run_record(r) for r in await self._all(sql, (*args, limit + 1))]
-        more = len(found) > limit
-        found = found[:limit]
-        next_cursor = rows.encode_cursor(found[-1]) if more and found else None
-        return found, next_cursor
+        query = rows.list_runs_query(status, workflow, cursor, limit, "%s")
+        if query is None:
+            return [], None
+        sql, args = query
+        return rows.page([rows.run_record(r) for r in await self._all(sql, args)], limit)
 
     async def list_children(
         self, run_id: str, node_id: str, offset: int, limit: int

@@ -254,3 +254,41 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         return int(created), run_id
     except (ValueError, UnicodeDecodeError):
         raise InputError("cursor", "is not a cursor this API returned") from None
+
+
+def list_runs_query(
+    status: str | None, workflow: str | None, cursor: str | None, limit: int, mark: str
+) -> tuple[str, list[Any]] | None:
+    """The SELECT of `Store.list_runs` and its arguments, with `mark` as the placeholder
+    (`?` or `%s`); None when nothing can match (a workflow version that is not a number)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if status:
+        where.append(f"status = {mark}")
+        args.append(status)
+    if workflow:
+        name, _, version = workflow.partition("@")
+        where.append(f"workflow_name = {mark}")
+        args.append(name)
+        if version:
+            if not version.isdigit():
+                return None
+            where.append(f"workflow_version = {mark}")
+            args.append(int(version))
+    if cursor:
+        created, run_id = decode_cursor(cursor)
+        where.append(f"(created_at < {mark} OR (created_at = {mark} AND run_id < {mark}))")
+        args += [created, created, run_id]
+    sql = (
+        f"SELECT {RUN_SELECT} FROM runs"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY created_at DESC, run_id DESC LIMIT {mark}"
+    )
+    return sql, [*args, limit + 1]
+
+
+def page(found: list[RunRecord], limit: int) -> tuple[list[RunRecord], str | None]:
+    """The first `limit` records and the cursor to the next page, if there is one."""
+    more = len(found) > limit
+    found = found[:limit]
+    return found, encode_cursor(found[-1]) if more and found else None

@@ -154,7 +154,7 @@ class SqliteStore:
             db.execute("COMMIT")
         except BaseException as e:
             db.execute("ROLLBACK")
-            if isinstance(e, sqlite3.OperationalError):
+            if isinstance(e, sqlite3.Error):
                 raise InfraError(f"sqlite: {e}") from e
             raise
         for t in applied:
@@ -295,32 +295,11 @@ class SqliteStore:
     async def list_runs(
         self, status: str | None, workflow: str | None, limit: int, cursor: str | None
     ) -> tuple[list[RunRecord], str | None]:
-        where: list[str] = []
-        args: list[Any] = []
-        if status:
-            where.append("status = ?")
-            args.append(status)
-        if workflow:
-            name, _, version = workflow.partition("@")
-            where.append("workflow_name = ?")
-            args.append(name)
-            if version:
-                where.append("workflow_version = ?")
-                args.append(version)
-        if cursor:
-            created, run_id = rows.decode_cursor(cursor)
-            where.append("(created_at < ? OR (created_at = ? AND run_id < ?))")
-            args += [created, created, run_id]
-        sql = (
-            f"SELECT {rows.RUN_SELECT} FROM runs"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY created_at DESC, run_id DESC LIMIT ?"
-        )
-        found = [rows.run_record(r) for r in self.db.execute(sql, (*args, limit + 1))]
-        more = len(found) > limit
-        found = found[:limit]
-        next_cursor = rows.encode_cursor(found[-1]) if more and found else None
-        return found, next_cursor
+        query = rows.list_runs_query(status, workflow, cursor, limit, "?")
+        if query is None:
+            return [], None
+        sql, args = query
+        return rows.page([rows.run_record(r) for r in self.db.execute(sql, args)], limit)
 
     async def list_children(
         self, run_id: str, node_id: str, offset: int, limit: int

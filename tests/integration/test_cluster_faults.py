@@ -1,0 +1,349 @@
+"""Faults on the Phase 1 cluster, as separate processes on real Postgres and Redis: the API
+SIGKILLed while it accepts runs (idempotent retries, no half-created run), and poison
+messages on the job and result streams (dead-lettered once, acknowledged, never blocking)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from headrace.store.postgres import PostgresStore
+from headrace.testing.replay import replay_diff
+from headrace.testing.servers import free_port
+from headrace.testing.services import postgres_database, redis_prefix
+
+HEADRACE = str(Path(sys.executable).parent / "headrace")
+SPEC = """
+name: quick
+inputs: {i: {type: integer}}
+defaults: {retry: {max_attempts: 5, initial_interval: 10ms, max_interval: 100ms}}
+nodes:
+  a: {task: headrace.testing.tasks.sleep, with: {seconds: 0.05}}
+  fan:
+    needs: [a]
+    map: "${{ [1, 2] }}"
+    task: headrace.testing.tasks.sleep
+    with: {seconds: 0.05, n: "${{ item + inputs.i }}"}
+  total: {needs: [fan], task: headrace.testing.tasks.echo, with: {xs: "${{ nodes.fan.output }}"}}
+outputs:
+  count: "${{ len(nodes.total.output.xs) }}"
+"""
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class FaultCluster:
+    def __init__(self, tmp: Path, db_url: str, redis_url: str, prefix: str) -> None:
+        self.tmp = tmp
+        self.env = {
+            **os.environ,
+            "HEADRACE_DATABASE_URL": db_url,
+            "HEADRACE_BUS": redis_url,
+            "HEADRACE_BUS_PREFIX": prefix,
+            "HEADRACE_TASKS": "headrace.testing.tasks",
+            "HEADRACE_LEASE_S": "2",
+            "HEADRACE_HEARTBEAT_S": "0.5",
+        }
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.old: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        env = {**self.env, "HEADRACE_PROCESS_NAME": name}
+        with (self.tmp / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [HEADRACE, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        if name in self.procs:
+            self.old.append(self.procs[name])
+        self.procs[name] = proc
+        return proc
+
+    def start_api(self) -> None:
+        self.start("api", "api", "--port", str(self.port))
+        self.wait_healthy()
+
+    def up(self) -> None:
+        self.start("api", "api", "--port", str(self.port))
+        for name in ("coordinator-1", "coordinator-2"):
+            self.start(name, "coordinator")
+        for name in ("worker-1", "worker-2"):
+            self.start(name, "worker")
+        self.start("relay", "relay")
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise AssertionError(f"the API did not start: {self.logs()}")
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}" for p in self.tmp.glob("*.log"))
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.env["HEADRACE_BUS"])
+
+    def key(self, topic: str) -> str:
+        return self.env["HEADRACE_BUS_PREFIX"] + topic
+
+    def down(self) -> None:
+        procs = [*self.procs.values(), *self.old]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def fault_cluster(tmp_path: Path) -> Iterator[FaultCluster]:
+    with postgres_database() as db_url, redis_prefix() as (redis_url, prefix):
+        c = FaultCluster(tmp_path, db_url, redis_url, prefix)
+        try:
+            yield c
+        finally:
+            c.down()
+
+
+def wait_ended(client: httpx.Client, run_ids: list[str], cluster: FaultCluster) -> None:
+    deadline = time.monotonic() + 45
+    for run_id in run_ids:
+        while client.get(f"/v1/runs/{run_id}").json()["status"] not in TERMINAL:
+            assert time.monotonic() < deadline, f"run {run_id} did not end\n{cluster.logs()}"
+            time.sleep(0.05)
+
+
+async def check_runs(db_url: str, run_ids: list[str]) -> None:
+    """Every run completed, was created whole (RunStarted, then its first node scheduled)
+    and replays to its stored state."""
+    store = PostgresStore(db_url)
+    await store.open()
+    try:
+        for run_id in run_ids:
+            record, _ = await store.get_run(run_id)
+            assert record.status == "completed", (run_id, record.error)
+            assert record.outputs == {"count": 2}
+            events = await store.read_events(run_id, 0, 10_000)
+            assert events and events[0].type == "RunStarted", (run_id, events[:2])
+            first = [json.loads(e.data) for e in events if e.type == "NodeScheduled"]
+            assert any(e.get("node_id") == "a" for e in first), (run_id, events[:3])
+            assert await replay_diff(store, run_id) == {}
+    finally:
+        await store.close()
+
+
+class Poster(threading.Thread):
+    """Posts runs one after another, each under a new Idempotency-Key; remembers which
+    got an answer (and the run) and which failed without one."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.answered: dict[str, str] = {}
+        self.unanswered: list[str] = []
+        self.other: list[tuple[str, int, str]] = []  # an answer that was not 200/201
+        self.stop = threading.Event()
+        self.i = 0
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while not self.stop.is_set():
+                key = f"key-{self.i}"
+                body = {"workflow_tag": "quick", "inputs": {"i": self.i}}
+                self.i += 1
+                try:
+                    r = client.post("/v1/runs", json=body, headers={"Idempotency-Key": key})
+                except httpx.TransportError:
+                    self.unanswered.append(key)
+                    time.sleep(0.01)
+                    continue
+                if r.status_code in (200, 201) and "run_id" in r.json():
+                    self.answered[key] = r.json()["run_id"]
+                else:
+                    self.other.append((key, r.status_code, r.text))
+                    self.unanswered.append(key)
+
+
+def test_sigkill_the_api_while_it_accepts_runs(fault_cluster: FaultCluster) -> None:
+    cluster = fault_cluster
+    cluster.up()
+    with httpx.Client(base_url=cluster.url, timeout=10) as client:
+        assert client.post("/v1/workflows", content=SPEC).status_code == 201
+        poster = Poster(cluster.url)
+        poster.start()
+        deadline = time.monotonic() + 20
+        while len(poster.answered) < 15:
+            assert time.monotonic() < deadline, f"runs are not accepted\n{cluster.logs()}"
+            time.sleep(0.01)
+        cluster.kill("api")  # mid-stream: a request may be in flight
+        time.sleep(0.3)  # some requests find nobody listening
+        cluster.start_api()
+        answered_before = len(poster.answered)
+        deadline = time.monotonic() + 20
+        while len(poster.answered) < answered_before + 15:
+            assert time.monotonic() < deadline, f"runs not accepted again\n{cluster.logs()}"
+            time.sleep(0.01)
+        poster.stop.set()
+        poster.join(10)
+        assert not poster.is_alive()
+        assert poster.unanswered, "no request failed while the API was down"
+        # only connection errors while it was down, or a 5xx cut short by the kill
+        assert all(status >= 500 for _, status, _ in poster.other), poster.other
+
+        # (b) retry every unanswered request with its key: one run per key
+        retried: dict[str, str] = {}
+        for key in poster.unanswered:
+            i = int(key.split("-")[1])
+            r = client.post(
+                "/v1/runs",
+                json={"workflow_tag": "quick", "inputs": {"i": i}},
+                headers={"Idempotency-Key": key},
+            )
+            assert r.status_code in (200, 201), (key, r.status_code, r.text)
+            retried[key] = r.json()["run_id"]
+        # an answered request, retried, gives its run again (200), not a second one
+        some_key, some_run = next(iter(poster.answered.items()))
+        again = client.post(
+            "/v1/runs",
+            json={"workflow_tag": "quick", "inputs": {"i": 0}},
+            headers={"Idempotency-Key": some_key},
+        )
+        assert (again.status_code, again.json()["run_id"]) == (200, some_run)
+
+        by_key = {**poster.answered, **retried}
+        assert len(by_key) == poster.i  # every request made has a run
+        assert len(set(by_key.values())) == len(by_key)  # and no two keys share one
+
+        # exactly one run per key in the database, and no run without a key
+        with psycopg.connect(cluster.env["HEADRACE_DATABASE_URL"]) as conn:
+            rows = conn.execute("SELECT run_id, idempotency_key FROM runs").fetchall()
+        in_db = {str(run_id): key for run_id, key in rows}
+        assert len(rows) == len(by_key), (len(rows), len(by_key))
+        assert in_db == {run_id: key for key, run_id in by_key.items()}
+
+        run_ids = sorted(in_db)
+        wait_ended(client, run_ids, cluster)
+    # (a) + (b) + (c): all complete, none half-created, all replay
+    asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids))
+
+
+def dead_letters(cluster: FaultCluster) -> list[dict[str, str]]:
+    client = cluster.redis()
+    try:
+        entries = client.xrange(cluster.key("dead-letter"), "-", "+")
+    finally:
+        client.close()
+    return [
+        {k.decode(): v.decode(errors="replace") for k, v in fields.items()} for _, fields in entries
+    ]
+
+
+def pending(cluster: FaultCluster, topic: str, group: str) -> int:
+    client = cluster.redis()
+    try:
+        if not client.exists(cluster.key(topic)):
+            return 0
+        return int(client.xpending(cluster.key(topic), group)["pending"])
+    finally:
+        client.close()
+
+
+def test_poison_messages_are_dead_lettered_once(fault_cluster: FaultCluster) -> None:
+    cluster = fault_cluster
+    cluster.up()
+    poison_run = "00000000-0000-4000-8000-000000000000"
+    with httpx.Client(base_url=cluster.url, timeout=10) as client:
+        assert client.post("/v1/workflows", content=SPEC).status_code == 201
+        run_ids = [
+            client.post("/v1/runs", json={"workflow_tag": "quick", "inputs": {"i": i}}).json()[
+                "run_id"
+            ]
+            for i in range(8)
+        ]
+        r = cluster.redis()
+        try:
+            job_id = r.xadd(
+                cluster.key("node.jobs.normal"), {"k": poison_run, "p": b"not json", "h": "{}"}
+            ).decode()
+            result_id = r.xadd(
+                cluster.key("node.results"), {"k": poison_run, "p": b"not json", "h": "{}"}
+            ).decode()
+        finally:
+            r.close()
+        run_ids += [
+            client.post("/v1/runs", json={"workflow_tag": "quick", "inputs": {"i": i}}).json()[
+                "run_id"
+            ]
+            for i in range(8, 16)
+        ]
+        wait_ended(client, run_ids, cluster)
+
+        def poisoned() -> dict[str, list[dict[str, str]]]:
+            found: dict[str, list[dict[str, str]]] = {job_id: [], result_id: []}
+            for entry in dead_letters(cluster):
+                if entry.get("id") in found:
+                    found[entry["id"]].append(entry)
+            return found
+
+        deadline = time.monotonic() + 15
+        while not all(poisoned().values()):
+            assert time.monotonic() < deadline, f"{poisoned()}\n{cluster.logs()}"
+            time.sleep(0.05)
+        # past the lease (2 s): a poison message left pending would be claimed again now
+        time.sleep(3)
+        found = poisoned()
+        assert len(found[job_id]) == 1, found
+        assert len(found[result_id]) == 1, found
+        job, result = found[job_id][0], found[result_id][0]
+        assert job["topic"] == "node.jobs.normal" and job["group"] == "workers", job
+        assert "undecodable job" in job["reason"], job
+        assert result["topic"] == "node.results" and result["group"] == "coordinators"
+        assert "undecodable result" in result["reason"], result
+        assert job["k"] == result["k"] == poison_run and job["p"] == "not json"
+
+        deadline = time.monotonic() + 10
+        while (
+            pending(cluster, "node.jobs.normal", "workers")
+            or pending(cluster, "node.results", "coordinators")
+        ):
+            assert time.monotonic() < deadline, (
+                pending(cluster, "node.jobs.normal", "workers"),
+                pending(cluster, "node.results", "coordinators"),
+            )
+            time.sleep(0.05)
+        # taken once: one log line for each, in all the processes together
+        workers = cluster.log("worker-1") + cluster.log("worker-2")
+        coordinators = cluster.log("coordinator-1") + cluster.log("coordinator-2")
+        assert workers.count(f"undecodable job {job_id}") == 1, workers[-3000:]
+        assert coordinators.count(f"result {result_id} goes to the dead-letter") == 1
+    asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids))

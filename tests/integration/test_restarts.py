@@ -1,0 +1,350 @@
+"""The cluster survives its infrastructure restarting under it: a throwaway Redis (with an
+append-only file) and a throwaway Postgres are killed and started again while runs flow;
+every process reconnects and every run completes once and replays to its stored state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+import redis
+
+from headrace.store.postgres import PostgresStore
+from headrace.testing.replay import replay_diff
+from headrace.testing.servers import free_port
+from headrace.testing.services import postgres_database, redis_prefix
+
+HEADRACE = str(Path(sys.executable).parent / "headrace")
+PG_BIN = Path("/usr/lib/postgresql") / sorted(os.listdir("/usr/lib/postgresql"))[-1] / "bin"
+SPEC = """
+name: restarts
+inputs: {i: {type: integer}}
+defaults: {retry: {max_attempts: 5, initial_interval: 10ms, max_interval: 100ms}}
+nodes:
+  a: {task: headrace.testing.tasks.sleep, with: {seconds: 0.3}}
+  fan:
+    needs: [a]
+    map: "${{ [1, 2, 3, 4] }}"
+    task: headrace.testing.tasks.sleep
+    with: {seconds: 0.2, n: "${{ item + inputs.i }}"}
+  total: {needs: [fan], task: headrace.testing.tasks.echo, with: {xs: "${{ nodes.fan.output }}"}}
+outputs:
+  count: "${{ len(nodes.total.output.xs) }}"
+"""
+DEADLINE_S = 90
+
+
+class RestartCluster:
+    """api, coordinators, workers and a relay as `headrace serve` processes."""
+
+    def __init__(self, tmp: Path, db_url: str, redis_url: str, prefix: str) -> None:
+        self.tmp = tmp
+        self.env = {
+            **os.environ,
+            "HEADRACE_DATABASE_URL": db_url,
+            "HEADRACE_BUS": redis_url,
+            "HEADRACE_BUS_PREFIX": prefix,
+            "HEADRACE_TASKS": "headrace.testing.tasks",
+            "HEADRACE_LEASE_S": "2",
+            "HEADRACE_HEARTBEAT_S": "0.5",
+        }
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        env = {**self.env, "HEADRACE_PROCESS_NAME": name}
+        with (self.tmp / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [HEADRACE, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def up(self) -> None:
+        self.start("api", "api", "--port", str(self.port))
+        for name in ("coordinator-1", "coordinator-2"):
+            self.start(name, "coordinator")
+        for name in ("worker-1", "worker-2"):
+            self.start(name, "worker")
+        self.start("relay", "relay")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the API did not start: {self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.tmp.glob("*.log")
+        )
+
+    def assert_alive(self) -> None:
+        dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+        assert not dead, f"processes exited: {dead}\n{self.logs()}"
+
+    def down(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@contextmanager
+def running(tmp: Path, db_url: str, redis_url: str, prefix: str) -> Iterator[RestartCluster]:
+    c = RestartCluster(tmp, db_url, redis_url, prefix)
+    try:
+        c.up()
+        yield c
+    finally:
+        c.down()
+
+
+def submit(client: httpx.Client, first: int, n: int) -> list[str]:
+    ids = []
+    for i in range(first, first + n):
+        r = client.post("/v1/runs", json={"workflow_tag": "restarts", "inputs": {"i": i}})
+        assert r.status_code in (200, 201, 202), r.text
+        ids.append(r.json()["run_id"])
+    return ids
+
+
+def status(client: httpx.Client, run_id: str) -> str | None:
+    try:
+        r = client.get(f"/v1/runs/{run_id}")
+    except httpx.HTTPError:
+        return None
+    return r.json().get("status") if r.status_code == 200 else None
+
+
+def wait_all(client: httpx.Client, run_ids: list[str], cluster: RestartCluster) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    for run_id in run_ids:
+        while status(client, run_id) not in ("completed", "failed", "cancelled"):
+            assert time.monotonic() < deadline, f"run {run_id} did not end\n{cluster.logs()}"
+            time.sleep(0.1)
+
+
+def wait_some_progress(client: httpx.Client, run_ids: list[str]) -> None:
+    """Until the first run's node `a` completed: its fan-out is in flight, the rest queued."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            r = client.get(f"/v1/runs/{run_ids[0]}/nodes/a")
+            if r.status_code == 200 and r.json().get("status") == "completed":
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "no run made progress"
+        time.sleep(0.05)
+
+
+async def check(db_url: str, run_ids: list[str]) -> None:
+    store = PostgresStore(db_url)
+    await store.open()
+    try:
+        for run_id in run_ids:
+            record, _ = await store.get_run(run_id)
+            assert record.status == "completed", (run_id, record.error)
+            assert record.outputs == {"count": 4}, (run_id, record.outputs)
+            assert await replay_diff(store, run_id) == {}, run_id
+    finally:
+        await store.close()
+
+
+# --- a throwaway Redis ---------------------------------------------------------------------
+
+
+class ThrowawayRedis:
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp / "redis"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.dir / "redis-server.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                    str(self.dir),
+                    "--save",
+                    "",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.exceptions.BusyLoadingError:
+                    pass
+                except redis.RedisError:
+                    pass
+                assert self.proc.poll() is None, "redis-server exited"
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+def test_redis_restarts_while_runs_flow(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    server = ThrowawayRedis(tmp_path)
+    server.start()
+    try:
+        with (
+            postgres_database() as db_url,
+            running(tmp_path, db_url, server.url, "headrace-restart:") as cluster,
+            httpx.Client(base_url=cluster.url, timeout=10) as client,
+        ):
+            assert client.post("/v1/workflows", content=SPEC).status_code == 201
+            run_ids = submit(client, 0, 10)
+            wait_some_progress(client, run_ids)
+            server.stop(signal.SIGTERM)  # graceful: rewrites nothing, AOF fsynced always
+            time.sleep(1)
+            server.start()
+            run_ids += submit(client, 10, 5)
+            time.sleep(1.5)
+            server.stop(signal.SIGKILL)  # abrupt: what was fsynced is what comes back
+            time.sleep(1)
+            server.start()
+            run_ids += submit(client, 15, 5)
+            wait_all(client, run_ids, cluster)
+            cluster.assert_alive()  # they reconnected rather than died
+            asyncio.run(check(db_url, run_ids))
+    finally:
+        server.stop(signal.SIGKILL)
+    print(f"redis restart test: {time.monotonic() - t0:.1f}s")
+
+
+# --- a throwaway Postgres ------------------------------------------------------------------
+
+
+class ThrowawayPostgres:
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="headrace-pg-"))
+        shutil.chown(self.root, "postgres", "postgres")
+        self.dir = self.root / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def init(self) -> None:
+        self._as_postgres("mkdir", "-p", str(self.dir))
+        self._as_postgres(
+            str(PG_BIN / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "postgres"
+        )
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.dir),
+            "-o",
+            opts,
+            "-l",
+            str(self.root / "postgres.log"),
+            "-w",
+            "start",
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with psycopg.connect(self.url, connect_timeout=1):
+                    return
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline, "postgres did not accept connections"
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-m", "immediate", "stop")
+
+    def remove(self) -> None:
+        try:
+            if (self.dir / "postmaster.pid").exists():
+                self.stop()
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def test_postgres_restarts_while_runs_flow(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    server = ThrowawayPostgres()
+    try:
+        server.init()
+        server.start()
+        with (
+            redis_prefix() as (redis_url, prefix),
+            running(tmp_path, server.url, redis_url, prefix) as cluster,
+            httpx.Client(base_url=cluster.url, timeout=10) as client,
+        ):
+            assert client.post("/v1/workflows", content=SPEC).status_code == 201
+            run_ids = submit(client, 0, 10)
+            wait_some_progress(client, run_ids)
+            server.stop()  # immediate: no checkpoint, the WAL replays at start
+            time.sleep(1)
+            server.start()
+            run_ids += submit(client, 10, 5)
+            time.sleep(1.5)
+            server.stop()
+            time.sleep(1)
+            server.start()
+            run_ids += submit(client, 15, 5)
+            wait_all(client, run_ids, cluster)
+            cluster.assert_alive()
+            asyncio.run(check(server.url, run_ids))
+    finally:
+        server.remove()
+    print(f"postgres restart test: {time.monotonic() - t0:.1f}s")
