@@ -18,7 +18,7 @@ import msgspec
 
 from headrace.bus import Bus, Delivery
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS
-from headrace.errors import NodeError
+from headrace.errors import InfraError, NodeError
 from headrace.events import (
     ErrorInfo,
     Finished,
@@ -197,10 +197,16 @@ class Worker:
             await self.bus.dead_letter(GROUP, delivery, reason)
         results, self.results = self.results, []
         acks, self.acks = self.acks, []
-        if results:
-            await self.bus.publish(results)
-        if acks:
-            await self.bus.ack(GROUP, acks)
+        try:
+            if results:
+                await self.bus.publish(results)
+            if acks:
+                await self.bus.ack(GROUP, acks)
+        except InfraError:  # the bus is down: keep them for the next flush, not lose them
+            self.results[:0] = results
+            self.acks[:0] = acks
+            self.flush_needed.set()
+            raise
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking jobs; let running ones finish for `grace_s`, then hand the rest back

@@ -157,6 +157,12 @@ def wait_some_progress(client: httpx.Client, run_ids: list[str]) -> None:
         time.sleep(0.05)
 
 
+def assert_in_flight(client: httpx.Client, run_ids: list[str]) -> None:
+    """The restart is about to hit live traffic: some run has not ended yet."""
+    ended = [r for r in run_ids if status(client, r) in ("completed", "failed", "cancelled")]
+    assert len(ended) < len(run_ids), "every run ended before the restart"
+
+
 async def check(db_url: str, run_ids: list[str]) -> None:
     store = PostgresStore(db_url)
     await store.open()
@@ -243,6 +249,7 @@ def test_redis_restarts_while_runs_flow(tmp_path: Path) -> None:
             assert client.post("/v1/workflows", content=SPEC).status_code == 201
             run_ids = submit(client, 0, 10)
             wait_some_progress(client, run_ids)
+            assert_in_flight(client, run_ids)
             server.stop(signal.SIGTERM)  # graceful: rewrites nothing, AOF fsynced always
             time.sleep(1)
             server.start()
@@ -333,6 +340,7 @@ def test_postgres_restarts_while_runs_flow(tmp_path: Path) -> None:
             assert client.post("/v1/workflows", content=SPEC).status_code == 201
             run_ids = submit(client, 0, 10)
             wait_some_progress(client, run_ids)
+            assert_in_flight(client, run_ids)
             server.stop()  # immediate: no checkpoint, the WAL replays at start
             time.sleep(1)
             server.start()
