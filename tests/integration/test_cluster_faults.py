@@ -60,6 +60,7 @@ class FaultCluster:
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.old: list[subprocess.Popen[bytes]] = []
+        self.hung: list[str] = []  # processes SIGTERM did not stop
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         env = {**self.env, "HEADRACE_PROCESS_NAME": name}
@@ -114,15 +115,17 @@ class FaultCluster:
         return self.env["HEADRACE_BUS_PREFIX"] + topic
 
     def down(self) -> None:
-        procs = [*self.procs.values(), *self.old]
-        for proc in procs:
+        procs = [*self.procs.items(), *(("old " + str(p.pid), p) for p in self.old)]
+        for _, proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in procs:
+        for name, proc in procs:
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
+                self.hung.append(name)
                 proc.kill()
+                proc.wait(10)
 
 
 @pytest.fixture
@@ -185,7 +188,7 @@ class Poster(threading.Thread):
                     r = client.post("/v1/runs", json=body, headers={"Idempotency-Key": key})
                 except httpx.TransportError:
                     self.unanswered.append(key)
-                    time.sleep(0.01)
+                    time.sleep(0.1)
                     continue
                 if r.status_code in (200, 201) and "run_id" in r.json():
                     self.answered[key] = r.json()["run_id"]
@@ -308,11 +311,16 @@ def test_poison_messages_are_dead_lettered_once(fault_cluster: FaultCluster) -> 
         ]
         wait_ended(client, run_ids, cluster)
 
-        def poisoned() -> dict[str, list[dict[str, str]]]:
-            found: dict[str, list[dict[str, str]]] = {job_id: [], result_id: []}
+        # the two XADDs may get the same id (same millisecond): tell them apart by stream
+        job_at = ("node.jobs.normal", job_id)
+        result_at = ("node.results", result_id)
+
+        def poisoned() -> dict[tuple[str, str], list[dict[str, str]]]:
+            found: dict[tuple[str, str], list[dict[str, str]]] = {job_at: [], result_at: []}
             for entry in dead_letters(cluster):
-                if entry.get("id") in found:
-                    found[entry["id"]].append(entry)
+                at = (entry.get("topic", ""), entry.get("id", ""))
+                if at in found:
+                    found[at].append(entry)
             return found
 
         deadline = time.monotonic() + 15
@@ -322,19 +330,18 @@ def test_poison_messages_are_dead_lettered_once(fault_cluster: FaultCluster) -> 
         # past the lease (2 s): a poison message left pending would be claimed again now
         time.sleep(3)
         found = poisoned()
-        assert len(found[job_id]) == 1, found
-        assert len(found[result_id]) == 1, found
-        job, result = found[job_id][0], found[result_id][0]
-        assert job["topic"] == "node.jobs.normal" and job["group"] == "workers", job
+        assert len(found[job_at]) == 1, found
+        assert len(found[result_at]) == 1, found
+        job, result = found[job_at][0], found[result_at][0]
+        assert job["group"] == "workers", job
         assert "undecodable job" in job["reason"], job
-        assert result["topic"] == "node.results" and result["group"] == "coordinators"
+        assert result["group"] == "coordinators", result
         assert "undecodable result" in result["reason"], result
         assert job["k"] == result["k"] == poison_run and job["p"] == "not json"
 
         deadline = time.monotonic() + 10
-        while (
-            pending(cluster, "node.jobs.normal", "workers")
-            or pending(cluster, "node.results", "coordinators")
+        while pending(cluster, "node.jobs.normal", "workers") or pending(
+            cluster, "node.results", "coordinators"
         ):
             assert time.monotonic() < deadline, (
                 pending(cluster, "node.jobs.normal", "workers"),
