@@ -12,10 +12,16 @@ from contextlib import contextmanager
 import psycopg
 import redis
 
-POSTGRES_URL = os.environ.get(
-    "HEADRACE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_URL = os.environ.get("HEADRACE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def postgres_url() -> str:
+    return os.environ.get("HEADRACE_TEST_POSTGRES", DEFAULT_POSTGRES)
+
+
+def redis_url() -> str:
+    return os.environ.get("HEADRACE_TEST_REDIS", DEFAULT_REDIS)
 
 
 class ServiceMissing(RuntimeError):
@@ -27,36 +33,36 @@ def postgres_database() -> Iterator[str]:
     """A fresh database on the test server; dropped afterwards. Yields its URL."""
     name = f"headrace_test_{uuid.uuid4().hex[:12]}"
     try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+        admin = psycopg.connect(postgres_url(), autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as e:
         raise ServiceMissing(
-            f"no Postgres at {POSTGRES_URL} ({e}); start one (pg_ctlcluster 15 main start) or "
+            f"no Postgres at {postgres_url()} ({e}); start one (pg_ctlcluster 15 main start) or "
             "set HEADRACE_TEST_POSTGRES=postgresql://user@host:port/db"
         ) from None
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_URL.rsplit("/", 1)[0]
+    base = postgres_url().rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
     finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        with psycopg.connect(postgres_url(), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
 def redis_prefix() -> Iterator[tuple[str, str]]:
     """(url, prefix): a key prefix of its own on the test Redis; its keys are deleted after."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
+    client = redis.Redis.from_url(redis_url(), socket_connect_timeout=5)
     try:
         client.ping()
     except redis.RedisError as e:
         raise ServiceMissing(
-            f"no Redis at {REDIS_URL} ({e}); start one (redis-server --port 6379) or set "
+            f"no Redis at {redis_url()} ({e}); start one (redis-server --port 6379) or set "
             "HEADRACE_TEST_REDIS=redis://host:port/db"
         ) from None
     prefix = f"headrace-test-{uuid.uuid4().hex[:12]}:"
     try:
-        yield REDIS_URL, prefix
+        yield redis_url(), prefix
     finally:
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
         if keys:

@@ -6,27 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import psycopg
-import redis
 
 from headrace.store.postgres import PostgresStore
 from headrace.testing.replay import replay_diff
 from headrace.testing.servers import free_port
 from headrace.testing.services import postgres_database, redis_prefix
+from headrace.testing.throwaway import ThrowawayPostgres, ThrowawayRedis
 
 HEADRACE = str(Path(sys.executable).parent / "headrace")
-PG_BIN = Path("/usr/lib/postgresql") / sorted(os.listdir("/usr/lib/postgresql"))[-1] / "bin"
 SPEC = """
 name: restarts
 inputs: {i: {type: integer}}
@@ -179,63 +175,6 @@ async def check(db_url: str, run_ids: list[str]) -> None:
 # --- a throwaway Redis ---------------------------------------------------------------------
 
 
-class ThrowawayRedis:
-    def __init__(self, tmp: Path) -> None:
-        self.dir = tmp / "redis"
-        self.dir.mkdir()
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with (self.dir / "redis-server.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                    "--dir",
-                    str(self.dir),
-                    "--save",
-                    "",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        deadline = time.monotonic() + 20
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.exceptions.BusyLoadingError:
-                    pass
-                except redis.RedisError:
-                    pass
-                assert self.proc.poll() is None, "redis-server exited"
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        finally:
-            client.close()
-
-    def stop(self, sig: signal.Signals) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-
 def test_redis_restarts_while_runs_flow(tmp_path: Path) -> None:
     t0 = time.monotonic()
     server = ThrowawayRedis(tmp_path)
@@ -268,62 +207,6 @@ def test_redis_restarts_while_runs_flow(tmp_path: Path) -> None:
 
 
 # --- a throwaway Postgres ------------------------------------------------------------------
-
-
-class ThrowawayPostgres:
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="headrace-pg-"))
-        shutil.chown(self.root, "postgres", "postgres")
-        self.dir = self.root / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _as_postgres(self, *args: str) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", *args],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-
-    def init(self) -> None:
-        self._as_postgres("mkdir", "-p", str(self.dir))
-        self._as_postgres(
-            str(PG_BIN / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "postgres"
-        )
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
-        self._as_postgres(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(self.dir),
-            "-o",
-            opts,
-            "-l",
-            str(self.root / "postgres.log"),
-            "-w",
-            "start",
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with psycopg.connect(self.url, connect_timeout=1):
-                    return
-            except psycopg.OperationalError:
-                assert time.monotonic() < deadline, "postgres did not accept connections"
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-m", "immediate", "stop")
-
-    def remove(self) -> None:
-        try:
-            if (self.dir / "postmaster.pid").exists():
-                self.stop()
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def test_postgres_restarts_while_runs_flow(tmp_path: Path) -> None:
