@@ -15,8 +15,9 @@ import subprocess
 import sys
 import tempfile
 
-WORKLOADS = ["W1", "W2", "W2-large", "W3", "W-map-10k"]
+WORKLOADS = ["W1", "W2", "W2-large", "W3", "W-map-10k", "W4"]
 KEY = {
+    "W4": "dispatch_p99_ms",
     "W1": "ms_per_node",
     "W2": "nodes_per_s",
     "W2-large": "nodes_per_s",

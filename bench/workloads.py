@@ -118,4 +118,54 @@ def measure(name: str, db: Path) -> dict[str, Any]:
             "makespan_s": round(seconds, 3),
             "us_per_child": round(seconds * 100, 1),
         }
+    if name == "W4":
+        return asyncio.run(_steady(db, nodes_per_s=1000, seconds=W4_SECONDS))
     raise SystemExit(f"unknown workload {name}")
+
+
+W4_SECONDS = float(os.environ.get("W4_SECONDS", "30"))
+
+
+async def _steady(db: Path, nodes_per_s: int, seconds: float) -> dict[str, Any]:
+    """W4: diamonds started at a steady rate (5 nodes each); latency percentiles of every
+    node: dispatch (scheduled -> started) and completion (scheduled -> ended)."""
+    with contextlib.ExitStack() as stack:
+        settings = _settings(db, stack)
+        async with Embedded(settings) as rt:
+            ir = parse_workflow(diamond())
+            await rt.register(ir, "")
+            plan = plan_of(ir)
+            runs_per_tick = max(1, nodes_per_s // 5 // 100)  # a tick every 10 ms
+            loop = asyncio.get_running_loop()
+            ids: list[str] = []
+            start = loop.time()
+            tick = 0
+            while loop.time() - start < seconds:
+                ids += await asyncio.gather(*(rt.start(plan, {}) for _ in range(runs_per_tick)))
+                tick += 1
+                await asyncio.sleep(max(0.0, start + tick * 0.01 - loop.time()))
+            for run_id in ids:
+                await rt.wait(run_id, timeout_s=600)
+            dispatch, done = [], []
+            for run_id in ids:
+                _, nodes = await rt.store.get_run(run_id)
+                for n in nodes:
+                    if n.scheduled_at_ms is not None and n.started_at_ms is not None:
+                        dispatch.append(n.started_at_ms - n.scheduled_at_ms)
+                    if n.scheduled_at_ms is not None and n.ended_at_ms is not None:
+                        done.append(n.ended_at_ms - n.scheduled_at_ms)
+    offered = len(ids) * 5 / seconds
+    return {
+        "offered_nodes_per_s": round(offered),
+        "seconds": seconds,
+        "nodes": len(dispatch),
+        "dispatch_p50_ms": _pct(dispatch, 50),
+        "dispatch_p99_ms": _pct(dispatch, 99),
+        "completion_p50_ms": _pct(done, 50),
+        "completion_p99_ms": _pct(done, 99),
+    }
+
+
+def _pct(values: list[int], q: int) -> float:
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, len(ordered) * q // 100)]) if ordered else 0.0
