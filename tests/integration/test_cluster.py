@@ -4,10 +4,7 @@ workers and a relay; workers and coordinators SIGKILLed while runs flow; nothing
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +14,10 @@ import pytest
 import redis
 
 from headrace.store.postgres import PostgresStore
+from headrace.testing.cluster import ProcessCluster
 from headrace.testing.replay import replay_diff
-from headrace.testing.servers import free_port
 from headrace.testing.services import postgres_database, redis_prefix
 
-HEADRACE = str(Path(sys.executable).parent / "headrace")
 SPEC = """
 name: steady
 inputs: {i: {type: integer}}
@@ -39,71 +35,10 @@ outputs:
 """
 
 
-class Cluster:
-    def __init__(self, tmp: Path, db_url: str, redis_url: str, prefix: str) -> None:
-        self.tmp = tmp
-        self.env = {
-            **os.environ,
-            "HEADRACE_DATABASE_URL": db_url,
-            "HEADRACE_BUS": redis_url,
-            "HEADRACE_BUS_PREFIX": prefix,
-            "HEADRACE_TASKS": "headrace.testing.tasks",
-            "HEADRACE_LEASE_S": "2",
-            "HEADRACE_HEARTBEAT_S": "0.5",
-        }
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str, **env_extra: str) -> subprocess.Popen[bytes]:
-        env = {**self.env, "HEADRACE_PROCESS_NAME": name, **env_extra}
-        with (self.tmp / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [HEADRACE, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.procs[name] = proc
-        return proc
-
-    def up(self) -> None:
-        self.start("api", "api", "--port", str(self.port))
-        # coordinator-1 SIGKILLs itself between a commit and its publish, mid-stream
-        self.start("coordinator-1", "coordinator", HEADRACE_CRASH_AT="after_commit:25")
-        self.start("coordinator-2", "coordinator")
-        for name in ("worker-1", "worker-2"):
-            self.start(name, "worker")
-        self.start("relay", "relay")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise AssertionError(f"the API did not start: {self.logs()}")
-
-    def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def logs(self) -> str:
-        return "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}" for p in self.tmp.glob("*.log"))
-
-    def down(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
     with postgres_database() as db_url, redis_prefix() as (redis_url, prefix):
-        c = Cluster(tmp_path, db_url, redis_url, prefix)
+        c = ProcessCluster(tmp_path, db_url, redis_url, prefix)
         try:
             yield c
         finally:
@@ -119,7 +54,7 @@ def start_runs(client: httpx.Client, n: int) -> list[str]:
     ]
 
 
-def wait_all(client: httpx.Client, run_ids: list[str], cluster: Cluster) -> None:
+def wait_all(client: httpx.Client, run_ids: list[str], cluster: ProcessCluster) -> None:
     deadline = time.monotonic() + 60
     for run_id in run_ids:
         while client.get(f"/v1/runs/{run_id}").json()["status"] not in (
@@ -144,7 +79,7 @@ async def check(db_url: str, run_ids: list[str]) -> None:
         await store.close()
 
 
-def held_jobs(cluster: Cluster, consumer: str) -> int:
+def held_jobs(cluster: ProcessCluster, consumer: str) -> int:
     """Jobs delivered to `consumer` and not acknowledged."""
     client = redis.Redis.from_url(cluster.env["HEADRACE_BUS"])
     try:
@@ -159,8 +94,9 @@ def held_jobs(cluster: Cluster, consumer: str) -> int:
         client.close()
 
 
-def test_sigkill_a_worker_and_a_coordinator_while_runs_flow(cluster: Cluster) -> None:
-    cluster.up()
+def test_sigkill_a_worker_and_a_coordinator_while_runs_flow(cluster: ProcessCluster) -> None:
+    # coordinator-1 SIGKILLs itself between a commit and its publish, mid-stream
+    cluster.up(env={"coordinator-1": {"HEADRACE_CRASH_AT": "after_commit:25"}})
     with httpx.Client(base_url=cluster.url, timeout=10) as client:
         assert client.post("/v1/workflows", content=SPEC).status_code == 201
         run_ids = start_runs(client, 20)

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,14 +14,12 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-import redis
 
 from headrace.store.postgres import PostgresStore
+from headrace.testing.cluster import ProcessCluster
 from headrace.testing.replay import replay_diff
-from headrace.testing.servers import free_port
 from headrace.testing.services import postgres_database, redis_prefix
 
-HEADRACE = str(Path(sys.executable).parent / "headrace")
 SPEC = """
 name: quick
 inputs: {i: {type: integer}}
@@ -44,101 +38,17 @@ outputs:
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-class FaultCluster:
-    def __init__(self, tmp: Path, db_url: str, redis_url: str, prefix: str) -> None:
-        self.tmp = tmp
-        self.env = {
-            **os.environ,
-            "HEADRACE_DATABASE_URL": db_url,
-            "HEADRACE_BUS": redis_url,
-            "HEADRACE_BUS_PREFIX": prefix,
-            "HEADRACE_TASKS": "headrace.testing.tasks",
-            "HEADRACE_LEASE_S": "2",
-            "HEADRACE_HEARTBEAT_S": "0.5",
-        }
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.old: list[subprocess.Popen[bytes]] = []
-        self.hung: list[str] = []  # processes SIGTERM did not stop
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        env = {**self.env, "HEADRACE_PROCESS_NAME": name}
-        with (self.tmp / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [HEADRACE, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        if name in self.procs:
-            self.old.append(self.procs[name])
-        self.procs[name] = proc
-        return proc
-
-    def start_api(self) -> None:
-        self.start("api", "api", "--port", str(self.port))
-        self.wait_healthy()
-
-    def up(self) -> None:
-        self.start("api", "api", "--port", str(self.port))
-        for name in ("coordinator-1", "coordinator-2"):
-            self.start(name, "coordinator")
-        for name in ("worker-1", "worker-2"):
-            self.start(name, "worker")
-        self.start("relay", "relay")
-        self.wait_healthy()
-
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise AssertionError(f"the API did not start: {self.logs()}")
-
-    def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def log(self, name: str) -> str:
-        path = self.tmp / f"{name}.log"
-        return path.read_text() if path.exists() else ""
-
-    def logs(self) -> str:
-        return "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}" for p in self.tmp.glob("*.log"))
-
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.env["HEADRACE_BUS"])
-
-    def key(self, topic: str) -> str:
-        return self.env["HEADRACE_BUS_PREFIX"] + topic
-
-    def down(self) -> None:
-        procs = [*self.procs.items(), *(("old " + str(p.pid), p) for p in self.old)]
-        for _, proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.hung.append(name)
-                proc.kill()
-                proc.wait(10)
-
-
 @pytest.fixture
-def fault_cluster(tmp_path: Path) -> Iterator[FaultCluster]:
+def fault_cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
     with postgres_database() as db_url, redis_prefix() as (redis_url, prefix):
-        c = FaultCluster(tmp_path, db_url, redis_url, prefix)
+        c = ProcessCluster(tmp_path, db_url, redis_url, prefix)
         try:
             yield c
         finally:
             c.down()
 
 
-def wait_ended(client: httpx.Client, run_ids: list[str], cluster: FaultCluster) -> None:
+def wait_ended(client: httpx.Client, run_ids: list[str], cluster: ProcessCluster) -> None:
     deadline = time.monotonic() + 45
     for run_id in run_ids:
         while client.get(f"/v1/runs/{run_id}").json()["status"] not in TERMINAL:
@@ -197,7 +107,7 @@ class Poster(threading.Thread):
                     self.unanswered.append(key)
 
 
-def test_sigkill_the_api_while_it_accepts_runs(fault_cluster: FaultCluster) -> None:
+def test_sigkill_the_api_while_it_accepts_runs(fault_cluster: ProcessCluster) -> None:
     cluster = fault_cluster
     cluster.up()
     with httpx.Client(base_url=cluster.url, timeout=10) as client:
@@ -260,7 +170,7 @@ def test_sigkill_the_api_while_it_accepts_runs(fault_cluster: FaultCluster) -> N
     asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids))
 
 
-def dead_letters(cluster: FaultCluster) -> list[dict[str, str]]:
+def dead_letters(cluster: ProcessCluster) -> list[dict[str, str]]:
     client = cluster.redis()
     try:
         entries = client.xrange(cluster.key("dead-letter"), "-", "+")
@@ -271,7 +181,7 @@ def dead_letters(cluster: FaultCluster) -> list[dict[str, str]]:
     ]
 
 
-def pending(cluster: FaultCluster, topic: str, group: str) -> int:
+def pending(cluster: ProcessCluster, topic: str, group: str) -> int:
     client = cluster.redis()
     try:
         if not client.exists(cluster.key(topic)):
@@ -281,7 +191,7 @@ def pending(cluster: FaultCluster, topic: str, group: str) -> int:
         client.close()
 
 
-def test_poison_messages_are_dead_lettered_once(fault_cluster: FaultCluster) -> None:
+def test_poison_messages_are_dead_lettered_once(fault_cluster: ProcessCluster) -> None:
     cluster = fault_cluster
     cluster.up()
     poison_run = "00000000-0000-4000-8000-000000000000"

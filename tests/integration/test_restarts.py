@@ -5,10 +5,7 @@ every process reconnects and every run completes once and replays to its stored 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,12 +14,11 @@ from pathlib import Path
 import httpx
 
 from headrace.store.postgres import PostgresStore
+from headrace.testing.cluster import ProcessCluster
 from headrace.testing.replay import replay_diff
-from headrace.testing.servers import free_port
 from headrace.testing.services import postgres_database, redis_prefix
 from headrace.testing.throwaway import ThrowawayPostgres, ThrowawayRedis
 
-HEADRACE = str(Path(sys.executable).parent / "headrace")
 SPEC = """
 name: restarts
 inputs: {i: {type: integer}}
@@ -41,72 +37,9 @@ outputs:
 DEADLINE_S = 90
 
 
-class RestartCluster:
-    """api, coordinators, workers and a relay as `headrace serve` processes."""
-
-    def __init__(self, tmp: Path, db_url: str, redis_url: str, prefix: str) -> None:
-        self.tmp = tmp
-        self.env = {
-            **os.environ,
-            "HEADRACE_DATABASE_URL": db_url,
-            "HEADRACE_BUS": redis_url,
-            "HEADRACE_BUS_PREFIX": prefix,
-            "HEADRACE_TASKS": "headrace.testing.tasks",
-            "HEADRACE_LEASE_S": "2",
-            "HEADRACE_HEARTBEAT_S": "0.5",
-        }
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str) -> None:
-        env = {**self.env, "HEADRACE_PROCESS_NAME": name}
-        with (self.tmp / f"{name}.log").open("ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [HEADRACE, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def up(self) -> None:
-        self.start("api", "api", "--port", str(self.port))
-        for name in ("coordinator-1", "coordinator-2"):
-            self.start(name, "coordinator")
-        for name in ("worker-1", "worker-2"):
-            self.start(name, "worker")
-        self.start("relay", "relay")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"the API did not start: {self.logs()}")
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.tmp.glob("*.log")
-        )
-
-    def assert_alive(self) -> None:
-        dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
-        assert not dead, f"processes exited: {dead}\n{self.logs()}"
-
-    def down(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
 @contextmanager
-def running(tmp: Path, db_url: str, redis_url: str, prefix: str) -> Iterator[RestartCluster]:
-    c = RestartCluster(tmp, db_url, redis_url, prefix)
+def running(tmp: Path, db_url: str, redis_url: str, prefix: str) -> Iterator[ProcessCluster]:
+    c = ProcessCluster(tmp, db_url, redis_url, prefix)
     try:
         c.up()
         yield c
@@ -131,7 +64,7 @@ def status(client: httpx.Client, run_id: str) -> str | None:
     return r.json().get("status") if r.status_code == 200 else None
 
 
-def wait_all(client: httpx.Client, run_ids: list[str], cluster: RestartCluster) -> None:
+def wait_all(client: httpx.Client, run_ids: list[str], cluster: ProcessCluster) -> None:
     deadline = time.monotonic() + DEADLINE_S
     for run_id in run_ids:
         while status(client, run_id) not in ("completed", "failed", "cancelled"):
