@@ -81,3 +81,16 @@ class Bus(Protocol):
         """Release the bus's connections; call it once its consumers stopped, and no other
         method after it. What is pending stays pending in a durable backend (redelivered to
         the next consumer after the visibility timeout); an in-memory bus forgets it all."""
+
+
+def dead_letter_message(group: str, delivery: Delivery, reason: str) -> Message:
+    """The copy of a poison message that goes to DEAD_LETTER_TOPIC, saying where from and why."""
+    m = delivery.message
+    headers = {
+        **m.headers,
+        DL_TOPIC: delivery.topic,
+        DL_ID: delivery.id,
+        DL_GROUP: group,
+        DL_REASON: reason,
+    }
+    return Message(DEAD_LETTER_TOPIC, m.key, m.payload, headers)

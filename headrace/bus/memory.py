@@ -15,12 +15,8 @@ from collections import deque
 from collections.abc import Sequence
 
 from headrace.bus.base import (
-    DEAD_LETTER_TOPIC,
-    DL_GROUP,
-    DL_ID,
-    DL_REASON,
-    DL_TOPIC,
     Delivery,
+    dead_letter_message,
 )
 from headrace.events import Message
 
@@ -144,15 +140,7 @@ class MemoryBus:
                 held[d.id] = (h[0], consumer, now)  # to the end: the order by time holds
 
     async def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
-        m = delivery.message
-        headers = {
-            **m.headers,
-            DL_TOPIC: delivery.topic,
-            DL_ID: delivery.id,
-            DL_GROUP: group,
-            DL_REASON: reason,
-        }
-        await self.publish([Message(DEAD_LETTER_TOPIC, m.key, m.payload, headers)])
+        await self.publish([dead_letter_message(group, delivery, reason)])
         await self.ack(group, [delivery])
 
     async def depth(self, topic: str) -> int:

@@ -42,11 +42,8 @@ from redis.typing import EncodableT, FieldT, StreamIdT
 
 from headrace.bus.base import (
     DEAD_LETTER_TOPIC,
-    DL_GROUP,
-    DL_ID,
-    DL_REASON,
-    DL_TOPIC,
     Delivery,
+    dead_letter_message,
 )
 from headrace.errors import InfraError
 from headrace.events import Message
@@ -261,15 +258,7 @@ class RedisBus:
                     raise reply
 
     async def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
-        m = delivery.message
-        headers = {
-            **m.headers,
-            DL_TOPIC: delivery.topic,
-            DL_ID: delivery.id,
-            DL_GROUP: group,
-            DL_REASON: reason,
-        }
-        fields = _fields(Message(DEAD_LETTER_TOPIC, m.key, m.payload, headers))
+        fields = _fields(dead_letter_message(group, delivery, reason))
         fields |= {"topic": delivery.topic, "id": delivery.id, "group": group, "reason": reason}
         with _edge("dead_letter"):
             pipe = self._client.pipeline(transaction=True)  # both or neither

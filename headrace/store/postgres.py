@@ -179,23 +179,10 @@ def _commit_params(transitions: list[Transition], sent: Sequence[int], now: int)
     ended: list[str] = []
     for t in transitions:
         s = t.state
-        run = rows.run_values(s)
         if t.new:
-            tables["n"].add(
-                s.run_id,
-                s.plan.ir.name,
-                s.plan.ir.version,
-                s.plan.ir_hash,
-                rows.dumps(s.inputs),
-                rows.dumps(s.vars),
-                s.created_at_ms,
-                t.idempotency_key,
-                run[0],
-                s.version + 1,
-                *run[2:],
-            )
+            tables["n"].add(*rows.new_run_values(t))
         else:
-            tables["u"].add(s.run_id, *run)
+            tables["u"].add(s.run_id, *rows.run_values(s))
         for e in t.events:
             tables["e"].add(s.run_id, e.seq, type(e).__name__, e.at_ms, encode(e).decode())
         for nid in rows.touched(t.events):

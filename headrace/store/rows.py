@@ -11,7 +11,7 @@ from headrace.engine import NodeState, RunState, split_child
 from headrace.errors import InputError
 from headrace.events import NODE_DONE, NODE_TERMINAL, ErrorInfo, Event, Timer
 from headrace.spec import Plan, decode_ir
-from headrace.store.base import NodeRecord, RunRecord, WorkflowRecord
+from headrace.store.base import NodeRecord, RunRecord, Transition, WorkflowRecord
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -78,6 +78,25 @@ def run_values(s: RunState) -> tuple[Any, ...]:
         s.cost_cents,
         s.started_at_ms,
         s.ended_at_ms,
+    )
+
+
+def new_run_values(t: Transition) -> tuple[Any, ...]:
+    """The values of a new `runs` row: identity, inputs, then RUN_COLUMNS (version + 1)."""
+    s = t.state
+    run = run_values(s)
+    return (
+        s.run_id,
+        s.plan.ir.name,
+        s.plan.ir.version,
+        s.plan.ir_hash,
+        dumps(s.inputs),
+        dumps(s.vars),
+        s.created_at_ms,
+        t.idempotency_key,
+        run[0],
+        s.version + 1,
+        *run[2:],
     )
 
 

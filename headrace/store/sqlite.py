@@ -176,27 +176,13 @@ class SqliteStore:
         return [t for t in transitions if self._write_run(t)]
 
     def _write_run(self, t: Transition) -> bool:
-        s = t.state
-        values = rows.run_values(s)
         if t.new:
             try:
                 self.db.execute(
                     "INSERT INTO runs (run_id, workflow_name, workflow_version, ir_hash, inputs, "
                     "vars, created_at, idempotency_key, " + ", ".join(rows.RUN_COLUMNS) + ") "
                     f"VALUES ({', '.join('?' * (8 + len(rows.RUN_COLUMNS)))})",
-                    (
-                        s.run_id,
-                        s.plan.ir.name,
-                        s.plan.ir.version,
-                        s.plan.ir_hash,
-                        rows.dumps(s.inputs),
-                        rows.dumps(s.vars),
-                        s.created_at_ms,
-                        t.idempotency_key,
-                        *values[:1],
-                        s.version + 1,
-                        *values[2:],
-                    ),
+                    rows.new_run_values(t),
                 )
             except sqlite3.IntegrityError:
                 return False
