@@ -6,7 +6,6 @@ cancelled, 2 bad input (the message names the field).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from headrace.cli.client import runs_app, workflows_app
 from headrace.cli.output import err, fail
 from headrace.config import load_settings
 from headrace.errors import Conflict, InputError, NotFound, SpecError
+from headrace.services import loop
 
 # The runtime (store, server, executors) is imported by the commands that run it, so the
 # API client commands start quickly.
@@ -70,7 +70,7 @@ def run(
         plan = plan_of(ir)
         inputs = parse_inputs(ir.inputs, input or [], input_file)
         plan.validate_inputs(inputs)
-        summary = asyncio.run(_run(settings, ir, source, inputs, as_json))
+        summary = loop.run(_run(settings, ir, source, inputs, as_json))
     except (SpecError, InputError, Conflict, NotFound) as e:
         raise fail(str(e)) from None
     if as_json:
@@ -120,7 +120,7 @@ def dev(
     """The API and every loop in one process, on SQLite (HEADRACE_DATABASE_URL)."""
     try:
         settings = load_settings(tasks=tasks)
-        asyncio.run(_dev(settings, host, port))
+        loop.run(_dev(settings, host, port))
     except InputError as e:
         raise fail(str(e)) from None
 
@@ -187,7 +187,7 @@ def serve(
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        asyncio.run(
+        loop.run(
             run_serve(
                 settings,
                 chosen,
@@ -227,7 +227,7 @@ def cluster_up(
     except InputError as e:
         raise fail(str(e)) from None
     extra = ["--tasks", tasks] if tasks else []
-    raise typer.Exit(asyncio.run(up(port, coordinators, workers, extra)))
+    raise typer.Exit(loop.run(up(port, coordinators, workers, extra)))
 
 
 @db_app.command("upgrade")
@@ -238,7 +238,7 @@ def db_upgrade() -> None:
         from headrace.services.adapters import build_store
 
         store = build_store(settings)
-        asyncio.run(_open_close(store))
+        loop.run(_open_close(store))
     except InputError as e:
         raise fail(str(e)) from None
     print(f"schema is up to date ({settings.database_url})")

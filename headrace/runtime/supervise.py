@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +37,31 @@ class Supervised:
                 )
                 await asyncio.sleep(pause)
                 pause = min(self.max_pause_s, pause * 2)
+
+
+async def cancel_all(tasks: Collection[asyncio.Task[Any]], *, again_s: float = 0.2) -> None:
+    """Cancel `tasks` and wait until every one ended, even if this task is cancelled
+    meanwhile (that cancellation is raised once they all ended). A cancellation can be
+    lost inside a library (a redis-py read retried it away): such a task is cancelled
+    again."""
+    pending = {t for t in tasks if not t.done()}
+    interrupted = False
+    while pending:
+        for task in pending:
+            task.cancel()
+        try:
+            _, pending = await asyncio.wait(pending, timeout=again_s)
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
+
+
+async def run_all(*loops: Coroutine[Any, Any, None]) -> None:
+    """Run `loops` together until the first fails (its error is raised) or this task is
+    cancelled; either way none of them is still running when this returns."""
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await cancel_all(tasks)

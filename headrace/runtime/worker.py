@@ -32,6 +32,7 @@ from headrace.events import (
 from headrace.nodes import NodeExecutor, Outcome, redact
 from headrace.runtime.clock import now_ms
 from headrace.runtime.crash import NO_CRASH, CrashPoints
+from headrace.runtime.supervise import cancel_all, run_all
 from headrace.spec import resolve_secrets, secret_names
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,9 @@ class Worker:
         self.handing_back = False  # jobs cancelled now go back to the bus, unacknowledged
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._take_jobs())
-            tg.create_task(self._flush_results())
-            tg.create_task(self._take_cancels())
-            tg.create_task(self._heartbeat())
+        await run_all(
+            self._take_jobs(), self._flush_results(), self._take_cancels(), self._heartbeat()
+        )
 
     async def _take_jobs(self) -> None:
         """Take as many jobs as there are free slots, high lane first."""
@@ -216,9 +215,7 @@ class Worker:
         if running:
             await asyncio.wait(running, timeout=grace_s)
         self.handing_back = True
-        for task in self.running.values():
-            task.cancel()
-        await asyncio.gather(*self.running.values(), return_exceptions=True)
+        await cancel_all(list(self.running.values()))
         await self._flush()
 
     async def _heartbeat(self) -> None:

@@ -6,7 +6,6 @@ operations the API needs. `Embedded` runs every role in one process (`headrace r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import gc
 import logging
@@ -26,7 +25,7 @@ from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
 from headrace.runtime.metrics import Metrics
 from headrace.runtime.relay import Relay
-from headrace.runtime.supervise import Supervised
+from headrace.runtime.supervise import Supervised, cancel_all
 from headrace.runtime.worker import Worker
 from headrace.services.adapters import build_bus, build_store
 from headrace.spec import Plan, WorkflowIR, plan_of, with_defaults
@@ -112,11 +111,7 @@ class Runtime:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         await self.http.aclose()
         await self.bus.close()
         await self.store.close()
