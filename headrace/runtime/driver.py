@@ -182,6 +182,7 @@ class Driver:
         stale: set[str] = set()
         async with self.lock:
             try:
+                await self._prefetch([run_id for run_id, _ in commands])
                 for run_id, command in commands:
                     if run_id in stale:
                         continue
@@ -227,6 +228,14 @@ class Driver:
         t.events += d.events
         t.messages += messages_of(state.run_id, d)
         t.timers += d.timers
+
+    async def _prefetch(self, run_ids: list[str]) -> None:
+        """Load the batch's runs this cache lacks in one read, not one read each (runs
+        started by another process, or evicted)."""
+        missing = [r for r in dict.fromkeys(run_ids) if r not in self.cache]
+        if len(missing) > 1:
+            for state in await self.store.load_runs(missing):
+                self._remember(state)
 
     async def _state(self, run_id: str) -> RunState:
         state = self.cache.get(run_id)

@@ -129,6 +129,9 @@ class Store(Protocol):
     async def load_run(self, run_id: str) -> RunState:
         """The run's current state (NotFound for an unknown id)."""
 
+    async def load_runs(self, run_ids: Sequence[str]) -> list[RunState]:
+        """The current states of the known runs among `run_ids`, in one round trip."""
+
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[NodeRecord]]:
         """The run and its top-level nodes, map children counted by status."""
 

@@ -7,6 +7,7 @@ the last commits on power loss) or FULL.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -247,6 +248,13 @@ class SqliteStore:
             raise NotFound("run", run_id)
         nodes = self.db.execute(_NODE_SELECT + " WHERE run_id = ?", (run_id,)).fetchall()
         return rows.rebuild(run_id, self._plan(row[0]), row[1:], [(n[0], n[1:]) for n in nodes])
+
+    async def load_runs(self, run_ids: Sequence[str]) -> list[RunState]:
+        found = []
+        for run_id in run_ids:  # in-process SQLite: a query per run costs no round trip
+            with contextlib.suppress(NotFound):
+                found.append(await self.load_run(run_id))
+        return found
 
     # --- reads ---
 

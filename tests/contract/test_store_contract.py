@@ -145,6 +145,16 @@ async def test_a_new_run_reloads_as_the_engine_holds_it(store: Store) -> None:
     await same(store, state)
 
 
+async def test_runs_load_together_and_unknown_ids_are_left_out(store: Store) -> None:
+    plan = await register(store)
+    a, b = await started(store, plan, xs=[1, 2]), await started(store, plan, xs=[3])
+    await complete(store, a, "a")
+    loaded = await store.load_runs([b.run_id, "no-such-run", a.run_id])
+    by_id = {s.run_id: s.comparable() for s in loaded}
+    assert by_id == {a.run_id: a.comparable(), b.run_id: b.comparable()}
+    assert await store.load_runs([]) == []
+
+
 async def test_two_writers_from_one_version_exactly_one_applies(store: Store) -> None:
     plan = await register(store)
     state = await started(store, plan, xs=[1, 2, 3])
