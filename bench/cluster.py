@@ -1,5 +1,5 @@
-"""The cluster shape of the bench (`WORKERS=N`, with BACKEND=postgres+redis): one
-`headrace serve coordinator` and N `headrace serve worker` processes, each on its own
+"""The cluster shape of the bench (`WORKERS=N`, with BACKEND=postgres+redis): `COORDINATORS`
+(default 1) `headrace serve coordinator` and N `headrace serve worker` processes, each on its own
 health port; the bench process itself only starts runs and reads them (role `api`).
 
 Each process's peak resident memory (VmHWM) is read from /proc before it is stopped."""
@@ -23,6 +23,10 @@ from headrace.testing.servers import free_port
 HEADRACE = str(Path(sys.executable).parent / "headrace")
 
 
+def coordinators() -> int:
+    return int(os.environ.get("COORDINATORS", "1"))
+
+
 def workers() -> int:
     """0: every role in the bench process (Embedded), else that many worker processes."""
     return int(os.environ.get("WORKERS", "0"))
@@ -38,7 +42,8 @@ def processes(settings: Settings, n_workers: int, peaks: dict[str, float]) -> It
         "HEADRACE_BUS_PREFIX": settings.bus_prefix,
         "HEADRACE_TASKS": settings.tasks,
     }
-    names = ["coordinator"] + [f"worker-{i + 1}" for i in range(n_workers)]
+    names = [f"coordinator-{i + 1}" for i in range(coordinators())]
+    names += [f"worker-{i + 1}" for i in range(n_workers)]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name in names:
