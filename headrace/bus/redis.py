@@ -22,6 +22,11 @@ oldest entry some group still needs: the minimum over groups of its oldest pendi
 its last-delivered id. So `max_len` bounds the history of delivered, acknowledged messages a
 stream keeps; a stream whose consumers lag grows past it rather than lose work, and a group
 that stops reading holds trimming back until it is deleted (XGROUP DESTROY).
+
+`capped` topics are the exception: XADD MAXLEN keeps their last `max_len` entries whether
+read or not. For cancels (a group per worker) that is right: a worker that is gone leaves
+its group behind, which would otherwise hold trimming back for ever, and a cancel missed
+after `max_len` newer ones only lets a job finish (its result is then ignored).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,12 +74,14 @@ class RedisBus:
         visibility_ms: int = 30_000,
         max_len: int = 1_000_000,
         trim_every_s: float = 5.0,
+        capped: Collection[str] = (),
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.visibility_ms = visibility_ms
         self.max_len = max_len
         self.trim_every_s = trim_every_s
+        self.capped = frozenset(capped)
         # a few quick retries on a broken connection (reconnecting each time); longer
         # outages surface as InfraError, which the runtime loops retry with their backoff
         self._client: aioredis.Redis = aioredis.Redis.from_url(
@@ -104,11 +111,15 @@ class RedisBus:
         if not messages:
             return
         now = time.monotonic()
-        due = [t for t in dict.fromkeys(m.topic for m in messages) if self._trim_due(t, now)]
+        topics = dict.fromkeys(m.topic for m in messages)
+        due = [t for t in topics if t not in self.capped and self._trim_due(t, now)]
         with _edge("publish"):
             pipe = self._client.pipeline(transaction=False)
             for m in messages:
-                pipe.xadd(self._key(m.topic), _fields(m))
+                if m.topic in self.capped:
+                    pipe.xadd(self._key(m.topic), _fields(m), maxlen=self.max_len)
+                else:
+                    pipe.xadd(self._key(m.topic), _fields(m))
             for topic in due:
                 pipe.xlen(self._key(topic))
             lengths = (await pipe.execute())[len(messages) :]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from headrace.bus import Bus, MemoryBus
+from headrace.bus.topics import CANCELS
 from headrace.config import Settings
 from headrace.errors import InputError
 from headrace.store import Store
@@ -40,7 +41,12 @@ def build_bus(settings: Settings) -> Bus:
     if scheme in ("redis", "rediss"):
         from headrace.bus.redis import RedisBus
 
-        return RedisBus(settings.bus, prefix=settings.bus_prefix, visibility_ms=visibility_ms)
+        return RedisBus(
+            settings.bus,
+            prefix=settings.bus_prefix,
+            visibility_ms=visibility_ms,
+            capped=[CANCELS],  # a group per worker: one that left must not hold trimming back
+        )
     raise InputError(
         "HEADRACE_BUS", f"unsupported bus {settings.bus!r} (memory:// or redis://host:port/db)"
     )

@@ -285,6 +285,27 @@ async def test_redis_publish_trims_a_stream_past_max_len(redis_env: tuple[str, s
 
 
 @pytest.mark.integration
+async def test_redis_capped_topic_keeps_its_last_entries_despite_a_group_that_left(
+    redis_env: tuple[str, str],
+) -> None:
+    url, prefix = redis_env
+    bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS, max_len=50, capped=[T])
+    raw = aioredis.Redis.from_url(url)
+    try:
+        await bus.consume([T], "gone", "c", 1, 0)  # a group that never reads again
+        await bus.publish([msg(T, i) for i in range(1000)])
+        # MAXLEN ~: Redis trims whole nodes of 100 entries, so a few more than 50 stay
+        kept = await raw.xlen(prefix + T)
+        assert 50 <= kept < 200
+        await bus.publish([msg(T, 1000)])
+        got = await take(bus, [T], "live", "c", kept + 1)  # a new group reads what is kept
+        assert payloads(got) == [f"payload-{i}".encode() for i in range(1000 - kept, 1001)]
+    finally:
+        await raw.aclose()
+        await bus.close()
+
+
+@pytest.mark.integration
 async def test_redis_recreates_a_vanished_group(redis_env: tuple[str, str]) -> None:
     url, prefix = redis_env
     bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
