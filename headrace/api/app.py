@@ -23,6 +23,9 @@ from headrace.config import Settings
 from headrace.engine import Cancel, Signal
 from headrace.errors import HeadraceError, InputError, NotFound
 from headrace.events import RUN_TERMINAL
+from headrace.flags import FLAGS, Flag, FlagWatcher
+from headrace.flags import parse as parse_flag
+from headrace.flags.definitions import flag
 from headrace.runtime.clock import now_ms
 from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
@@ -42,6 +45,7 @@ class Backend(Protocol):
     driver: Driver
     hub: Hub
     metrics: Metrics
+    flags: FlagWatcher
 
     async def register(self, ir: WorkflowIR, source: str) -> tuple[WorkflowRecord, bool]: ...
 
@@ -56,6 +60,13 @@ class StartRun(BaseModel):
     model_config = {"extra": "forbid"}
     workflow_tag: str = Field(min_length=1, max_length=200)
     inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class SetFlag(BaseModel):
+    model_config = {"extra": "forbid"}
+    value: Any = Field(description="true/false, or 0-100 for KAFKA_TRAFFIC_PERCENT")
+    why: str = Field(min_length=1, max_length=500)
+    who: str = Field("api", min_length=1, max_length=100)
 
 
 class SignalBody(BaseModel):
@@ -102,6 +113,38 @@ def create_app(backend: Backend) -> FastAPI:
     async def get_workflow(tag: str) -> dict[str, Any]:
         record = await store.get_workflow(tag)
         return {**views.workflow_view(record), "ir": msgspec.to_builtins(record.ir)}
+
+    @app.get("/v1/flags")
+    async def list_flags() -> dict[str, Any]:
+        stored = await store.stored_flags()
+        return {"items": [_flag(f, stored) for f in FLAGS.values()]}
+
+    @app.get("/v1/flags/history")
+    async def flag_history(
+        name: str | None = None, limit: int = Query(50, ge=1, le=1000)
+    ) -> dict[str, Any]:
+        """Changes, newest first: of flag `name`, or of every flag."""
+        if name is not None:
+            flag(name)
+        changes = await store.flag_history(name, limit)
+        return {"items": [views.flag_change_view(c) for c in changes]}
+
+    @app.get("/v1/flags/{name}")
+    async def get_flag(name: str) -> dict[str, Any]:
+        return _flag(flag(name), await store.stored_flags())
+
+    @app.put("/v1/flags/{name}")
+    async def set_flag(name: str, body: SetFlag) -> dict[str, Any]:
+        """Set a flag (every process applies it within about a second), with an audit record."""
+        value = parse_flag(name, body.value)
+        change = await store.set_flag(name, value, body.who, body.why, now_ms())
+        await backend.flags.refresh()
+        view = _flag(flag(name), await store.stored_flags())
+        return {**view, "change": views.flag_change_view(change)}
+
+    def _flag(f: Flag, stored: dict[str, bool | int]) -> dict[str, Any]:
+        value = stored.get(f.name, backend.flags.initial[f.name])
+        return views.flag_view(f, value, f.name in stored)
 
     @app.post("/v1/runs", status_code=201)
     async def start_run(

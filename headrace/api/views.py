@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from headrace.events import ErrorInfo
-from headrace.store import NodeRecord, RunRecord, WorkflowRecord
+from headrace.flags import Flag
+from headrace.store import FlagChange, NodeRecord, RunRecord, WorkflowRecord
 
 
 def rfc3339(ms: int | None) -> str | None:
@@ -89,4 +90,26 @@ def workflow_view(w: WorkflowRecord) -> dict[str, Any]:
         "tag": w.tag,
         "ir_hash": w.ir_hash,
         "created_at": rfc3339(w.created_at_ms),
+    }
+
+
+def flag_view(flag: Flag, value: bool | int, stored: bool) -> dict[str, Any]:
+    return {
+        "name": flag.name,
+        "value": value,
+        "source": "store" if stored else "initial",  # initial: environment or default
+        "kind": flag.kind,
+        "default": flag.default,
+        "help": flag.help,
+    }
+
+
+def flag_change_view(c: FlagChange) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "old": c.old,
+        "new": c.new,
+        "who": c.who,
+        "why": c.why,
+        "at": rfc3339(c.at_ms),
     }

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from headrace.cli.client import runs_app, workflows_app
+from headrace.cli.client import flags_app, runs_app, workflows_app
 from headrace.cli.output import err, fail
 from headrace.config import load_settings
 from headrace.errors import Conflict, InputError, NotFound, SpecError
@@ -32,6 +32,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(workflows_app, name="workflows")
 app.add_typer(runs_app, name="runs")
+app.add_typer(flags_app, name="flags")
 
 TasksOption = Annotated[
     str | None,
@@ -125,8 +126,17 @@ def dev(
         raise fail(str(e)) from None
 
 
-async def _dev(settings: Any, host: str, port: int) -> None:
+def log_to_stderr() -> None:
+    """INFO and up to stderr, without alembic's notes on the plugins it loads."""
     import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+async def _dev(settings: Any, host: str, port: int) -> None:
     import signal
 
     import uvicorn
@@ -134,9 +144,7 @@ async def _dev(settings: Any, host: str, port: int) -> None:
     from headrace.api.app import create_app
     from headrace.services.runtime import Embedded
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_to_stderr()
     # uvicorn re-raises the SIGTERM it handled once it has stopped; with this no-op handler
     # that reaches nothing, so the runtime below still shuts down cleanly (exit 0).
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -167,7 +175,6 @@ def serve(
     tasks: TasksOption = None,
 ) -> None:
     """Run cluster processes: any of api, coordinator, worker, relay (or all)."""
-    import logging
 
     from headrace.services.runtime import ROLES
     from headrace.services.serve import serve as run_serve
@@ -184,9 +191,7 @@ def serve(
                 "a memory bus is seen by one process only; give "
                 "separate processes a shared bus (redis://...)",
             )
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        log_to_stderr()
         loop.run(
             run_serve(
                 settings,

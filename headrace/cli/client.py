@@ -1,4 +1,4 @@
-"""`headrace workflows ...` and `headrace runs ...`: the REST API from the command line."""
+"""`headrace workflows|runs|flags ...`: the REST API from the command line."""
 
 from __future__ import annotations
 
@@ -188,3 +188,42 @@ def _stream(url: str, run_id: str, after: int, *, follow: bool) -> str | None:
     except httpx.HTTPError as e:
         raise fail(f"cannot reach the API at {url}: {e}") from None
     return last
+
+
+flags_app = typer.Typer(
+    help="Feature flags of the migration path: read, set (audited), history.",
+    no_args_is_help=True,
+)
+
+
+@flags_app.command("get")
+def get_flags(
+    name: Annotated[str | None, typer.Argument(help="One flag; all when omitted.")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Show the flags' values (where each comes from: the store, or its initial value)."""
+    show(_call("GET", url, f"/v1/flags/{name}" if name else "/v1/flags"))
+
+
+@flags_app.command("set")
+def set_flag(
+    name: str,
+    value: Annotated[str, typer.Argument(help="true/false, or 0-100 for KAFKA_TRAFFIC_PERCENT.")],
+    why: Annotated[str, typer.Option("--why", help="Why: kept in the audit record.")],
+    who: Annotated[str, typer.Option("--who", envvar="USER", help="Who (default: $USER).")] = "cli",
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Set a flag; every process applies it within about a second."""
+    body = {"value": value, "why": why, "who": who}
+    show(_call("PUT", url, f"/v1/flags/{name}", json=body))
+
+
+@flags_app.command("history")
+def flag_history(
+    name: Annotated[str | None, typer.Argument(help="One flag; all when omitted.")] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 50,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Changes, newest first: who, when, old, new, why."""
+    params: dict[str, Any] = {"limit": limit} | ({"name": name} if name else {})
+    show(_call("GET", url, "/v1/flags/history", params=params))

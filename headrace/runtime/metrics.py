@@ -59,6 +59,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "headrace_queue_depth", "Messages waiting per lane", ["lane"], registry=r
         )
+        self.flag = Gauge(
+            "headrace_flag_value",
+            "Feature flags as this process applies them",
+            ["flag"],
+            registry=r,
+        )
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(...)`, cached: the lookup costs more than the observation."""
@@ -67,6 +73,9 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def flag_changed(self, name: str, value: bool | int) -> None:
+        self.flag.labels(name).set(int(value))
 
     def watch_depth(self, lane: str, read: Callable[[], float]) -> None:
         self.queue_depth.labels(lane).set_function(read)

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,6 +18,8 @@ import httpx
 from headrace.bus import Bus, MemoryBus
 from headrace.bus.topics import JOB_LANES
 from headrace.config import Settings
+from headrace.flags import FlagWatcher
+from headrace.flags import initial as initial_flags
 from headrace.nodes import AgentExecutor, HttpExecutor, NodeExecutor, TaskRegistry
 from headrace.runtime.clock import now_ms
 from headrace.runtime.coordinator import Coordinator
@@ -84,6 +87,9 @@ class Runtime:
             crash=crash,
         )
         self.relay = Relay(self.store, self.bus)
+        self.flags = FlagWatcher(
+            self.store, initial_flags(os.environ), on_change=self.metrics.flag_changed
+        )
         if isinstance(self.bus, MemoryBus):
             bus = self.bus
             for lane in JOB_LANES:
@@ -94,7 +100,7 @@ class Runtime:
         tune_gc()
         await self.store.open()
         await self.recover()
-        self.loops = []
+        self.loops = [Supervised("flags", self.flags.run)]
         if "coordinator" in self.roles:
             self.loops += [
                 Supervised("coordinator.results", self.coordinator.run_results),

@@ -2,6 +2,7 @@
 
 from headrace.store.base import (
     Committed,
+    FlagChange,
     NodeRecord,
     OutboxEntry,
     RunRecord,
@@ -13,6 +14,7 @@ from headrace.store.base import (
 
 __all__ = [
     "Committed",
+    "FlagChange",
     "NodeRecord",
     "OutboxEntry",
     "RunRecord",

@@ -30,6 +30,18 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class FlagChange:
+    """One change of a feature flag, as the audit keeps it."""
+
+    name: str
+    old: bool | int | None  # None: not set in the store before (the initial value applied)
+    new: bool | int
+    who: str
+    why: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
 class Committed:
     """What a commit did: the runs it refused (their version had moved) and the ids of the
     outbox rows it wrote, to be marked sent once published."""
@@ -128,6 +140,17 @@ class Store(Protocol):
 
     async def load_run(self, run_id: str) -> RunState:
         """The run's current state (NotFound for an unknown id)."""
+
+    async def stored_flags(self) -> dict[str, bool | int]:
+        """The flags set in the store (the others keep their initial value)."""
+
+    async def set_flag(
+        self, name: str, value: bool | int, who: str, why: str, now_ms: int
+    ) -> FlagChange:
+        """Set a flag and record the change, in one transaction."""
+
+    async def flag_history(self, name: str | None, limit: int) -> list[FlagChange]:
+        """Changes, newest first; of one flag, or of all."""
 
     async def load_runs(self, run_ids: Sequence[str]) -> list[RunState]:
         """The current states of the known runs among `run_ids`, in one round trip."""

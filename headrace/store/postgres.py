@@ -17,6 +17,7 @@ with the URL, e.g. `postgresql://host/db?options=-csynchronous_commit%3Doff`.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import select
 import time
@@ -38,6 +39,7 @@ from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_j
 from headrace.store import rows
 from headrace.store.base import (
     Committed,
+    FlagChange,
     NodeRecord,
     OutboxEntry,
     RunRecord,
@@ -452,6 +454,38 @@ class PostgresStore:
         for n in nodes:
             by_run.setdefault(n[0], []).append((n[1], n[2:]))
         return [rows.rebuild(r[0], plans[r[1]], r[2:], by_run.get(r[0], [])) for r in found]
+
+    # --- flags ---
+
+    async def stored_flags(self) -> dict[str, bool | int]:
+        return {r[0]: json.loads(r[1]) for r in await self._all("SELECT name, value FROM flags")}
+
+    async def set_flag(
+        self, name: str, value: bool | int, who: str, why: str, now_ms: int
+    ) -> FlagChange:
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute("SELECT value FROM flags WHERE name = %s FOR UPDATE", (name,))
+            row = await cur.fetchone()
+            await conn.execute(
+                "INSERT INTO flags (name, value, updated_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (name, json.dumps(value), now_ms),
+            )
+            await conn.execute(
+                "INSERT INTO flag_changes (name, old, new, who, why, at) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (name, row[0] if row else None, json.dumps(value), who, why, now_ms),
+            )
+        return FlagChange(name, json.loads(row[0]) if row else None, value, who, why, now_ms)
+
+    async def flag_history(self, name: str | None, limit: int) -> list[FlagChange]:
+        where, args = ("WHERE name = %s", (name, limit)) if name else ("", (limit,))
+        found = await self._all(
+            f"SELECT {rows.FLAG_CHANGE_SELECT} FROM flag_changes {where} ORDER BY id DESC LIMIT %s",
+            args,
+        )
+        return [rows.flag_change(r) for r in found]
 
     # --- reads ---
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -11,7 +13,7 @@ from headrace.engine import NodeState, RunState, split_child
 from headrace.errors import InputError
 from headrace.events import NODE_DONE, NODE_TERMINAL, ErrorInfo, Event, Timer
 from headrace.spec import Plan, decode_ir
-from headrace.store.base import NodeRecord, RunRecord, Transition, WorkflowRecord
+from headrace.store.base import FlagChange, NodeRecord, RunRecord, Transition, WorkflowRecord
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -311,3 +313,11 @@ def page(found: list[RunRecord], limit: int) -> tuple[list[RunRecord], str | Non
     more = len(found) > limit
     found = found[:limit]
     return found, encode_cursor(found[-1]) if more and found else None
+
+
+FLAG_CHANGE_SELECT = "name, old, new, who, why, at"
+
+
+def flag_change(row: Sequence[Any]) -> FlagChange:
+    name, old, new, who, why, at = row
+    return FlagChange(name, None if old is None else json.loads(old), json.loads(new), who, why, at)

@@ -8,6 +8,7 @@ the last commits on power loss) or FULL.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_j
 from headrace.store import rows
 from headrace.store.base import (
     Committed,
+    FlagChange,
     NodeRecord,
     OutboxEntry,
     RunRecord,
@@ -255,6 +257,41 @@ class SqliteStore:
             with contextlib.suppress(NotFound):
                 found.append(await self.load_run(run_id))
         return found
+
+    # --- flags ---
+
+    async def stored_flags(self) -> dict[str, bool | int]:
+        return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT name, value FROM flags")}
+
+    async def set_flag(
+        self, name: str, value: bool | int, who: str, why: str, now_ms: int
+    ) -> FlagChange:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
+            db.execute(
+                "INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (name, json.dumps(value), now_ms),
+            )
+            db.execute(
+                "INSERT INTO flag_changes (name, old, new, who, why, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, row[0] if row else None, json.dumps(value), who, why, now_ms),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return FlagChange(name, json.loads(row[0]) if row else None, value, who, why, now_ms)
+
+    async def flag_history(self, name: str | None, limit: int) -> list[FlagChange]:
+        where, args = ("WHERE name = ?", (name, limit)) if name else ("", (limit,))
+        found = self.db.execute(
+            f"SELECT {rows.FLAG_CHANGE_SELECT} FROM flag_changes {where} ORDER BY id DESC LIMIT ?",
+            args,
+        )
+        return [rows.flag_change(r) for r in found]
 
     # --- reads ---
 

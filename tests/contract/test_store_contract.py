@@ -29,6 +29,7 @@ from headrace.errors import Conflict, InfraError, InputError, NotFound
 from headrace.events import Message, SignalReceived, Timer
 from headrace.spec import Plan, canonical_json, parse_workflow, plan_of
 from headrace.store import Store, Transition
+from headrace.store.migrate import head
 from headrace.store.postgres import PostgresStore
 from headrace.store.sqlite import SqliteStore
 from headrace.testing.services import postgres_database
@@ -348,6 +349,25 @@ async def test_unknown_run_ids(store: Store) -> None:
 # --- outbox and timers ---
 
 
+async def test_flags_are_set_with_an_audit_record(store: Store) -> None:
+    assert await store.stored_flags() == {}
+    first = await store.set_flag("KAFKA_TRAFFIC_PERCENT", 10, "ops", "canary", 5)
+    assert (first.old, first.new) == (None, 10)
+    await store.set_flag("ENABLE_KAFKA", True, "ops", "phase 3", 6)
+    second = await store.set_flag("KAFKA_TRAFFIC_PERCENT", 50, "monitor", "half", 7)
+    assert (second.old, second.new, second.who) == (10, 50, "monitor")
+    assert await store.stored_flags() == {"KAFKA_TRAFFIC_PERCENT": 50, "ENABLE_KAFKA": True}
+    history = await store.flag_history("KAFKA_TRAFFIC_PERCENT", 10)
+    assert [(c.old, c.new, c.why, c.at_ms) for c in history] == [
+        (10, 50, "half", 7),
+        (None, 10, "canary", 5),
+    ]
+    assert [c.name for c in await store.flag_history(None, 2)] == [
+        "KAFKA_TRAFFIC_PERCENT",
+        "ENABLE_KAFKA",
+    ]
+
+
 async def test_outbox_rows_wait_until_marked_sent(store: Store) -> None:
     plan = await register(store)
     state, d = start(plan, xs=[1])
@@ -460,7 +480,7 @@ async def test_postgres_opens_concurrently_and_migrates_once(pg_url: str) -> Non
         assert s.description == "postgres(synchronous_commit=on)"
         await s.close()
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head(),)]
 
 
 @pytest.mark.integration

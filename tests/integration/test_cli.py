@@ -6,6 +6,7 @@ suite. Commands that do not depend on each other run concurrently to keep the fi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -24,6 +25,8 @@ from typing import IO, Any
 
 import httpx
 import pytest
+
+from headrace.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.integration
 
@@ -586,3 +589,62 @@ def test_help_of_every_command_and_db_upgrade(tmp_path: Path, pycache: Path) -> 
     assert upgraded.returncode == 0, upgraded
     assert "schema is up to date" in upgraded.stdout, upgraded
     assert (tmp_path / "h.db").stat().st_size > 0
+
+
+# --- feature flags ------------------------------------------------------------------------
+
+
+def test_flags_from_the_command_line_and_across_processes(tmp_path: Path, pycache: Path) -> None:
+    (api_port,) = free_ports(1)
+    api = f"http://127.0.0.1:{api_port}"
+    env = {**make_env(tmp_path, pycache), "ENABLE_KAFKA_WRITE": "on"}  # an initial value
+    dev_argv = [str(HEADRACE), "dev", "--port", str(api_port)]
+
+    bad_env = cli("dev", "--port", str(api_port), env={**env, "ENABLE_KAFKA": "maybe"}, cwd=REPO)
+    assert "ENABLE_KAFKA: expected true or false" in clean_error(bad_env)
+
+    def run(*args: str) -> Result:
+        return cli("flags", *args, "--url", api, env=env, cwd=REPO)
+
+    with server(dev_argv, env=env, log=tmp_path / "dev.log", ready_url=f"{api}/healthz"):
+        shown = run("get", "ENABLE_KAFKA_WRITE")
+        assert shown.returncode == 0, shown
+        assert shown.json()["value"] is True and shown.json()["source"] == "initial"
+
+        assert "0 to 100" in clean_error(run("set", "KAFKA_TRAFFIC_PERCENT", "101", "--why", "x"))
+        assert "not found" in clean_error(run("set", "NO_SUCH_FLAG", "1", "--why", "x")).lower()
+        assert run("history").json()["items"] == []  # refused input stored nothing
+
+        done = run("set", "KAFKA_TRAFFIC_PERCENT", "30", "--why", "canary", "--who", "alice")
+        assert done.returncode == 0, done
+        assert done.json()["value"] == 30 and done.json()["source"] == "store"
+        assert {k: done.json()["change"][k] for k in ("old", "new", "who", "why")} == {
+            "old": None,
+            "new": 30,
+            "who": "alice",
+            "why": "canary",
+        }
+
+        # another process sets a flag in the store: this one applies it without a restart
+        async def set_elsewhere() -> None:
+            store = SqliteStore(tmp_path / "h.db")
+            await store.open()
+            try:
+                await store.set_flag("ENABLE_KAFKA", True, "drill", "phase 3", 1)
+            finally:
+                await store.close()
+
+        asyncio.run(set_elsewhere())
+        began = time.monotonic()
+        applied = 'headrace_flag_value{flag="ENABLE_KAFKA"} 1.0'
+        while applied not in httpx.get(f"{api}/metrics", trust_env=False).text:
+            assert time.monotonic() - began < TIMEOUT_S, "the flag change was never applied"
+            time.sleep(0.05)
+        print(f"applied by another process after {time.monotonic() - began:.2f}s")
+
+        history = run("history").json()["items"]
+        assert [(c["name"], c["new"], c["who"]) for c in history] == [
+            ("ENABLE_KAFKA", True, "drill"),
+            ("KAFKA_TRAFFIC_PERCENT", 30, "alice"),
+        ]
+        assert len(run("history", "KAFKA_TRAFFIC_PERCENT").json()["items"]) == 1
