@@ -21,7 +21,18 @@ class Settings(BaseSettings):
         "sqlite:///.headrace/headrace.db",
         description="sqlite:///relative.db, sqlite:////absolute.db or postgresql://user@host/db",
     )
-    bus: str = Field("memory://", description="memory:// or redis://host:port/db")
+    bus: str = Field(
+        "memory://", description="memory://, redis://host:port/db or kafka://host:port[,host:port]"
+    )
+    kafka_url: str | None = Field(
+        None,
+        description="kafka://host:port beside a redis:// bus: the migrating bus (Redis → Kafka)",
+    )
+    kafka_partitions: int = Field(64, ge=1, description="partitions of each topic it creates")
+    kafka_replication: int = Field(1, ge=1, description="replicas of each topic it creates")
+    kafka_session_timeout_ms: int = Field(
+        6_000, ge=1_000, description="a group member silent this long is presumed dead"
+    )
     bus_prefix: str = Field("headrace:", description="prefix of every stream key on the bus")
     lease_s: float = Field(
         10.0,

@@ -47,6 +47,25 @@ def build_bus(settings: Settings) -> Bus:
             visibility_ms=visibility_ms,
             capped=[CANCELS],  # a group per worker: one that left must not hold trimming back
         )
+    if scheme == "kafka":
+        return build_kafka(settings.bus, settings)
     raise InputError(
-        "HEADRACE_BUS", f"unsupported bus {settings.bus!r} (memory:// or redis://host:port/db)"
+        "HEADRACE_BUS",
+        f"unsupported bus {settings.bus!r} (memory://, redis://host:port/db or kafka://host:port)",
+    )
+
+
+def build_kafka(url: str, settings: Settings) -> Bus:
+    from headrace.bus.kafka import KafkaBus
+
+    bootstrap = url.removeprefix("kafka://").strip("/")
+    if not bootstrap:
+        raise InputError("HEADRACE_BUS", f"give the brokers: kafka://host:port, not {url!r}")
+    return KafkaBus(
+        bootstrap,
+        prefix=settings.bus_prefix,
+        visibility_ms=int(settings.lease_s * 1000),
+        partitions=settings.kafka_partitions,
+        replication=settings.kafka_replication,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
     )

@@ -1,0 +1,275 @@
+"""The Kafka bus against the Bus contract (headrace/bus/base.py), on the test broker (or
+`HEADRACE_TEST_KAFKA`). Kafka delivers what a group fetched in the background, so where
+the Redis cases consume with `block_ms=0` right after a publish, these wait for messages
+with `take`; and a group's first join takes a few seconds on tansu (docs/kafka.md).
+
+One broker serves the module; each test has a prefix (its topics and groups) of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from headrace.bus import Delivery
+from headrace.bus.base import DEAD_LETTER_TOPIC, DL_GROUP, DL_ID, DL_REASON, DL_TOPIC
+from headrace.bus.kafka import KafkaBus
+from headrace.bus.topics import JOB_LANES, JOBS_HIGH, JOBS_LOW, JOBS_NORMAL
+from headrace.errors import InfraError
+from headrace.events import Message
+from headrace.testing.kafka import Tansu, external_broker
+
+pytestmark = pytest.mark.integration
+
+VISIBILITY_MS = 300
+VISIBILITY_S = VISIBILITY_MS / 1000
+CEILING_S = 30.0  # generous: a group join and a rebalance take seconds on tansu
+T = "t.a"
+
+
+def msg(topic: str, i: int, **headers: str) -> Message:
+    return Message(topic, f"run-{i}", f"payload-{i}".encode(), headers)
+
+
+def payloads(deliveries: Sequence[Delivery]) -> list[bytes]:
+    return [d.message.payload for d in deliveries]
+
+
+@pytest.fixture(scope="module")
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = external_broker()
+    if external:
+        yield external
+        return
+    with Tansu(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}."
+
+
+def new_bus(bootstrap: str, prefix: str, **options: int) -> KafkaBus:
+    options = {"visibility_ms": VISIBILITY_MS, "partitions": 4} | options
+    return KafkaBus(bootstrap, prefix=prefix, **options)
+
+
+@pytest.fixture
+async def bus(bootstrap: str, prefix: str) -> AsyncIterator[KafkaBus]:
+    kafka = new_bus(bootstrap, prefix)
+    yield kafka
+    await kafka.close()
+
+
+async def take(
+    bus: KafkaBus, topics: Sequence[str], group: str, consumer: str, n: int, *, ack: bool = True
+) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + CEILING_S
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"only {len(got)} of {n} messages arrived"
+        batch = await bus.consume(topics, group, consumer, n - len(got), 100)
+        if ack and batch:
+            await bus.ack(group, batch)
+        got += batch
+    return got
+
+
+async def nothing_for(bus: KafkaBus, topic: str, group: str, consumer: str, s: float) -> None:
+    until = time.monotonic() + s
+    while time.monotonic() < until:
+        got = await bus.consume([topic], group, consumer, 10, 50)
+        assert got == [], [d.message for d in got]
+
+
+async def test_publish_consume_keeps_order_per_run_and_headers(bus: KafkaBus) -> None:
+    sent = [msg(T if i % 2 else "t.b", i % 5, n=str(i)) for i in range(60)]
+    await bus.publish(sent)
+    got = await take(bus, [T, "t.b"], "g", "c1", 60)
+    for topic in (T, "t.b"):
+        for key in {m.key for m in sent}:
+            mine = [d.message for d in got if d.topic == topic and d.message.key == key]
+            assert mine == [m for m in sent if m.topic == topic and m.key == key]
+    assert len({(d.topic, d.id) for d in got}) == 60
+
+
+async def test_fetched_lanes_are_drained_in_the_given_order(bus: KafkaBus) -> None:
+    await bus.consume(JOB_LANES, "workers", "w1", 1, 0)  # join
+    await bus.publish([msg(JOBS_LOW, i) for i in range(3)])
+    await bus.publish([msg(JOBS_NORMAL, i) for i in range(3)])
+    await bus.publish([msg(JOBS_HIGH, i) for i in range(3)])
+    deadline = time.monotonic() + CEILING_S
+    while bus.buffered("workers") < 9:  # all fetched: the order is the bus's, not the race's
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    first = await bus.consume(JOB_LANES, "workers", "w1", 4, 0)
+    assert [d.topic for d in first] == [JOBS_HIGH] * 3 + [JOBS_NORMAL]
+    rest = await bus.consume(JOB_LANES, "workers", "w1", 10, 0)
+    assert [d.topic for d in rest] == [JOBS_NORMAL] * 2 + [JOBS_LOW] * 3
+
+
+async def test_every_group_sees_every_message(bus: KafkaBus) -> None:
+    await bus.publish([msg(T, i) for i in range(10)])
+    one = await take(bus, [T], "g1", "c", 10)
+    two = await take(bus, [T], "g2", "c", 10)
+    assert sorted(payloads(one)) == sorted(payloads(two))
+    assert len(set(payloads(one))) == 10
+
+
+async def test_two_processes_of_a_group_share_without_duplicates(
+    bootstrap: str, prefix: str
+) -> None:
+    first, second = new_bus(bootstrap, prefix), new_bus(bootstrap, prefix)
+    try:
+        for b in (first, second):
+            await b.consume([T], "g", "c", 1, 0)  # both join before anything is there
+        await asyncio.sleep(1)
+        await first.publish([msg(T, i) for i in range(200)])
+        got: dict[int, list[Delivery]] = {0: [], 1: []}
+        deadline = time.monotonic() + CEILING_S
+        while len(got[0]) + len(got[1]) < 200:
+            assert time.monotonic() < deadline
+            for i, b in enumerate((first, second)):
+                batch = await b.consume([T], "g", "c", 50, 50)
+                await b.ack("g", batch)
+                got[i] += batch
+        both = payloads(got[0] + got[1])
+        assert len(both) == len(set(both)) == 200
+        await nothing_for(first, T, "g", "c", 0.5)
+        await nothing_for(second, T, "g", "c", 0.5)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_unacknowledged_message_goes_to_another_consumer_after_visibility(
+    bus: KafkaBus,
+) -> None:
+    await bus.publish([msg(T, 1)])
+    (held,) = await take(bus, [T], "g", "dead", 1, ack=False)  # dies holding it
+    t0 = time.monotonic()
+    assert await bus.consume([T], "g", "alive", 10, 0) == []  # not yet
+    (again,) = await take(bus, [T], "g", "alive", 1)
+    assert time.monotonic() - t0 >= VISIBILITY_S * 0.9
+    assert (again.id, again.message) == (held.id, held.message)
+    await nothing_for(bus, T, "g", "dead", VISIBILITY_S * 1.5)
+
+
+async def test_touch_keeps_a_message_from_redelivery(bus: KafkaBus) -> None:
+    await bus.publish([msg(T, 1)])
+    (held,) = await take(bus, [T], "g", "slow", 1, ack=False)
+    until = time.monotonic() + VISIBILITY_S * 4
+    while time.monotonic() < until:
+        await bus.touch("g", "slow", [held])
+        assert await bus.consume([T], "g", "other", 10, 0) == []
+        await asyncio.sleep(VISIBILITY_S / 5)
+    (again,) = await take(bus, [T], "g", "other", 1)
+    assert again.id == held.id
+
+
+async def test_dead_letter_moves_the_message_with_its_reason(bus: KafkaBus) -> None:
+    await bus.publish([msg(T, 7, origin="test")])
+    (poison,) = await take(bus, [T], "g", "c1", 1, ack=False)
+    await bus.dead_letter("g", poison, "undecodable: bad json")
+    (dead,) = await take(bus, [DEAD_LETTER_TOPIC], "ops", "c", 1)
+    assert (dead.message.key, dead.message.payload) == ("run-7", b"payload-7")
+    assert dead.message.headers == {
+        "origin": "test",
+        DL_TOPIC: T,
+        DL_ID: poison.id,
+        DL_GROUP: "g",
+        DL_REASON: "undecodable: bad json",
+    }
+    await nothing_for(bus, T, "g", "c2", VISIBILITY_S * 2)
+
+
+async def test_acknowledged_offsets_are_committed_and_the_rest_comes_back(
+    bootstrap: str, prefix: str
+) -> None:
+    """Out-of-order acks: a group's next member gets everything not acknowledged, and
+    nothing acknowledged before the first gap (Kafka commits a position)."""
+    first = new_bus(bootstrap, prefix, partitions=1)
+    await first.publish([msg(T, i) for i in range(10)])
+    got = await take(first, [T], "g", "c", 10, ack=False)
+    await first.ack("g", got[:4] + got[6:8])  # 0-3 and 6-7 done: the position is 4
+    await first.close()  # commits on the way out
+    second = new_bus(bootstrap, prefix, partitions=1)
+    try:
+        again = await take(second, [T], "g", "c", 6)
+        assert payloads(again) == [f"payload-{i}".encode() for i in (4, 5, 6, 7, 8, 9)]
+        await nothing_for(second, T, "g", "c", 1.0)
+    finally:
+        await second.close()
+
+
+# A group member in its own process, SIGKILLed while it holds messages: takes 30, acks the
+# first 10, says so, then waits to be killed.
+MEMBER = """
+import asyncio, json, sys
+from headrace.bus.kafka import KafkaBus
+async def main():
+    bus = KafkaBus(sys.argv[1], prefix=sys.argv[2], partitions=4, visibility_ms=60000)
+    got = []
+    while len(got) < 30:
+        got += await bus.consume(["t.a"], "g", "member", 30 - len(got), 500)
+    await bus.ack("g", got[:10])
+    await asyncio.sleep(1)  # the fetch thread commits
+    print(json.dumps([d.message.payload.decode() for d in got[:10]]), flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+async def test_a_sigkilled_member_s_unacknowledged_messages_reach_the_group(
+    bootstrap: str, prefix: str
+) -> None:
+    bus = new_bus(bootstrap, prefix)
+    await bus.publish([msg(T, i) for i in range(100)])
+    argv = [sys.executable, "-c", MEMBER, bootstrap, prefix]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as member:
+        try:
+            assert member.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(member.stdout.readline), CEILING_S)
+            acked = {p.encode() for p in json.loads(line)}
+            member.kill()  # holds 20 unacknowledged messages
+            member.wait()
+            rest = await take(bus, [T], "g", "c", 90)
+            assert not acked & set(payloads(rest))  # committed ones stay done...
+            assert len(set(payloads(rest))) == 90  # ...and nothing else is lost
+        finally:
+            member.kill()
+            await bus.close()
+
+
+async def test_depth_on_a_one_partition_topic(bootstrap: str, prefix: str) -> None:
+    if not external_broker():
+        pytest.skip("tansu's high watermarks are wrong after batched produce (docs/kafka.md)")
+    bus = new_bus(bootstrap, prefix, partitions=1)
+    try:
+        await bus.publish([msg(T, i) for i in range(5)])
+        assert await bus.depth(T) == 5
+        await bus.ack("g", await take(bus, [T], "g", "c", 2, ack=False))
+        deadline = time.monotonic() + CEILING_S
+        while await bus.depth(T) != 3:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    finally:
+        await bus.close()
+
+
+async def test_unreachable_broker_fails_publish_with_infra_error(tmp_path: Path) -> None:
+    bus = KafkaBus("127.0.0.1:1", prefix="x.", timeout_s=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(InfraError):
+        await bus.publish([msg(T, 1)])
+    assert time.monotonic() - t0 < CEILING_S
+    await bus.close()
