@@ -1,5 +1,5 @@
-"""A cluster of `headrace serve` processes on real Postgres and Redis, for crash tests:
-api, 2 coordinators, 2 workers and a relay, each logging to its own file."""
+"""A cluster of `headrace serve` processes on real Postgres and Redis (or Kafka), for crash
+tests: api, 2 coordinators, 2 workers and a relay, each logging to its own file."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from headrace.store.postgres import PostgresStore
+from headrace.testing.replay import replay_diff
 from headrace.testing.servers import free_port
 
 HEADRACE = str(Path(sys.executable).parent / "headrace")
@@ -27,16 +29,18 @@ ROLES = {
 
 
 class ProcessCluster:
-    def __init__(self, tmp: Path, db_url: str, redis_url: str, prefix: str) -> None:
+    def __init__(self, tmp: Path, db_url: str, bus_url: str, prefix: str, **env: str) -> None:
+        """`bus_url`: HEADRACE_BUS (redis:// or kafka://); `env`: more variables for all."""
         self.tmp = tmp
         self.env = {
             **os.environ,
             "HEADRACE_DATABASE_URL": db_url,
-            "HEADRACE_BUS": redis_url,
+            "HEADRACE_BUS": bus_url,
             "HEADRACE_BUS_PREFIX": prefix,
             "HEADRACE_TASKS": "headrace.testing.tasks",
             "HEADRACE_LEASE_S": "2",
             "HEADRACE_HEARTBEAT_S": "0.5",
+            **env,
         }
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -116,3 +120,37 @@ class ProcessCluster:
                 self.hung.append(name)
                 proc.kill()
                 proc.wait(10)
+
+
+def run_status(client: httpx.Client, run_id: str) -> str | None:
+    """The run's status through the API; None while the API does not answer."""
+    try:
+        r = client.get(f"/v1/runs/{run_id}")
+    except httpx.HTTPError:
+        return None
+    return r.json().get("status") if r.status_code == 200 else None
+
+
+def wait_all(
+    client: httpx.Client, run_ids: list[str], cluster: ProcessCluster, timeout_s: float = 90
+) -> None:
+    """Until every run ended (fails after `timeout_s`, with the processes' logs)."""
+    deadline = time.monotonic() + timeout_s
+    for run_id in run_ids:
+        while run_status(client, run_id) not in ("completed", "failed", "cancelled"):
+            assert time.monotonic() < deadline, f"run {run_id} did not end\n{cluster.logs()}"
+            time.sleep(0.1)
+
+
+async def check_runs(db_url: str, run_ids: list[str], outputs: dict[str, object]) -> None:
+    """Every run completed with `outputs`, and its events replay to its stored state."""
+    store = PostgresStore(db_url)
+    await store.open()
+    try:
+        for run_id in run_ids:
+            record, _ = await store.get_run(run_id)
+            assert record.status == "completed", (run_id, record.error)
+            assert record.outputs == outputs, (run_id, record.outputs)
+            assert await replay_diff(store, run_id) == {}, run_id
+    finally:
+        await store.close()

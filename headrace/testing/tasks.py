@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from headrace.errors import NodeError
@@ -62,3 +64,11 @@ async def counted_sleep(key: str, seconds: float) -> dict[str, Any]:
 
 def calls(key: str) -> int:
     return _calls.get(key, 0)
+
+
+async def marked_sleep(marks: str, name: str, seconds: float) -> dict[str, Any]:
+    """Sleep, leaving a file `marks/name.PID` first: which processes ran `name` (a test
+    SIGKILLs a worker and checks that its jobs ran again elsewhere)."""
+    Path(marks, f"{name}.{os.getpid()}").touch()
+    await asyncio.sleep(seconds)
+    return {"name": name}

@@ -13,9 +13,7 @@ import httpx
 import pytest
 import redis
 
-from headrace.store.postgres import PostgresStore
-from headrace.testing.cluster import ProcessCluster
-from headrace.testing.replay import replay_diff
+from headrace.testing.cluster import ProcessCluster, check_runs, wait_all
 from headrace.testing.services import postgres_database, redis_prefix
 
 SPEC = """
@@ -54,31 +52,6 @@ def start_runs(client: httpx.Client, n: int) -> list[str]:
     ]
 
 
-def wait_all(client: httpx.Client, run_ids: list[str], cluster: ProcessCluster) -> None:
-    deadline = time.monotonic() + 60
-    for run_id in run_ids:
-        while client.get(f"/v1/runs/{run_id}").json()["status"] not in (
-            "completed",
-            "failed",
-            "cancelled",
-        ):
-            assert time.monotonic() < deadline, f"run {run_id} did not end\n{cluster.logs()}"
-            time.sleep(0.1)
-
-
-async def check(db_url: str, run_ids: list[str]) -> None:
-    store = PostgresStore(db_url)
-    await store.open()
-    try:
-        for run_id in run_ids:
-            record, _ = await store.get_run(run_id)
-            assert record.status == "completed", (run_id, record.error)
-            assert record.outputs == {"count": 4}
-            assert await replay_diff(store, run_id) == {}
-    finally:
-        await store.close()
-
-
 def held_jobs(cluster: ProcessCluster, consumer: str) -> int:
     """Jobs delivered to `consumer` and not acknowledged."""
     client = redis.Redis.from_url(cluster.env["HEADRACE_BUS"])
@@ -109,4 +82,4 @@ def test_sigkill_a_worker_and_a_coordinator_while_runs_flow(cluster: ProcessClus
         wait_all(client, run_ids, cluster)
     assert cluster.procs["coordinator-1"].wait(10) == -signal.SIGKILL  # its crash point fired
     assert held_jobs(cluster, "worker-worker-1") == 0  # its jobs were redelivered and done
-    asyncio.run(check(cluster.env["HEADRACE_DATABASE_URL"], run_ids))
+    asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids, {"count": 4}))

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from headrace.store.postgres import PostgresStore
-from headrace.testing.cluster import ProcessCluster
-from headrace.testing.replay import replay_diff
+from headrace.testing.cluster import ProcessCluster, check_runs, run_status, wait_all
 from headrace.testing.services import postgres_database, redis_prefix
 from headrace.testing.throwaway import ThrowawayPostgres, ThrowawayRedis
 
@@ -34,7 +32,6 @@ nodes:
 outputs:
   count: "${{ len(nodes.total.output.xs) }}"
 """
-DEADLINE_S = 90
 
 
 @contextmanager
@@ -56,22 +53,6 @@ def submit(client: httpx.Client, first: int, n: int) -> list[str]:
     return ids
 
 
-def status(client: httpx.Client, run_id: str) -> str | None:
-    try:
-        r = client.get(f"/v1/runs/{run_id}")
-    except httpx.HTTPError:
-        return None
-    return r.json().get("status") if r.status_code == 200 else None
-
-
-def wait_all(client: httpx.Client, run_ids: list[str], cluster: ProcessCluster) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    for run_id in run_ids:
-        while status(client, run_id) not in ("completed", "failed", "cancelled"):
-            assert time.monotonic() < deadline, f"run {run_id} did not end\n{cluster.logs()}"
-            time.sleep(0.1)
-
-
 def wait_some_progress(client: httpx.Client, run_ids: list[str]) -> None:
     """Until the first run's node `a` completed: its fan-out is in flight, the rest queued."""
     deadline = time.monotonic() + 30
@@ -88,21 +69,8 @@ def wait_some_progress(client: httpx.Client, run_ids: list[str]) -> None:
 
 def assert_in_flight(client: httpx.Client, run_ids: list[str]) -> None:
     """The restart is about to hit live traffic: some run has not ended yet."""
-    ended = [r for r in run_ids if status(client, r) in ("completed", "failed", "cancelled")]
+    ended = [r for r in run_ids if run_status(client, r) in ("completed", "failed", "cancelled")]
     assert len(ended) < len(run_ids), "every run ended before the restart"
-
-
-async def check(db_url: str, run_ids: list[str]) -> None:
-    store = PostgresStore(db_url)
-    await store.open()
-    try:
-        for run_id in run_ids:
-            record, _ = await store.get_run(run_id)
-            assert record.status == "completed", (run_id, record.error)
-            assert record.outputs == {"count": 4}, (run_id, record.outputs)
-            assert await replay_diff(store, run_id) == {}, run_id
-    finally:
-        await store.close()
 
 
 # --- a throwaway Redis ---------------------------------------------------------------------
@@ -133,7 +101,7 @@ def test_redis_restarts_while_runs_flow(tmp_path: Path) -> None:
             run_ids += submit(client, 15, 5)
             wait_all(client, run_ids, cluster)
             cluster.assert_alive()  # they reconnected rather than died
-            asyncio.run(check(db_url, run_ids))
+            asyncio.run(check_runs(db_url, run_ids, {"count": 4}))
     finally:
         server.stop(signal.SIGKILL)
     print(f"redis restart test: {time.monotonic() - t0:.1f}s")
@@ -168,7 +136,7 @@ def test_postgres_restarts_while_runs_flow(tmp_path: Path) -> None:
             run_ids += submit(client, 15, 5)
             wait_all(client, run_ids, cluster)
             cluster.assert_alive()
-            asyncio.run(check(server.url, run_ids))
+            asyncio.run(check_runs(server.url, run_ids, {"count": 4}))
     finally:
         server.remove()
     print(f"postgres restart test: {time.monotonic() - t0:.1f}s")

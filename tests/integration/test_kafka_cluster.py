@@ -1,0 +1,88 @@
+"""The cluster on Postgres and the Kafka bus (`HEADRACE_BUS=kafka://`): separate processes,
+a worker SIGKILLed while it runs jobs; its jobs run again elsewhere and every run completes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from headrace.testing.cluster import ProcessCluster, check_runs, wait_all
+from headrace.testing.kafka import Tansu, external_broker
+from headrace.testing.services import postgres_database
+
+pytestmark = pytest.mark.integration
+
+SPEC = """
+name: steady
+inputs: {i: {type: integer}, marks: {type: string}}
+defaults: {retry: {max_attempts: 5, initial_interval: 10ms, max_interval: 100ms}}
+nodes:
+  a:
+    task: headrace.testing.tasks.marked_sleep
+    with: {marks: "${{ inputs.marks }}", name: "a-${{ inputs.i }}", seconds: 0.5}
+  fan:
+    needs: [a]
+    map: "${{ [1, 2, 3, 4] }}"
+    task: headrace.testing.tasks.sleep
+    with: {seconds: 0.1, n: "${{ item + inputs.i }}"}
+  total: {needs: [fan], task: headrace.testing.tasks.echo, with: {xs: "${{ nodes.fan.output }}"}}
+outputs:
+  count: "${{ len(nodes.total.output.xs) }}"
+"""
+
+
+@pytest.fixture
+def bootstrap(tmp_path: Path) -> Iterator[str]:
+    external = external_broker()
+    if external:
+        yield external
+        return
+    with Tansu(tmp_path) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, bootstrap: str) -> Iterator[ProcessCluster]:
+    prefix = f"test-{time.monotonic_ns()}."
+    with postgres_database() as db_url:
+        c = ProcessCluster(
+            tmp_path, db_url, f"kafka://{bootstrap}", prefix, HEADRACE_KAFKA_PARTITIONS="4"
+        )
+        try:
+            yield c
+        finally:
+            c.down()
+
+
+def start_runs(client: httpx.Client, marks: Path, first: int, n: int) -> list[str]:
+    ids = []
+    for i in range(first, first + n):
+        body = {"workflow_tag": "steady", "inputs": {"i": i, "marks": str(marks)}}
+        ids.append(client.post("/v1/runs", json=body).json()["run_id"])
+    return ids
+
+
+def test_sigkill_a_worker_on_the_kafka_bus(cluster: ProcessCluster, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cluster.up()
+    victim = cluster.procs["worker-1"].pid
+    with httpx.Client(base_url=cluster.url, timeout=10) as client:
+        assert client.post("/v1/workflows", content=SPEC).status_code == 201
+        run_ids = start_runs(client, marks, 0, 20)
+        deadline = time.monotonic() + 60
+        while not list(marks.glob(f"*.{victim}")):  # kill it while it runs a job
+            assert time.monotonic() < deadline, f"worker-1 never ran a job\n{cluster.logs()}"
+            time.sleep(0.02)
+        cluster.kill("worker-1")
+        run_ids += start_runs(client, marks, 20, 10)
+        wait_all(client, run_ids, cluster, timeout_s=120)
+    lost = [m.name.split(".")[0] for m in marks.glob(f"*.{victim}")]
+    for name in lost:  # what the victim held ran again in the other worker
+        assert [m for m in marks.glob(f"{name}.*") if m.suffix != f".{victim}"], name
+    asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids, {"count": 4}))
