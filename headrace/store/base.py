@@ -7,7 +7,7 @@ applied exactly once whatever the interleaving of writers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -151,6 +151,31 @@ class Store(Protocol):
 
     async def flag_history(self, name: str | None, limit: int) -> list[FlagChange]:
         """Changes, newest first; of one flag, or of all."""
+
+    async def pin_runs(self, choices: Mapping[str, str], now_ms: int) -> dict[str, str]:
+        """Pin each run of `choices` to its bus (redis | kafka) unless it has a pin already
+        (the first pin wins); returns the pin of every one of them."""
+
+    async def pins(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """The pins of those of `run_ids` that have one."""
+
+    async def repin(self, from_bus: str, to_bus: str, now_ms: int) -> list[str]:
+        """Move the unfinished runs pinned to `from_bus` to `to_bus`; returns their ids."""
+
+    async def pin_counts(self, since_ms: int) -> dict[str, int]:
+        """How many runs first pinned since `since_ms` are pinned to each bus now."""
+
+    async def put_figures(self, process: str, figures: dict[str, Any], now_ms: int) -> None:
+        """Replace what `process` reported (its figures of the last second)."""
+
+    async def figures_since(self, since_ms: int) -> dict[str, dict[str, Any]]:
+        """What each process reported since `since_ms`, by process."""
+
+    async def put_note(self, name: str, value: Any, now_ms: int) -> None:
+        """Keep a named value of the migration (e.g. the latency baseline)."""
+
+    async def note(self, name: str) -> Any:
+        """A note's value, or None."""
 
     async def load_runs(self, run_ids: Sequence[str]) -> list[RunState]:
         """The current states of the known runs among `run_ids`, in one round trip."""

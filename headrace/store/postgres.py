@@ -21,7 +21,7 @@ import json
 import re
 import select
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -486,6 +486,69 @@ class PostgresStore:
             args,
         )
         return [rows.flag_change(r) for r in found]
+
+    # --- the Redis → Kafka migration ---
+
+    async def pin_runs(self, choices: Mapping[str, str], now_ms: int) -> dict[str, str]:
+        ids, buses = list(choices), list(choices.values())
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO run_pins (run_id, bus, at) "
+                "SELECT r, b, %s FROM unnest(%s::text[], %s::text[]) AS c(r, b) "
+                "ON CONFLICT (run_id) DO NOTHING",
+                (now_ms, ids, buses),
+            )
+            cur = await conn.execute(
+                "SELECT run_id, bus FROM run_pins WHERE run_id = ANY(%s)", (ids,)
+            )
+            return {r[0]: r[1] for r in await cur.fetchall()}
+
+    async def pins(self, run_ids: Sequence[str]) -> dict[str, str]:
+        found = await self._all(
+            "SELECT run_id, bus FROM run_pins WHERE run_id = ANY(%s)", (list(run_ids),)
+        )
+        return {r[0]: r[1] for r in found}
+
+    async def repin(self, from_bus: str, to_bus: str, now_ms: int) -> list[str]:
+        found = await self._all(
+            "UPDATE run_pins p SET bus = %s FROM runs r WHERE p.run_id = r.run_id "
+            "AND p.bus = %s AND r.status IN ('pending', 'running') RETURNING p.run_id",
+            (to_bus, from_bus),
+        )
+        return [r[0] for r in found]
+
+    async def pin_counts(self, since_ms: int) -> dict[str, int]:
+        found = await self._all(
+            "SELECT bus, count(*) FROM run_pins WHERE at >= %s GROUP BY bus", (since_ms,)
+        )
+        return {r[0]: int(r[1]) for r in found}
+
+    async def put_figures(self, process: str, figures: dict[str, Any], now_ms: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO process_figures (process, updated_at, figures) VALUES (%s, %s, %s) "
+                "ON CONFLICT (process) DO UPDATE SET updated_at = excluded.updated_at, "
+                "figures = excluded.figures",
+                (process, now_ms, json.dumps(figures)),
+            )
+
+    async def figures_since(self, since_ms: int) -> dict[str, dict[str, Any]]:
+        found = await self._all(
+            "SELECT process, figures FROM process_figures WHERE updated_at >= %s", (since_ms,)
+        )
+        return {r[0]: json.loads(r[1]) for r in found}
+
+    async def put_note(self, name: str, value: Any, now_ms: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO migration_notes (name, value, at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, at = excluded.at",
+                (name, json.dumps(value), now_ms),
+            )
+
+    async def note(self, name: str) -> Any:
+        row = await self._one("SELECT value FROM migration_notes WHERE name = %s", (name,))
+        return json.loads(row[0]) if row else None
 
     # --- reads ---
 

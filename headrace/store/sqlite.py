@@ -11,7 +11,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +292,79 @@ class SqliteStore:
             args,
         )
         return [rows.flag_change(r) for r in found]
+
+    # --- the Redis → Kafka migration ---
+
+    async def pin_runs(self, choices: Mapping[str, str], now_ms: int) -> dict[str, str]:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO run_pins (run_id, bus, at) VALUES (?, ?, ?) "
+                "ON CONFLICT (run_id) DO NOTHING",
+                [(run_id, bus, now_ms) for run_id, bus in choices.items()],
+            )
+        return await self.pins(list(choices))
+
+    async def pins(self, run_ids: Sequence[str]) -> dict[str, str]:
+        marks = ",".join("?" * len(run_ids))
+        found = self.db.execute(
+            f"SELECT run_id, bus FROM run_pins WHERE run_id IN ({marks})", list(run_ids)
+        )
+        return {r[0]: r[1] for r in found}
+
+    async def repin(self, from_bus: str, to_bus: str, now_ms: int) -> list[str]:
+        with self._transaction() as db:
+            found = db.execute(
+                "UPDATE run_pins SET bus = ? WHERE bus = ? AND run_id IN "
+                "(SELECT run_id FROM runs WHERE status IN ('pending', 'running')) "
+                "RETURNING run_id",
+                (to_bus, from_bus),
+            ).fetchall()
+        return [r[0] for r in found]
+
+    async def pin_counts(self, since_ms: int) -> dict[str, int]:
+        found = self.db.execute(
+            "SELECT bus, count(*) FROM run_pins WHERE at >= ? GROUP BY bus", (since_ms,)
+        )
+        return {r[0]: int(r[1]) for r in found}
+
+    async def put_figures(self, process: str, figures: dict[str, Any], now_ms: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO process_figures (process, updated_at, figures) VALUES (?, ?, ?) "
+                "ON CONFLICT (process) DO UPDATE SET updated_at = excluded.updated_at, "
+                "figures = excluded.figures",
+                (process, now_ms, json.dumps(figures)),
+            )
+
+    async def figures_since(self, since_ms: int) -> dict[str, dict[str, Any]]:
+        found = self.db.execute(
+            "SELECT process, figures FROM process_figures WHERE updated_at >= ?", (since_ms,)
+        )
+        return {r[0]: json.loads(r[1]) for r in found}
+
+    async def put_note(self, name: str, value: Any, now_ms: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO migration_notes (name, value, at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, at = excluded.at",
+                (name, json.dumps(value), now_ms),
+            )
+
+    async def note(self, name: str) -> Any:
+        row = self.db.execute("SELECT value FROM migration_notes WHERE name = ?", (name,))
+        found = row.fetchone()
+        return json.loads(found[0]) if found else None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     # --- reads ---
 

@@ -368,6 +368,45 @@ async def test_flags_are_set_with_an_audit_record(store: Store) -> None:
     ]
 
 
+async def test_runs_keep_their_first_pin_until_re_pinned(store: Store) -> None:
+    plan = await register(store)
+    running = [(await started(store, plan, xs=[1])).run_id for _ in range(3)]
+    ended = str(uuid.uuid4())  # no run row: counts as finished for a re-pin
+    first = {running[0]: "kafka", running[1]: "redis", ended: "kafka"}
+    assert await store.pin_runs(first, 10) == first
+    again = {running[0]: "redis", running[2]: "kafka"}
+    assert await store.pin_runs(again, 20) == {running[0]: "kafka", running[2]: "kafka"}
+    assert await store.pins([*running, "unknown"]) == {
+        running[0]: "kafka",
+        running[1]: "redis",
+        running[2]: "kafka",
+    }
+    assert await store.pin_counts(15) == {"kafka": 1}
+    assert sorted(await store.repin("kafka", "redis", 30)) == sorted([running[0], running[2]])
+    assert await store.pins([*running, ended]) == {
+        running[0]: "redis",
+        running[1]: "redis",
+        running[2]: "redis",
+        ended: "kafka",
+    }
+    assert await store.pin_counts(0) == {"redis": 3, "kafka": 1}  # first pinned at 10 and 20
+
+
+async def test_figures_and_notes_are_kept_per_name(store: Store) -> None:
+    await store.put_figures("api-1", {"published": 3}, 1_000)
+    await store.put_figures("worker-1", {"published": 1}, 1_500)
+    await store.put_figures("api-1", {"published": 5}, 2_000)
+    assert await store.figures_since(1_200) == {
+        "api-1": {"published": 5},
+        "worker-1": {"published": 1},
+    }
+    assert await store.figures_since(1_800) == {"api-1": {"published": 5}}
+    assert await store.note("baseline") is None
+    await store.put_note("baseline", {"p95_ms": 4.5}, 1)
+    await store.put_note("baseline", {"p95_ms": 5.0}, 2)
+    assert await store.note("baseline") == {"p95_ms": 5.0}
+
+
 async def test_outbox_rows_wait_until_marked_sent(store: Store) -> None:
     plan = await register(store)
     state, d = start(plan, xs=[1])
