@@ -33,6 +33,8 @@ DL_TOPIC = "dead-letter-topic"
 DL_ID = "dead-letter-id"
 DL_GROUP = "dead-letter-group"
 DL_REASON = "dead-letter-reason"
+# headers a reply inherits from the message it answers: the bus its run is pinned to
+INHERITED = ("hr-pin",)
 
 
 @dataclass(frozen=True)
@@ -94,3 +96,9 @@ def dead_letter_message(group: str, delivery: Delivery, reason: str) -> Message:
         DL_REASON: reason,
     }
     return Message(DEAD_LETTER_TOPIC, m.key, m.payload, headers)
+
+
+def reply_headers(delivery: Delivery) -> dict[str, str]:
+    """The headers a reply to `delivery` (a job's result) carries over from it."""
+    h = delivery.message.headers
+    return {k: h[k] for k in INHERITED if k in h}

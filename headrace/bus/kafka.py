@@ -143,16 +143,23 @@ class KafkaBus:
     async def publish(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
+        try:
+            await asyncio.wait_for(await self.send(messages), self.timeout_s + 5)
+        except TimeoutError as e:
+            raise InfraError("kafka publish: no delivery report in time") from e
+
+    async def send(self, messages: Sequence[Message]) -> asyncio.Future[None]:
+        """Hand `messages` to the producer without waiting for the broker: the future ends
+        when the broker acknowledged them all, or with the first InfraError."""
         await self._ensure_topics(list(dict.fromkeys(m.topic for m in messages)))
         self._start_poller()
         batch = _Batch(asyncio.get_running_loop(), len(messages))
         with _edge("publish"):
             for m in messages:
                 self._produce(m, batch.delivered)
-        try:
-            await asyncio.wait_for(batch.future, self.timeout_s + 5)
-        except TimeoutError as e:
-            raise InfraError("kafka publish: no delivery report in time") from e
+        if not messages:
+            batch.future.set_result(None)
+        return batch.future
 
     def _produce(self, m: Message, on_delivery: Callable[[Any, Any], None]) -> None:
         headers: list[tuple[str, str | bytes | None]] = [(k, v) for k, v in m.headers.items()]

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from headrace.bus import Bus, Delivery
+from headrace.bus.base import reply_headers
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS
 from headrace.errors import InfraError, NodeError
 from headrace.events import (
@@ -114,7 +115,7 @@ class Worker:
     async def _execute(self, job: Job, delivery: Delivery) -> None:
         started = now_ms()
         notice = asyncio.get_running_loop().call_later(
-            self.started_notice_s, self._send_started, job, started
+            self.started_notice_s, self._send_started, job, started, delivery
         )
         try:
             result = await self._attempt(job, started)
@@ -125,7 +126,7 @@ class Worker:
         finally:
             notice.cancel()
         self.crash.reached("after_execute")
-        self._send(Message(RESULTS, job.run_id, encode(result)), delivery)
+        self._send(reply(delivery, encode(result)), delivery)
 
     def _send(self, result: Message | None, delivery: Delivery | None) -> None:
         if result is not None:
@@ -134,9 +135,9 @@ class Worker:
             self.acks.append(delivery)
         self.flush_needed.set()
 
-    def _send_started(self, job: Job, at_ms: int) -> None:
+    def _send_started(self, job: Job, at_ms: int, delivery: Delivery) -> None:
         started = Started(run_id=job.run_id, node_id=job.node_id, attempt=job.attempt, at_ms=at_ms)
-        self._send(Message(RESULTS, job.run_id, encode(started)), None)
+        self._send(reply(delivery, encode(started)), None)
 
     async def _attempt(self, job: Job, started: int) -> Finished:
         executor = self.executors.get(job.kind)
@@ -264,3 +265,8 @@ def _basic_tokens(auth: Any, secrets: Mapping[str, str]) -> list[str]:
         return []
     pair = f"{plain['username']}:{plain['password']}".encode()
     return [base64.b64encode(pair).decode()]
+
+
+def reply(job: Delivery, payload: bytes) -> Message:
+    """A result of the job `job` delivered: to its run, with the headers replies inherit."""
+    return Message(RESULTS, job.message.key, payload, reply_headers(job))

@@ -3,13 +3,20 @@ imported only when asked for."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from headrace.bus import Bus, MemoryBus
 from headrace.bus.topics import CANCELS
 from headrace.config import Settings
 from headrace.errors import InputError
+from headrace.flags.definitions import FlagValue
 from headrace.store import Store
+
+if TYPE_CHECKING:
+    from headrace.bus.kafka import KafkaBus
+    from headrace.bus.redis import RedisBus
 
 
 def build_store(settings: Settings) -> Store:
@@ -33,34 +40,50 @@ def build_store(settings: Settings) -> Store:
     )
 
 
-def build_bus(settings: Settings) -> Bus:
+def build_bus(
+    settings: Settings, store: Store | None = None, flags: Mapping[str, FlagValue] | None = None
+) -> Bus:
+    """The bus HEADRACE_BUS names; the migrating bus when HEADRACE_KAFKA_URL is set beside
+    a redis:// bus (it records pins in `store` and follows the live `flags`)."""
     scheme = urlparse(settings.bus).scheme
-    visibility_ms = int(settings.lease_s * 1000)
-    if scheme == "memory":
-        return MemoryBus(visibility_ms=visibility_ms)
-    if scheme in ("redis", "rediss"):
-        from headrace.bus.redis import RedisBus
+    if settings.kafka_url and scheme not in ("redis", "rediss"):
+        raise InputError("HEADRACE_KAFKA_URL", "the migrating bus needs HEADRACE_BUS=redis://...")
+    if settings.kafka_url:
+        from headrace.bus.migrating import MigratingBus
 
-        return RedisBus(
-            settings.bus,
-            prefix=settings.bus_prefix,
-            visibility_ms=visibility_ms,
-            capped=[CANCELS],  # a group per worker: one that left must not hold trimming back
-        )
+        if store is None or flags is None:
+            raise InputError("HEADRACE_KAFKA_URL", "the migrating bus needs a store and flags")
+        kafka = build_kafka(settings.kafka_url, settings)
+        return MigratingBus(build_redis(settings), kafka, flags, store)
+    if scheme == "memory":
+        return MemoryBus(visibility_ms=int(settings.lease_s * 1000))
+    if scheme in ("redis", "rediss"):
+        return build_redis(settings)
     if scheme == "kafka":
-        return build_kafka(settings.bus, settings)
+        return build_kafka(settings.bus, settings, "HEADRACE_BUS")
     raise InputError(
         "HEADRACE_BUS",
         f"unsupported bus {settings.bus!r} (memory://, redis://host:port/db or kafka://host:port)",
     )
 
 
-def build_kafka(url: str, settings: Settings) -> Bus:
+def build_redis(settings: Settings) -> RedisBus:
+    from headrace.bus.redis import RedisBus
+
+    return RedisBus(
+        settings.bus,
+        prefix=settings.bus_prefix,
+        visibility_ms=int(settings.lease_s * 1000),
+        capped=[CANCELS],  # a group per worker: one that left must not hold trimming back
+    )
+
+
+def build_kafka(url: str, settings: Settings, field: str = "HEADRACE_KAFKA_URL") -> KafkaBus:
     from headrace.bus.kafka import KafkaBus
 
     bootstrap = url.removeprefix("kafka://").strip("/")
-    if not bootstrap:
-        raise InputError("HEADRACE_BUS", f"give the brokers: kafka://host:port, not {url!r}")
+    if not url.startswith("kafka://") or not bootstrap:
+        raise InputError(field, f"give the brokers: kafka://host:port, not {url!r}")
     return KafkaBus(
         bootstrap,
         prefix=settings.bus_prefix,

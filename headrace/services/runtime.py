@@ -20,6 +20,7 @@ from headrace.bus.topics import JOB_LANES
 from headrace.config import Settings
 from headrace.flags import FlagWatcher
 from headrace.flags import initial as initial_flags
+from headrace.migration.figures import FigureReporter
 from headrace.nodes import AgentExecutor, HttpExecutor, NodeExecutor, TaskRegistry
 from headrace.runtime.clock import now_ms
 from headrace.runtime.coordinator import Coordinator
@@ -61,9 +62,12 @@ class Runtime:
         self.roles = roles
         self.settings = settings
         self.store = store or build_store(settings)
-        self.bus = bus or build_bus(settings)
         self.hub = Hub()
         self.metrics = Metrics()
+        self.flags = FlagWatcher(
+            self.store, initial_flags(os.environ), on_change=self.metrics.flag_changed
+        )
+        self.bus = bus or build_bus(settings, self.store, self.flags.values)
         crash = CrashPoints(settings.crash_at)
         self.driver = Driver(self.store, self.bus, self.hub, self.metrics, crash=crash)
         self.secrets = settings.all_secrets()
@@ -87,9 +91,6 @@ class Runtime:
             crash=crash,
         )
         self.relay = Relay(self.store, self.bus)
-        self.flags = FlagWatcher(
-            self.store, initial_flags(os.environ), on_change=self.metrics.flag_changed
-        )
         if isinstance(self.bus, MemoryBus):
             bus = self.bus
             for lane in JOB_LANES:
@@ -101,6 +102,10 @@ class Runtime:
         await self.store.open()
         await self.recover()
         self.loops = [Supervised("flags", self.flags.run)]
+        figures = getattr(self.bus, "figures", None)  # the migrating bus reports figures
+        if figures is not None:
+            reporter = FigureReporter(self.store, figures, self.settings.process_name)
+            self.loops.append(Supervised("figures", reporter.run))
         if "coordinator" in self.roles:
             self.loops += [
                 Supervised("coordinator.results", self.coordinator.run_results),

@@ -1,0 +1,171 @@
+"""The migrating bus on the test Redis and the test Kafka broker, steered by flags as the
+migration steps do: where each message goes, which copy is acted on, pins and re-routing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from headrace.bus import Delivery
+from headrace.bus.kafka import KafkaBus
+from headrace.bus.migrating import COPIES, MID, PIN, VIA, MigratingBus, in_kafka_share
+from headrace.bus.redis import RedisBus
+from headrace.events import Message
+from headrace.store.sqlite import SqliteStore
+from headrace.testing.kafka import Tansu, external_broker
+from headrace.testing.services import redis_prefix
+
+pytestmark = pytest.mark.integration
+
+CEILING_S = 30.0
+T = "node.results"
+
+
+@pytest.fixture(scope="module")
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = external_broker()
+    if external:
+        yield external
+        return
+    with Tansu(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(str(tmp_path / "pins.db"))
+    await s.open()
+    yield s
+    await s.close()
+
+
+class Rig:
+    def __init__(self, bus: MigratingBus, flags: dict[str, bool | int], redis_url: str) -> None:
+        self.bus = bus
+        self.flags = flags
+        self.raw = aioredis.Redis.from_url(redis_url)
+
+    async def redis_length(self) -> int:
+        return int(await self.raw.xlen(self.bus.redis.prefix + T))
+
+    async def take(self, n: int, group: str = "g") -> list[Delivery]:
+        got: list[Delivery] = []
+        deadline = time.monotonic() + CEILING_S
+        while len(got) < n:
+            assert time.monotonic() < deadline, f"only {len(got)} of {n} arrived"
+            batch = await self.bus.consume([T], group, "c", n - len(got), 100)
+            await self.bus.ack(group, batch)
+            got += batch
+        return got
+
+    async def nothing_more(self, seconds: float, group: str = "g") -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            assert await self.bus.consume([T], group, "c", 10, 100) == []
+
+
+@pytest.fixture
+async def rig(bootstrap: str, store: SqliteStore) -> AsyncIterator[Rig]:
+    with redis_prefix() as (url, prefix):
+        flags: dict[str, bool | int] = {"ENABLE_REDIS_WRITE": True}
+        redis = RedisBus(url, prefix=prefix, visibility_ms=5_000)
+        kafka = KafkaBus(bootstrap, prefix=prefix.replace(":", "."), partitions=4)
+        r = Rig(MigratingBus(redis, kafka, flags, store), flags, url)
+        await r.bus.consume([T], "g", "c", 1, 0)  # join both buses before anything is sent
+        yield r
+        await r.raw.aclose()
+        await r.bus.close()
+
+
+def runs(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+def msgs(run_ids: list[str]) -> list[Message]:
+    return [Message(T, r, f"result of {r}".encode()) for r in run_ids]
+
+
+async def test_phase_1_writes_redis_only(rig: Rig) -> None:
+    await rig.bus.publish(msgs(runs(5)))
+    assert await rig.redis_length() == 5
+    got = await rig.take(5)
+    assert {d.message.headers[VIA] for d in got} == {"redis"}
+    assert {d.message.headers[COPIES] for d in got} == {"redis"}
+    assert rig.bus.figures()["kafka"]["sent"] == 0
+
+
+async def test_dual_write_acts_on_the_redis_copy_once(rig: Rig) -> None:
+    rig.flags["ENABLE_KAFKA_WRITE"] = True
+    sent = msgs(runs(20))
+    await rig.bus.publish(sent)
+    got = await rig.take(20)
+    assert sorted(d.message.payload for d in got) == sorted(m.payload for m in sent)
+    assert all(d.message.headers[COPIES] == "kafka,redis" for d in got)
+    assert all(d.message.headers[VIA] == "redis" for d in got)
+    await rig.nothing_more(2.0)  # the Kafka copies were read and dropped, not acted on
+    figures = rig.bus.figures()
+    assert figures["kafka"]["sent"] == figures["redis"]["sent"] == 20
+    assert figures["kafka"]["failed"] == 0
+    assert (figures["redis"]["acted"], figures["kafka"]["acted"]) == (20, 0)
+
+
+async def test_runs_are_pinned_by_percentage_and_keep_their_pin(
+    rig: Rig, store: SqliteStore
+) -> None:
+    rig.flags |= {"ENABLE_KAFKA_WRITE": True, "ENABLE_KAFKA": True, "KAFKA_TRAFFIC_PERCENT": 50}
+    ids = runs(200)
+    await rig.bus.publish(msgs(ids))
+    pins = await store.pins(ids)
+    assert pins == {r: "kafka" if in_kafka_share(r, 50) else "redis" for r in ids}
+    assert 70 <= list(pins.values()).count("kafka") <= 130
+    got = await rig.take(200)
+    for d in got:  # each acted on through the bus of its pin
+        assert d.message.headers[VIA] == d.message.headers[PIN] == pins[d.message.key]
+        assert d.id.startswith("k|" if pins[d.message.key] == "kafka" else "r|")
+    await rig.nothing_more(1.0)
+    rig.flags["KAFKA_TRAFFIC_PERCENT"] = 0  # moves new runs only
+    await rig.bus.publish(msgs(ids[:50]))
+    again = await rig.take(50)
+    assert all(d.message.headers[PIN] == pins[d.message.key] for d in again)
+
+
+async def test_redis_off_moves_every_run_to_kafka_and_rollback_moves_them_back(
+    rig: Rig, store: SqliteStore
+) -> None:
+    ids = runs(10)
+    await store.pin_runs(dict.fromkeys(ids, "redis"), 1)
+    rig.flags |= {"ENABLE_KAFKA_WRITE": True, "ENABLE_KAFKA": True, "ENABLE_REDIS_WRITE": False}
+    before = await rig.redis_length()
+    await rig.bus.publish(msgs(ids))
+    assert await rig.redis_length() == before  # Redis off: nothing written there
+    got = await rig.take(10)
+    assert {d.message.headers[VIA] for d in got} == {"kafka"}
+    assert {d.message.headers[PIN] for d in got} == {"redis"}  # the pin itself is kept
+    rig.flags |= {"ENABLE_KAFKA": False, "ENABLE_REDIS_WRITE": True}  # roll back
+    await store.pin_runs(dict.fromkeys(runs(1), "kafka"), 2)
+    await rig.bus.publish(msgs(ids))
+    back = await rig.take(10)
+    assert {d.message.headers[VIA] for d in back} == {"redis"}
+
+
+async def test_a_failing_kafka_copy_never_fails_a_redis_publish(store: SqliteStore) -> None:
+    with redis_prefix() as (url, prefix):
+        flags: dict[str, bool | int] = {"ENABLE_KAFKA_WRITE": True}
+        dead = KafkaBus("127.0.0.1:1", prefix="x.", timeout_s=1.0)
+        bus = MigratingBus(RedisBus(url, prefix=prefix), dead, flags, store)
+        try:
+            await bus.publish(msgs(runs(3)))
+            deadline = time.monotonic() + CEILING_S
+            while bus.figures()["kafka"]["failed"] < 3:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            got = await bus.redis.consume([T], "g", "c", 10, 1000)
+            assert len(got) == 3 and all(MID in d.message.headers for d in got)
+        finally:
+            await bus.close()
