@@ -30,6 +30,22 @@ class Settings(BaseSettings):
     )
     kafka_partitions: int = Field(64, ge=1, description="partitions of each topic it creates")
     kafka_replication: int = Field(1, ge=1, description="replicas of each topic it creates")
+    monitor_error_rate: float = Field(
+        0.05, gt=0, le=1, description="monitor: roll back when Kafka's error rate exceeds it"
+    )
+    monitor_latency_factor: float = Field(
+        2.0, gt=1, description="monitor: roll back when Kafka's p95 exceeds the baseline × it"
+    )
+    monitor_latency_floor_ms: float = Field(
+        50.0, ge=0, description="monitor: a p95 below this is never too slow (noise)"
+    )
+    monitor_kafka_lag_s: float = Field(
+        10.0, gt=0, description="monitor: roll back when Kafka's consumer lag exceeds it"
+    )
+    monitor_window_s: float = Field(10.0, gt=0, description="monitor: figures judged over it")
+    shadow_grace_s: float = Field(
+        10.0, gt=0, description="shadow: how long a copy may wait for its twin"
+    )
     kafka_session_timeout_ms: int = Field(
         6_000, ge=1_000, description="a group member silent this long is presumed dead"
     )

@@ -26,6 +26,7 @@ from headrace.events import RUN_TERMINAL
 from headrace.flags import FLAGS, Flag, FlagWatcher
 from headrace.flags import parse as parse_flag
 from headrace.flags.definitions import flag
+from headrace.migration.steps import Migration
 from headrace.runtime.clock import now_ms
 from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
@@ -46,6 +47,7 @@ class Backend(Protocol):
     hub: Hub
     metrics: Metrics
     flags: FlagWatcher
+    migration: Migration
 
     async def register(self, ir: WorkflowIR, source: str) -> tuple[WorkflowRecord, bool]: ...
 
@@ -67,6 +69,14 @@ class SetFlag(BaseModel):
     value: Any = Field(description="true/false, or 0-100 for KAFKA_TRAFFIC_PERCENT")
     why: str = Field(min_length=1, max_length=500)
     who: str = Field("api", min_length=1, max_length=100)
+
+
+class MigrationMove(BaseModel):
+    model_config = {"extra": "forbid"}
+    why: str = Field(min_length=1, max_length=500)
+    who: str = Field("api", min_length=1, max_length=100)
+    force: bool = Field(False, description="advance even though checks fail")
+    to: str | None = Field(None, description="rollback: the step to go back to")
 
 
 class SignalBody(BaseModel):
@@ -141,6 +151,25 @@ def create_app(backend: Backend) -> FastAPI:
         await backend.flags.refresh()
         view = _flag(flag(name), await store.stored_flags())
         return {**view, "change": views.flag_change_view(change)}
+
+    @app.get("/v1/migration")
+    async def migration_status() -> dict[str, Any]:
+        """The Redis → Kafka step the flags are at, and its checklist from live figures."""
+        return await backend.migration.status()
+
+    @app.post("/v1/migration/advance")
+    async def migration_advance(body: MigrationMove) -> dict[str, Any]:
+        """One step forward; refused (409) while a check fails, unless `force`."""
+        if body.to is not None:
+            raise InputError("to", "advance moves one step: leave `to` out")
+        moved = await backend.migration.advance(body.who, body.why, body.force)
+        return {**moved, "status": await backend.migration.status()}
+
+    @app.post("/v1/migration/rollback")
+    async def migration_rollback(body: MigrationMove) -> dict[str, Any]:
+        """One step back (or back `to` a step); Kafka runs are re-pinned to Redis."""
+        moved = await backend.migration.rollback(body.who, body.why, body.to)
+        return {**moved, "status": await backend.migration.status()}
 
     def _flag(f: Flag, stored: dict[str, bool | int]) -> dict[str, Any]:
         value = stored.get(f.name, backend.flags.initial[f.name])

@@ -88,9 +88,10 @@ def in_kafka_share(run_id: str, percent: int) -> bool:
 
 @dataclass
 class BusFigures:
-    sent: int = 0
-    failed: int = 0
-    acted: int = 0
+    sent: int = 0  # copies written (or attempted)
+    failed: int = 0  # copies the bus refused or lost
+    routed: int = 0  # messages whose acting copy went here
+    acted: int = 0  # messages consumers acted on from here
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
     max_age_ms: int = 0
 
@@ -103,6 +104,7 @@ class BusFigures:
         return {
             "sent": self.sent,
             "failed": self.failed,
+            "routed": self.routed,
             "acted": self.acted,
             "latency": self.latency,
             "max_age_ms": self.max_age_ms,
@@ -125,6 +127,7 @@ class MigratingBus:
         self.flags = flags  # a live view: the process's flag watcher updates it
         self.pins = pins
         self._pin_cache: OrderedDict[str, str] = OrderedDict()
+        self._kafka_was_on = False
         self._figures = {REDIS: BusFigures(), KAFKA: BusFigures()}
         self._recent: dict[str, float] = {REDIS: 0.0, KAFKA: 0.0}  # last delivery, monotonic
 
@@ -155,6 +158,10 @@ class MigratingBus:
         return out
 
     async def _pins_of(self, messages: Sequence[Message]) -> dict[str, str]:
+        kafka_on = bool(self.flags.get("ENABLE_KAFKA"))
+        if self._kafka_was_on and not kafka_on:
+            self._pin_cache.clear()  # a rollback re-pins runs in the store: read them again
+        self._kafka_was_on = kafka_on
         known: dict[str, str] = {}
         missing: dict[str, str] = {}
         for m in messages:
@@ -188,6 +195,7 @@ class MigratingBus:
             pin = pins[m.key]
             via = self.via(pin)
             acting.add(via)
+            self._figures[via].routed += 1
             copies = self._copies(via)
             headers = {
                 **m.headers,
@@ -319,9 +327,9 @@ class MigratingBus:
             await bus.close()
 
     def figures(self) -> dict[str, Any]:
-        """Each bus's counters since this bus was made (the reader takes differences), and
-        the oldest message acted on since the last call."""
+        """`{"buses": {bus: counters}}`: counters since this bus was made (the reader takes
+        differences), and the oldest message acted on since the last call."""
         out = {name: f.as_dict() for name, f in self._figures.items()}
         for f in self._figures.values():
             f.max_age_ms = 0
-        return out
+        return {"buses": out}

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from headrace.cli.client import flags_app, runs_app, workflows_app
+from headrace.cli.client import flags_app, migrate_app, runs_app, workflows_app
 from headrace.cli.output import err, fail
 from headrace.config import load_settings
 from headrace.errors import Conflict, InputError, NotFound, SpecError
@@ -33,6 +33,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(workflows_app, name="workflows")
 app.add_typer(runs_app, name="runs")
 app.add_typer(flags_app, name="flags")
+app.add_typer(migrate_app, name="migrate")
 
 TasksOption = Annotated[
     str | None,
@@ -165,7 +166,11 @@ async def _dev(settings: Any, host: str, port: int) -> None:
 def serve(
     roles: Annotated[
         list[str],
-        typer.Argument(help="api, coordinator, worker, relay, or all.", metavar="ROLE..."),
+        typer.Argument(
+            help="api, coordinator, worker, relay, or all; monitor and shadow with the "
+            "migrating bus (HEADRACE_KAFKA_URL).",
+            metavar="ROLE...",
+        ),
     ],
     port: Annotated[int, typer.Option("--port", help="HTTP port of the API.")] = 8080,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
@@ -174,15 +179,17 @@ def serve(
     ] = 0,
     tasks: TasksOption = None,
 ) -> None:
-    """Run cluster processes: any of api, coordinator, worker, relay (or all)."""
+    """Run cluster processes: any of api, coordinator, worker, relay (or all), monitor,
+    shadow."""
 
-    from headrace.services.runtime import ROLES
+    from headrace.services.runtime import MIGRATION_ROLES, ROLES
     from headrace.services.serve import serve as run_serve
 
+    known = (*ROLES, *MIGRATION_ROLES)
     chosen = ROLES if "all" in roles else tuple(dict.fromkeys(roles))
-    unknown = [r for r in chosen if r not in ROLES]
+    unknown = [r for r in chosen if r not in known]
     if unknown:
-        raise fail(f"ROLE: unknown role {unknown[0]!r} (roles: {', '.join(ROLES)}, all)")
+        raise fail(f"ROLE: unknown role {unknown[0]!r} (roles: {', '.join(known)}, all)")
     try:
         settings = load_settings(tasks=tasks)
         if set(chosen) != set(ROLES) and settings.bus.startswith("memory"):
@@ -218,7 +225,8 @@ def cluster_up(
     tasks: TasksOption = None,
 ) -> None:
     """Start api, coordinators, workers and a relay as processes (needs a shared bus and
-    database: HEADRACE_BUS=redis://..., HEADRACE_DATABASE_URL=postgresql://...)."""
+    database: HEADRACE_BUS=redis://..., HEADRACE_DATABASE_URL=postgresql://...); with
+    HEADRACE_KAFKA_URL also the migration's monitor and shadow validator."""
     from headrace.cli.cluster import up
 
     try:
@@ -232,7 +240,8 @@ def cluster_up(
     except InputError as e:
         raise fail(str(e)) from None
     extra = ["--tasks", tasks] if tasks else []
-    raise typer.Exit(loop.run(up(port, coordinators, workers, extra)))
+    migrating = settings.kafka_url is not None
+    raise typer.Exit(loop.run(up(port, coordinators, workers, extra, migrating)))
 
 
 @db_app.command("upgrade")

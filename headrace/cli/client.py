@@ -227,3 +227,60 @@ def flag_history(
     """Changes, newest first: who, when, old, new, why."""
     params: dict[str, Any] = {"limit": limit} | ({"name": name} if name else {})
     show(_call("GET", url, "/v1/flags/history", params=params))
+
+
+migrate_app = typer.Typer(
+    help="The Redis → Kafka migration: where it stands, one step forward, roll back.",
+    no_args_is_help=True,
+)
+WhyOption = Annotated[str, typer.Option("--why", help="Why: kept in the flags' audit.")]
+WhoOption = Annotated[str, typer.Option("--who", envvar="USER", help="Who (default: $USER).")]
+
+
+@migrate_app.command("status")
+def migrate_status(url: UrlOption = DEFAULT_URL) -> None:
+    """The current step, and its checklist from the cluster's live figures (pass/fail)."""
+    status = _call("GET", url, "/v1/migration")
+    print_status(status)
+
+
+def print_status(status: dict[str, Any]) -> None:
+    print(f"step: {status['step']} ({status['what']}); next: {status['next'] or '-'}")
+    print("flags: " + ", ".join(f"{k}={v}" for k, v in status["flags"].items()))
+    print(f"pinned runs: {status['pins'] or 'none'}; baseline p95: {status['baseline_p95_ms']}")
+    for c in status["checks"]:
+        mark = {True: "pass", False: "FAIL", None: "n/a "}[c["ok"]]
+        value = "-" if c["value"] is None else f"{c['value']:.4g}"
+        print(f"  [{mark}] {c['name']} = {value} (want {c['limit']})")
+
+
+@migrate_app.command("advance")
+def migrate_advance(
+    why: WhyOption,
+    who: WhoOption = "cli",
+    force: Annotated[bool, typer.Option("--force", help="Even though checks fail.")] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Show the checks, then move one step forward (refused while a check fails)."""
+    print_status(_call("GET", url, "/v1/migration"))
+    body = {"why": why, "who": who, "force": force}
+    moved = _call("POST", url, "/v1/migration/advance", json=body)
+    print(f"moved {moved['from']} -> {moved['to']}")
+
+
+@migrate_app.command("rollback")
+def migrate_rollback(
+    why: WhyOption,
+    who: WhoOption = "cli",
+    to: Annotated[str | None, typer.Option("--to", help="The step to go back to.")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Show the checks, then move one step back (or back --to a step); runs on Kafka are
+    re-pinned to Redis and their jobs in flight republished."""
+    print_status(_call("GET", url, "/v1/migration"))
+    body = {"why": why, "who": who, "to": to}
+    moved = _call("POST", url, "/v1/migration/rollback", json=body)
+    print(
+        f"moved {moved['from']} -> {moved['to']}: {moved['repinned_runs']} runs re-pinned, "
+        f"{moved['republished_jobs']} jobs republished"
+    )

@@ -1,5 +1,6 @@
 """`headrace cluster up`: a local cluster for a newcomer — api, coordinators, workers and a
-relay as separate `headrace serve` processes, their output prefixed, stopped together."""
+relay as separate `headrace serve` processes (plus the monitor and the shadow validator
+with the migrating bus), their output prefixed, stopped together."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def plan(coordinators: int, workers: int) -> list[tuple[str, list[str]]]:
+def plan(coordinators: int, workers: int, migrating: bool = False) -> list[tuple[str, list[str]]]:
     """(name, serve arguments) of every process."""
     procs = [("api", ["api"])]
     procs += [(f"coordinator-{i}", ["coordinator"]) for i in range(1, coordinators + 1)]
     procs += [(f"worker-{i}", ["worker"]) for i in range(1, workers + 1)]
     procs.append(("relay", ["relay"]))
+    if migrating:
+        procs += [("monitor", ["monitor"]), ("shadow", ["shadow"])]
     return procs
 
 
@@ -27,12 +30,14 @@ async def _pipe(name: str, stream: asyncio.StreamReader) -> None:
         sys.stdout.flush()
 
 
-async def up(port: int, coordinators: int, workers: int, extra: Sequence[str]) -> int:
+async def up(
+    port: int, coordinators: int, workers: int, extra: Sequence[str], migrating: bool = False
+) -> int:
     """Start the processes; on SIGINT/SIGTERM stop them all (SIGTERM: graceful)."""
     exe = str(Path(sys.executable).parent / "headrace")
     children: list[asyncio.subprocess.Process] = []
     pipes = []
-    for name, args in plan(coordinators, workers):
+    for name, args in plan(coordinators, workers, migrating):
         argv = [exe, "serve", *args, *extra]
         if args == ["api"]:
             argv += ["--port", str(port)]

@@ -272,10 +272,11 @@ class Driver:
             self.timers_changed.set()
         self.metrics.observe(transitions)
 
-    async def republish_in_flight(self) -> int:
-        """Publish again the jobs of every running run (after a non-durable bus lost them)."""
+    async def republish_in_flight(self, run_ids: list[str] | None = None) -> int:
+        """Publish again the jobs in flight of `run_ids` (default: every running run), after
+        a non-durable bus lost them or a rollback re-pinned the runs."""
         count = 0
-        for run_id in await self.store.active_runs():
+        for run_id in await self.store.active_runs() if run_ids is None else run_ids:
             state = await self.store.load_run(run_id)
             jobs = jobs_in_flight(state)
             if jobs:

@@ -10,6 +10,7 @@ import functools
 import gc
 import logging
 import os
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -18,9 +19,13 @@ import httpx
 from headrace.bus import Bus, MemoryBus
 from headrace.bus.topics import JOB_LANES
 from headrace.config import Settings
+from headrace.errors import InputError
 from headrace.flags import FlagWatcher
 from headrace.flags import initial as initial_flags
 from headrace.migration.figures import FigureReporter
+from headrace.migration.monitor import Monitor
+from headrace.migration.shadow import Shadow
+from headrace.migration.steps import Migration, Thresholds
 from headrace.nodes import AgentExecutor, HttpExecutor, NodeExecutor, TaskRegistry
 from headrace.runtime.clock import now_ms
 from headrace.runtime.coordinator import Coordinator
@@ -46,6 +51,11 @@ def tune_gc() -> None:
 
 
 ROLES = ("api", "coordinator", "worker", "relay")
+MIGRATION_ROLES = ("monitor", "shadow")  # with the migrating bus only; not in `serve all`
+
+
+def _merged(reads: list[Callable[[], dict[str, Any]] | None]) -> Callable[[], dict[str, Any]]:
+    return lambda: {k: v for read in reads if read is not None for k, v in read().items()}
 
 
 class Runtime:
@@ -91,6 +101,20 @@ class Runtime:
             crash=crash,
         )
         self.relay = Relay(self.store, self.bus)
+        self.migration = Migration(
+            self.store,
+            self.flags,
+            self.driver.republish_in_flight,
+            enabled=settings.kafka_url is not None,
+            thresholds=Thresholds(
+                error_rate=settings.monitor_error_rate,
+                latency_factor=settings.monitor_latency_factor,
+                latency_floor_ms=settings.monitor_latency_floor_ms,
+                kafka_lag_s=settings.monitor_kafka_lag_s,
+            ),
+        )
+        if {"monitor", "shadow"} & set(roles) and not self.migration.enabled:
+            raise InputError("HEADRACE_KAFKA_URL", "monitor and shadow need the migrating bus")
         if isinstance(self.bus, MemoryBus):
             bus = self.bus
             for lane in JOB_LANES:
@@ -102,9 +126,20 @@ class Runtime:
         await self.store.open()
         await self.recover()
         self.loops = [Supervised("flags", self.flags.run)]
-        figures = getattr(self.bus, "figures", None)  # the migrating bus reports figures
-        if figures is not None:
-            reporter = FigureReporter(self.store, figures, self.settings.process_name)
+        reads = [getattr(self.bus, "figures", None)]  # the migrating bus reports figures
+        if "shadow" in self.roles:
+            shadow = Shadow(
+                {"redis": self.bus.redis, "kafka": self.bus.kafka},  # type: ignore[attr-defined]
+                name=f"shadow-{self.settings.process_name}",
+                grace_s=self.settings.shadow_grace_s,
+            )
+            self.loops.append(Supervised("shadow", shadow.run))
+            reads.append(shadow.figures)
+        if "monitor" in self.roles:
+            monitor = Monitor(self.migration, window_s=self.settings.monitor_window_s)
+            self.loops.append(Supervised("monitor", monitor.run))
+        if reads[0] is not None:
+            reporter = FigureReporter(self.store, _merged(reads), self.settings.process_name)
             self.loops.append(Supervised("figures", reporter.run))
         if "coordinator" in self.roles:
             self.loops += [

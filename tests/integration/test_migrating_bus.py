@@ -97,7 +97,7 @@ async def test_phase_1_writes_redis_only(rig: Rig) -> None:
     got = await rig.take(5)
     assert {d.message.headers[VIA] for d in got} == {"redis"}
     assert {d.message.headers[COPIES] for d in got} == {"redis"}
-    assert rig.bus.figures()["kafka"]["sent"] == 0
+    assert rig.bus.figures()["buses"]["kafka"]["sent"] == 0
 
 
 async def test_dual_write_acts_on_the_redis_copy_once(rig: Rig) -> None:
@@ -109,7 +109,7 @@ async def test_dual_write_acts_on_the_redis_copy_once(rig: Rig) -> None:
     assert all(d.message.headers[COPIES] == "kafka,redis" for d in got)
     assert all(d.message.headers[VIA] == "redis" for d in got)
     await rig.nothing_more(2.0)  # the Kafka copies were read and dropped, not acted on
-    figures = rig.bus.figures()
+    figures = rig.bus.figures()["buses"]
     assert figures["kafka"]["sent"] == figures["redis"]["sent"] == 20
     assert figures["kafka"]["failed"] == 0
     assert (figures["redis"]["acted"], figures["kafka"]["acted"]) == (20, 0)
@@ -162,7 +162,7 @@ async def test_a_failing_kafka_copy_never_fails_a_redis_publish(store: SqliteSto
         try:
             await bus.publish(msgs(runs(3)))
             deadline = time.monotonic() + CEILING_S
-            while bus.figures()["kafka"]["failed"] < 3:
+            while bus.figures()["buses"]["kafka"]["failed"] < 3:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
             got = await bus.redis.consume([T], "g", "c", 10, 1000)
