@@ -5,7 +5,8 @@ content id (`hr-mid`), and counts:
 - matched: both copies arrived and are equal (topic, key, payload and headers);
 - mismatched: they differ, or a copy's content no longer hashes to its id (corrupted);
 - missing: a message said to be written to both buses (`hr-copies`) whose other copy did
-  not arrive within `grace_s`.
+  not arrive within `grace_s` (the clock starts once both buses delivered something, so a
+  group still joining is not taken for a loss; a copy arriving later is not counted again).
 
 Each mismatch and each missing copy is logged with its message id."""
 
@@ -50,6 +51,8 @@ class Shadow:
         self.grace_s = grace_s
         self.topics = list(topics)
         self.waiting: OrderedDict[str, _Seen] = OrderedDict()  # one copy seen, by id
+        self.reported: OrderedDict[str, None] = OrderedDict()  # ids counted missing
+        self.live: set[str] = set()  # buses that delivered: the clock runs once both did
         self.compared = self.matched = self.missing = self.mismatched = 0
         self.problems: list[tuple[str, str]] = []  # (message id, what), newest last
 
@@ -61,6 +64,8 @@ class Shadow:
         for bus_name in (REDIS, KAFKA):
             bus = self.buses[bus_name]
             got = await bus.consume(self.topics, GROUP, self.name, 500, block_ms // 2)
+            if got:
+                self.live.add(bus_name)
             for d in got:
                 self.see(bus_name, d)
             await bus.ack(GROUP, got)
@@ -74,6 +79,8 @@ class Shadow:
         mid = headers.get(MID)
         if mid is None or REDIS not in copies or KAFKA not in copies:
             return  # written to one bus only: nothing to compare
+        if mid in self.reported:
+            return  # the twin of a copy already counted missing: late, not new
         other = self.waiting.get(mid)
         if other is None:
             self.waiting[mid] = _Seen(bus, d.message, time.monotonic())
@@ -90,11 +97,16 @@ class Shadow:
             self.matched += 1
 
     def expire(self, now: float) -> None:
+        if len(self.live) < 2:
+            return  # a bus has not delivered yet (its group may still be joining)
         while self.waiting:
             mid, seen = next(iter(self.waiting.items()))
             if now - seen.at < self.grace_s:
                 return
             del self.waiting[mid]
+            self.reported[mid] = None
+            if len(self.reported) > 100_000:
+                self.reported.popitem(last=False)
             self.compared += 1
             self.missing += 1
             other = KAFKA if seen.bus == REDIS else REDIS

@@ -8,6 +8,7 @@ this process, and the store's version check makes it exactly-once across process
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -26,6 +27,8 @@ from headrace.runtime.hub import Hub
 from headrace.runtime.metrics import Metrics
 from headrace.spec import Plan
 from headrace.store import Committed, Store, Transition
+
+log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
 SENT_FLUSH_S = 0.5
@@ -256,12 +259,17 @@ class Driver:
 
     async def _publish(self, transitions: list[Transition], outbox_ids: list[int]) -> None:
         """Publish what was just committed, then mark it sent. A crash in between leaves the
-        rows for the relay: republished, never lost (consumers deduplicate)."""
+        rows for the relay: republished, never lost (consumers deduplicate); so does a
+        publish that fails (the bus is down)."""
         self.crash.reached("after_commit")
         messages = [m for t in transitions for m in t.messages]
         if messages:
-            await self.bus.publish(messages)
-            self._mark_sent(outbox_ids)
+            try:
+                await self.bus.publish(messages)
+            except InfraError as e:  # committed, so accepted: the relay sends them later
+                log.warning("publish failed, %d messages left to the relay: %s", len(messages), e)
+            else:
+                self._mark_sent(outbox_ids)
         for t in transitions:
             if t.events:
                 self.hub.notify(t.state.run_id, t.state.seq)

@@ -29,9 +29,19 @@ ROLES = {
 
 
 class ProcessCluster:
-    def __init__(self, tmp: Path, db_url: str, bus_url: str, prefix: str, **env: str) -> None:
-        """`bus_url`: HEADRACE_BUS (redis:// or kafka://); `env`: more variables for all."""
+    def __init__(
+        self,
+        tmp: Path,
+        db_url: str,
+        bus_url: str,
+        prefix: str,
+        roles: dict[str, str] | None = None,
+        **env: str,
+    ) -> None:
+        """`bus_url`: HEADRACE_BUS (redis:// or kafka://); `roles`: process name -> role
+        (default: ROLES); `env`: more variables for all."""
         self.tmp = tmp
+        self.roles = roles or ROLES
         self.env = {
             **os.environ,
             "HEADRACE_DATABASE_URL": db_url,
@@ -68,7 +78,7 @@ class ProcessCluster:
 
     def up(self, env: dict[str, dict[str, str]] | None = None) -> None:
         """Every process; `env` adds variables to some of them, by name."""
-        for name, role in ROLES.items():
+        for name, role in self.roles.items():
             extra = ["--port", str(self.port)] if role == "api" else []
             self.start(name, role, *extra, **(env or {}).get(name, {}))
         self.wait_healthy()

@@ -11,12 +11,22 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from msgspec.structs import replace
 
 from headrace.bus import Delivery
 from headrace.bus.kafka import KafkaBus
-from headrace.bus.migrating import COPIES, MID, PIN, VIA, MigratingBus, in_kafka_share
+from headrace.bus.migrating import (
+    COPIES,
+    MID,
+    PIN,
+    VIA,
+    MigratingBus,
+    in_kafka_share,
+    message_id,
+)
 from headrace.bus.redis import RedisBus
 from headrace.events import Message
+from headrace.migration.shadow import Shadow
 from headrace.store.sqlite import SqliteStore
 from headrace.testing.kafka import Tansu, external_broker
 from headrace.testing.services import redis_prefix
@@ -169,3 +179,38 @@ async def test_a_failing_kafka_copy_never_fails_a_redis_publish(store: SqliteSto
             assert len(got) == 3 and all(MID in d.message.headers for d in got)
         finally:
             await bus.close()
+
+
+async def test_the_shadow_reports_a_corrupted_and_a_dropped_kafka_copy(rig: Rig) -> None:
+    rig.flags["ENABLE_KAFKA_WRITE"] = True
+    shadow = Shadow({"redis": rig.bus.redis, "kafka": rig.bus.kafka}, grace_s=2, topics=[T])
+    await rig.bus.publish(msgs(runs(1)))
+    deadline = time.monotonic() + CEILING_S
+    while shadow.matched < 1:  # its groups joined both buses
+        assert time.monotonic() < deadline, shadow.figures()
+        await shadow.step(block_ms=100)
+    await rig.bus.publish(msgs(runs(4)))
+    both = {COPIES: "kafka,redis", VIA: "redis", PIN: "redis"}
+    original = Message(T, str(uuid.uuid4()), b"the real payload")
+    corrupt_id, dropped_id = message_id(original), "0123456789abcdef01234567"
+    await rig.bus.redis.publish([replace(original, headers={**both, MID: corrupt_id})])
+    await rig.bus.kafka.publish(
+        [replace(original, payload=b"tampered", headers={**both, MID: corrupt_id})]
+    )
+    await rig.bus.redis.publish([Message(T, "run-x", b"lost", {**both, MID: dropped_id})])
+    while shadow.compared < 7:
+        assert time.monotonic() < deadline, shadow.figures()
+        await shadow.step(block_ms=100)
+    assert shadow.figures()["shadow"] == {
+        "compared": 7,
+        "matched": 5,
+        "missing": 1,
+        "mismatched": 1,
+        "waiting": 0,
+    }
+    assert sorted(shadow.problems) == sorted(
+        [
+            (corrupt_id, "mismatch: payload differs"),
+            (dropped_id, "missing: no kafka copy of node.results for run run-x"),
+        ]
+    )
