@@ -122,12 +122,15 @@ def move(client: httpx.Client, action: str, **body: Any) -> dict[str, Any]:
     return dict(r.json())
 
 
-def wait_ended(db_url: str, cluster: ProcessCluster, timeout_s: float = END_S) -> None:
-    deadline = time.monotonic() + timeout_s
+def wait_ended(db_url: str, cluster: ProcessCluster, run_ids: list[str] | None = None) -> None:
+    """Until every run (or every one of `run_ids`) ended."""
+    deadline = time.monotonic() + END_S
+    only = "" if run_ids is None else " AND run_id = ANY(%s)"
     with psycopg.connect(db_url, autocommit=True) as conn:
         while True:
             (left,) = conn.execute(  # type: ignore[misc]
-                "SELECT count(*) FROM runs WHERE status IN ('pending', 'running')"
+                "SELECT count(*) FROM runs WHERE status IN ('pending', 'running')" + only,
+                () if run_ids is None else (run_ids,),
             ).fetchone()
             if left == 0:
                 return
@@ -212,6 +215,7 @@ def migrating_cluster(
     )
 
 
+@pytest.mark.timeout(300)
 def test_migration_drill_redis_to_kafka_and_back(
     tmp_path: Path, services: tuple[Tansu, str, str, str]
 ) -> None:
@@ -265,6 +269,7 @@ def test_migration_drill_redis_to_kafka_and_back(
         cluster.down()
 
 
+@pytest.mark.timeout(300)
 def test_monitor_rolls_back_when_the_broker_dies(
     tmp_path: Path, services: tuple[Tansu, str, str, str]
 ) -> None:
@@ -286,7 +291,7 @@ def test_monitor_rolls_back_when_the_broker_dies(
             for _ in range(4):  # phase 1 -> dual-write -> 10 % -> 50 %
                 move(client, "advance", force=True)
             started = asyncio.run(burst(cluster.url, 200))
-            wait_ended(db, cluster)  # Kafka carries runs to the end
+            wait_ended(db, cluster, list(started))  # Kafka carries runs to the end
             time.sleep(2)
             assert client.get("/v1/flags/ENABLE_KAFKA").json()["value"] is True
             broker.kill()
