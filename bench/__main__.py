@@ -64,8 +64,14 @@ def main() -> None:
 def _backend() -> dict[str, str]:
     import os
 
-    if os.environ.get("BACKEND", "sqlite+memory") == "postgres+redis":
-        return {"store": "postgres(synchronous_commit=on, fsync=on)", "bus": "redis streams"}
+    buses = {
+        "postgres+redis": "redis streams",
+        "postgres+kafka": "kafka (tansu unless HEADRACE_TEST_KAFKA)",
+        "postgres+redis+kafka": "migrating: redis acts, a copy to kafka (dual-write)",
+    }
+    chosen = os.environ.get("BACKEND", "sqlite+memory")
+    if chosen in buses:
+        return {"store": "postgres(synchronous_commit=on, fsync=on)", "bus": buses[chosen]}
     return {"store": "sqlite(wal, synchronous=NORMAL)", "bus": "memory"}
 
 

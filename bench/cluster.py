@@ -41,6 +41,7 @@ def processes(settings: Settings, n_workers: int, peaks: dict[str, float]) -> It
         "HEADRACE_BUS": settings.bus,
         "HEADRACE_BUS_PREFIX": settings.bus_prefix,
         "HEADRACE_TASKS": settings.tasks,
+        **({"HEADRACE_KAFKA_URL": settings.kafka_url} if settings.kafka_url else {}),
     }
     names = [f"coordinator-{i + 1}" for i in range(coordinators())]
     names += [f"worker-{i + 1}" for i in range(n_workers)]

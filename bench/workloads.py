@@ -1,8 +1,10 @@
 """The workloads: each runs through the same runtime path as `headrace run` (Embedded:
 store, bus, coordinator, worker, relay in one process) with no-op task bodies.
 
-BACKEND chooses the adapters: `sqlite+memory` (default) or `postgres+redis` (a fresh
-database and key prefix on the servers of headrace.testing.services, fsync on)."""
+BACKEND chooses the adapters: `sqlite+memory` (default), `postgres+redis` (a fresh
+database and key prefix on the servers of headrace.testing.services, fsync on),
+`postgres+kafka` (the Kafka bus on the test broker, or HEADRACE_TEST_KAFKA) or
+`postgres+redis+kafka` (the migrating bus in dual-write: Redis acts, Kafka gets a copy)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +76,38 @@ def _settings(db: Path, stack: contextlib.ExitStack) -> Settings:
     tasks = "headrace.testing.tasks"
     if backend() == "sqlite+memory":
         return Settings(database_url=f"sqlite:///{db}", tasks=tasks)
-    if backend() == "postgres+redis":
-        from headrace.testing.services import postgres_database, redis_prefix
+    if backend() not in BACKENDS:
+        raise SystemExit(f"unknown BACKEND {backend()!r} ({', '.join(BACKENDS)})")
+    from headrace.testing.services import postgres_database, redis_prefix
 
-        url = stack.enter_context(postgres_database())
-        redis_url, prefix = stack.enter_context(redis_prefix())
+    url = stack.enter_context(postgres_database())
+    redis_url, prefix = stack.enter_context(redis_prefix())
+    if backend() == "postgres+redis":
         return Settings(database_url=url, bus=redis_url, bus_prefix=prefix, tasks=tasks)
-    raise SystemExit(f"unknown BACKEND {backend()!r} (sqlite+memory, postgres+redis)")
+    kafka = f"kafka://{stack.enter_context(_broker(db.parent))}"
+    kafka_prefix = prefix.replace(":", ".")
+    if backend() == "postgres+kafka":
+        return Settings(database_url=url, bus=kafka, bus_prefix=kafka_prefix, tasks=tasks)
+    os.environ["ENABLE_KAFKA_WRITE"] = "true"  # dual-write: the flag's initial value
+    return Settings(
+        database_url=url, bus=redis_url, bus_prefix=prefix, kafka_url=kafka, tasks=tasks
+    )
+
+
+BACKENDS = ("sqlite+memory", "postgres+redis", "postgres+kafka", "postgres+redis+kafka")
+
+
+@contextlib.contextmanager
+def _broker(tmp: Path) -> Iterator[str]:
+    """HEADRACE_TEST_KAFKA, or the test broker (tansu, memory storage) for this sample."""
+    from headrace.testing.kafka import Tansu, external_broker
+
+    external = external_broker()
+    if external:
+        yield external
+        return
+    with Tansu(tmp) as broker:
+        yield broker.bootstrap
 
 
 async def _timed(
@@ -112,8 +139,8 @@ async def _runtime(settings: Settings) -> AsyncIterator[Runtime]:
         async with Embedded(settings) as rt:
             yield rt
         return
-    if backend() != "postgres+redis":
-        raise SystemExit("WORKERS=N needs BACKEND=postgres+redis")
+    if backend() == "sqlite+memory":
+        raise SystemExit("WORKERS=N needs a shared store and bus: BACKEND=postgres+...")
     with cluster.processes(settings, cluster.workers(), PEAKS):
         async with Runtime(settings, ("api",)) as rt:
             yield rt

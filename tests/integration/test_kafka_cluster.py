@@ -1,9 +1,13 @@
 """The cluster on Postgres and the Kafka bus (`HEADRACE_BUS=kafka://`): separate processes,
-a worker SIGKILLed while it runs jobs; its jobs run again elsewhere and every run completes."""
+a worker SIGKILLed while it runs jobs; its jobs run again elsewhere and every run completes.
+And `headrace cluster up` with the migrating bus."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from headrace.testing.cluster import ProcessCluster, check_runs, wait_all
+from headrace.testing.cluster import HEADRACE, ProcessCluster, check_runs, wait_all
 from headrace.testing.kafka import Tansu, external_broker
-from headrace.testing.services import postgres_database
+from headrace.testing.servers import free_port
+from headrace.testing.services import postgres_database, redis_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +91,33 @@ def test_sigkill_a_worker_on_the_kafka_bus(cluster: ProcessCluster, tmp_path: Pa
     for name in lost:  # what the victim held ran again in the other worker
         assert [m for m in marks.glob(f"{name}.*") if m.suffix != f".{victim}"], name
     asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids, {"count": 4}))
+
+
+def test_cluster_up_with_the_migrating_bus_shows_every_process(
+    tmp_path: Path, bootstrap: str
+) -> None:
+    port = free_port()
+    with postgres_database() as db_url, redis_prefix() as (redis_url, prefix):
+        env = {
+            **os.environ,
+            "HEADRACE_DATABASE_URL": db_url,
+            "HEADRACE_BUS": redis_url,
+            "HEADRACE_BUS_PREFIX": prefix,
+            "HEADRACE_KAFKA_URL": f"kafka://{bootstrap}",
+            "HEADRACE_KAFKA_PARTITIONS": "4",
+        }
+        log = tmp_path / "cluster.log"
+        argv = [HEADRACE, "cluster", "up", "--port", str(port), "--tasks", "headrace.testing.tasks"]
+        with log.open("wb") as out, subprocess.Popen(argv, env=env, stdout=out) as proc:
+            try:
+                names = ["api", "coordinator-1", "coordinator-2", "worker-1", "worker-2"]
+                names += ["relay", "monitor", "shadow"]
+                deadline = time.monotonic() + 60
+                while not all(f"{n:<14}| headrace serve" in log.read_text() for n in names):
+                    assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.1)
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                    assert client.get("/v1/migration").json()["step"] == "phase-1"
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(60) == 0, log.read_text()
