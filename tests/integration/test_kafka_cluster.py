@@ -117,7 +117,14 @@ def test_cluster_up_with_the_migrating_bus_shows_every_process(
                     assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                     time.sleep(0.1)
                 with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-                    assert client.get("/v1/migration").json()["step"] == "phase-1"
+                    while True:  # the API announces itself just before it listens
+                        try:
+                            status = client.get("/v1/migration").json()
+                            break
+                        except httpx.ConnectError:
+                            assert time.monotonic() < deadline, log.read_text()
+                            time.sleep(0.1)
+                    assert status["step"] == "phase-1"
             finally:
                 proc.send_signal(signal.SIGTERM)
                 assert proc.wait(60) == 0, log.read_text()
