@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,16 +47,6 @@ if last:
 print(json.dumps({"took": len(got), "committed": [m.value().decode() for m in half]}), flush=True)
 time.sleep(3600)
 """
-
-
-@pytest.fixture
-def bootstrap(tmp_path: Path) -> Iterator[str]:
-    external = external_broker()
-    if external:
-        yield external
-        return
-    with Tansu(tmp_path) as broker:
-        yield broker.bootstrap
 
 
 def new_topic(bootstrap: str, partitions: int) -> str:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,6 @@ from headrace.bus.kafka import KafkaBus
 from headrace.bus.topics import JOB_LANES, JOBS_HIGH, JOBS_LOW, JOBS_NORMAL
 from headrace.errors import InfraError
 from headrace.events import Message
-from headrace.testing.kafka import Tansu, external_broker
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +40,6 @@ def msg(topic: str, i: int, **headers: str) -> Message:
 
 def payloads(deliveries: Sequence[Delivery]) -> list[bytes]:
     return [d.message.payload for d in deliveries]
-
-
-@pytest.fixture(scope="module")
-def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = external_broker()
-    if external:
-        yield external
-        return
-    with Tansu(tmp_path_factory.mktemp("kafka")) as broker:
-        yield broker.bootstrap
 
 
 @pytest.fixture
@@ -251,11 +240,10 @@ async def test_a_sigkilled_member_s_unacknowledged_messages_reach_the_group(
 
 
 async def test_depth_on_a_one_partition_topic(bootstrap: str, prefix: str) -> None:
-    if not external_broker():
-        pytest.skip("tansu's high watermarks are wrong after batched produce (docs/kafka.md)")
     bus = new_bus(bootstrap, prefix, partitions=1)
     try:
-        await bus.publish([msg(T, i) for i in range(5)])
+        for i in range(5):  # a record per batch: tansu's watermarks are wrong after a batch
+            await bus.publish([msg(T, i)])
         assert await bus.depth(T) == 5
         await bus.ack("g", await take(bus, [T], "g", "c", 2, ack=False))
         deadline = time.monotonic() + CEILING_S

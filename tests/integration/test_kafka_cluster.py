@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from headrace.testing.cluster import HEADRACE, ProcessCluster, check_runs, wait_all
-from headrace.testing.kafka import Tansu, external_broker
 from headrace.testing.servers import free_port
 from headrace.testing.services import postgres_database, redis_prefix
 
@@ -39,16 +38,6 @@ nodes:
 outputs:
   count: "${{ len(nodes.total.output.xs) }}"
 """
-
-
-@pytest.fixture
-def bootstrap(tmp_path: Path) -> Iterator[str]:
-    external = external_broker()
-    if external:
-        yield external
-        return
-    with Tansu(tmp_path) as broker:
-        yield broker.bootstrap
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,23 +28,12 @@ from headrace.bus.redis import RedisBus
 from headrace.events import Message
 from headrace.migration.shadow import Shadow
 from headrace.store.sqlite import SqliteStore
-from headrace.testing.kafka import Tansu, external_broker
 from headrace.testing.services import redis_prefix
 
 pytestmark = pytest.mark.integration
 
 CEILING_S = 30.0
 T = "node.results"
-
-
-@pytest.fixture(scope="module")
-def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = external_broker()
-    if external:
-        yield external
-        return
-    with Tansu(tmp_path_factory.mktemp("kafka")) as broker:
-        yield broker.bootstrap
 
 
 @pytest.fixture
