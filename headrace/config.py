@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(
         6_000, ge=1_000, description="a group member silent this long is presumed dead"
     )
+    kafka_fetch_wait_ms: int = Field(
+        10,
+        ge=1,
+        description="how long a Kafka fetch waits for records; the test broker answers only "
+        "when it ends, and with S3 storage needs ~100 to read in time",
+    )
     bus_prefix: str = Field("headrace:", description="prefix of every stream key on the bus")
     lease_s: float = Field(
         10.0,

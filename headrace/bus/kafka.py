@@ -89,6 +89,7 @@ class KafkaBus:
         partitions: int = 64,
         replication: int = 1,
         session_timeout_ms: int = 6_000,
+        fetch_wait_ms: int = 10,
         timeout_s: float = 10.0,
         max_buffered: int = 10_000,
     ) -> None:
@@ -98,6 +99,7 @@ class KafkaBus:
         self.partitions = partitions
         self.replication = replication
         self.session_timeout_ms = session_timeout_ms
+        self.fetch_wait_ms = fetch_wait_ms
         self.timeout_s = timeout_s
         self.max_buffered = max_buffered
         self._admin = AdminClient({"bootstrap.servers": bootstrap}, logger=log)
@@ -211,7 +213,7 @@ class KafkaBus:
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": self.session_timeout_ms,
                 "partition.assignment.strategy": "range",  # tansu: cooperative-sticky breaks
-                "fetch.wait.max.ms": 10,
+                "fetch.wait.max.ms": self.fetch_wait_ms,
             }
             g = _Group(asyncio.get_running_loop(), Consumer(config, logger=log), self, group)
             self._groups[group] = g

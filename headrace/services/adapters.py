@@ -91,4 +91,5 @@ def build_kafka(url: str, settings: Settings, field: str = "HEADRACE_KAFKA_URL")
         partitions=settings.kafka_partitions,
         replication=settings.kafka_replication,
         session_timeout_ms=settings.kafka_session_timeout_ms,
+        fetch_wait_ms=settings.kafka_fetch_wait_ms,
     )

@@ -1,5 +1,6 @@
 """The cluster on Postgres and the Kafka bus (`HEADRACE_BUS=kafka://`): separate processes,
 a worker SIGKILLed while it runs jobs; its jobs run again elsewhere and every run completes.
+The broker SIGKILLed while runs flow and started again on its storage: every run completes.
 And `headrace cluster up` with the migrating bus."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from headrace.testing.cluster import HEADRACE, ProcessCluster, check_runs, wait_all
+from headrace.testing.cluster import HEADRACE, ProcessCluster, check_runs, run_status, wait_all
+from headrace.testing.kafka import MotoS3, Tansu, external_broker
 from headrace.testing.servers import free_port
 from headrace.testing.services import postgres_database, redis_prefix
 
@@ -80,6 +83,62 @@ def test_sigkill_a_worker_on_the_kafka_bus(cluster: ProcessCluster, tmp_path: Pa
     for name in lost:  # what the victim held ran again in the other worker
         assert [m for m in marks.glob(f"{name}.*") if m.suffix != f".{victim}"], name
     asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids, {"count": 4}))
+
+
+class SteadyLoad(threading.Thread):
+    """Starts a run every `every_s` through the API until stopped; `run_ids` in order."""
+
+    def __init__(self, url: str, marks: Path, every_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.url, self.marks, self.every_s = url, marks, every_s
+        self.run_ids: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while not self.halt.wait(self.every_s):
+                self.run_ids += start_runs(client, self.marks, len(self.run_ids), 1)
+
+    def stop(self) -> list[str]:
+        self.halt.set()
+        self.join(90)
+        return self.run_ids
+
+
+@pytest.mark.timeout(300)
+def test_a_broker_restart_while_runs_flow(tmp_path: Path) -> None:
+    if external_broker():
+        pytest.skip("restarts the test's own tansu; HEADRACE_TEST_KAFKA names another broker")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    prefix = f"test-{time.monotonic_ns()}."
+    with MotoS3(tmp_path) as s3, Tansu(tmp_path, s3=s3) as broker, postgres_database() as db:
+        # tansu reads S3 within a fetch's wait or answers nothing: 100 ms gives it time
+        env = {"HEADRACE_KAFKA_PARTITIONS": "4", "HEADRACE_KAFKA_FETCH_WAIT_MS": "100"}
+        cluster = ProcessCluster(tmp_path, db, f"kafka://{broker.bootstrap}", prefix, **env)
+        try:
+            cluster.up()
+            with httpx.Client(base_url=cluster.url, timeout=10) as client:
+                assert client.post("/v1/workflows", content=SPEC).status_code == 201
+                load = SteadyLoad(cluster.url, marks)
+                load.start()
+                while len(list(marks.iterdir())) < 5:  # runs in flight
+                    assert load.is_alive(), cluster.logs()
+                    time.sleep(0.05)
+                broker.kill()
+                started = list(load.run_ids)
+                unfinished = [r for r in started if run_status(client, r) != "completed"]
+                time.sleep(2)  # the API goes on accepting runs; nothing can move them
+                broker.start()
+                time.sleep(5)
+                run_ids = load.stop()
+                wait_all(client, run_ids, cluster, timeout_s=180)
+            cluster.assert_alive()
+        finally:
+            cluster.down()
+        assert unfinished, "runs were in flight when the broker died"
+        assert len(run_ids) >= len(started) + 5, "runs were started while it was down and after"
+        asyncio.run(check_runs(db, run_ids, {"count": 4}))
 
 
 def test_cluster_up_with_the_migrating_bus_shows_every_process(
