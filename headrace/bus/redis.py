@@ -21,7 +21,9 @@ Trimming never uses XADD MAXLEN, which drops messages nobody has acknowledged. I
 oldest entry some group still needs: the minimum over groups of its oldest pending id and
 its last-delivered id. So `max_len` bounds the history of delivered, acknowledged messages a
 stream keeps; a stream whose consumers lag grows past it rather than lose work, and a group
-that stops reading holds trimming back until it is deleted (XGROUP DESTROY).
+that stops reading holds trimming back until it is deleted (XGROUP DESTROY). `observers`
+are groups that only watch (the shadow validator): they never hold trimming back nor count
+in `depth`, so a watcher that stops cannot make Redis grow.
 
 `capped` topics are the exception: XADD MAXLEN keeps their last `max_len` entries whether
 read or not. For cancels (a group per worker) that is right: a worker that is gone leaves
@@ -75,6 +77,7 @@ class RedisBus:
         max_len: int = 1_000_000,
         trim_every_s: float = 5.0,
         capped: Collection[str] = (),
+        observers: Collection[str] = (),
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -82,6 +85,7 @@ class RedisBus:
         self.max_len = max_len
         self.trim_every_s = trim_every_s
         self.capped = frozenset(capped)
+        self.observers = frozenset(observers)
         # a few quick retries on a broken connection (reconnecting each time); longer
         # outages surface as InfraError, which the runtime loops retry with their backoff
         self._client: aioredis.Redis = aioredis.Redis.from_url(
@@ -292,10 +296,14 @@ class RedisBus:
                 if "no such key" in str(groups).lower():
                     return 0
                 raise groups
-        lags = [g.get("lag") for g in groups]
+        lags: list[Any] = [g.get("lag") for g in self._working(groups)]
         if not lags or any(lag is None for lag in lags):
             return int(length)
         return max(int(lag) for lag in lags)
+
+    def _working(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """XINFO GROUPS without the observers."""
+        return [g for g in groups if _text(g["name"]) not in self.observers]
 
     async def trim(self, topic: str) -> int:
         """Cut `topic`'s stream to the oldest entry some group still needs, now; returns how
@@ -306,7 +314,7 @@ class RedisBus:
     async def _trim(self, topic: str) -> int:
         key = self._key(topic)
         try:
-            groups: list[dict[str, Any]] = await self._client.xinfo_groups(key)
+            groups = self._working(await self._client.xinfo_groups(key))
         except ResponseError as e:
             if "no such key" in str(e).lower():
                 return 0

@@ -69,12 +69,14 @@ def build_bus(
 
 def build_redis(settings: Settings) -> RedisBus:
     from headrace.bus.redis import RedisBus
+    from headrace.migration.shadow import GROUP as SHADOW
 
     return RedisBus(
         settings.bus,
         prefix=settings.bus_prefix,
         visibility_ms=int(settings.lease_s * 1000),
         capped=[CANCELS],  # a group per worker: one that left must not hold trimming back
+        observers=[SHADOW],  # a shadow that stopped must not either
     )
 
 

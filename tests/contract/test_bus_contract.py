@@ -266,6 +266,22 @@ async def test_redis_trim_never_drops_what_a_group_still_needs(
 
 
 @pytest.mark.integration
+async def test_redis_observer_groups_never_hold_trimming_back(redis_env: tuple[str, str]) -> None:
+    url, prefix = redis_env
+    bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS, observers=["shadow"])
+    try:
+        for group in ("g", "shadow"):
+            await bus.consume([T], group, "c", 1, 0)
+        await bus.publish([msg(T, i) for i in range(100)])
+        assert await bus.depth(T) == 100
+        await take(bus, [T], "g", "c", 60)
+        assert await bus.depth(T) == 40  # the shadow, which read nothing, does not count
+        assert await bus.trim(T) == 59  # all but the last delivered, unread by the shadow
+    finally:
+        await bus.close()
+
+
+@pytest.mark.integration
 async def test_redis_publish_trims_a_stream_past_max_len(redis_env: tuple[str, str]) -> None:
     url, prefix = redis_env
     bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS, max_len=50, trim_every_s=0)
