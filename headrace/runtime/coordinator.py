@@ -54,27 +54,42 @@ class Coordinator:
         self.batch_size = batch_size
 
     async def run_results(self) -> None:
-        """Consume results forever: one decide/commit/publish per batch, then acknowledge."""
-        while True:
-            deliveries = await self.bus.consume([RESULTS], GROUP, self.name, self.batch_size, 200)
-            if not deliveries:
-                continue
-            if 1 < len(deliveries) < self.batch_size:
-                await asyncio.sleep(0)  # under load, linger a loop turn: more results join
-                more = self.batch_size - len(deliveries)
-                deliveries += await self.bus.consume([RESULTS], GROUP, self.name, more, 0)
-            commands: list[tuple[str, Command]] = []
-            good = []
-            for delivery in deliveries:
-                command = command_of(delivery)
-                if isinstance(command, str):  # poison: set aside, never blocks the others
-                    log.error("result %s goes to the dead-letter topic: %s", delivery.id, command)
-                    await self.bus.dead_letter(GROUP, delivery, command)
-                else:
-                    commands.append(command)
-                    good.append(delivery)
+        """Consume results forever: one decide/commit/publish per batch. A batch is
+        acknowledged while the next one is read: the ack is off the critical path, and a
+        failed one surfaces at the next batch (redelivered results are applied once)."""
+        acking: asyncio.Task[None] | None = None
+        try:
+            while True:
+                good = await self._apply_next()
+                if acking is not None:
+                    await acking
+                acking = asyncio.create_task(self.bus.ack(GROUP, good)) if good else None
+        finally:
+            if acking is not None:
+                await asyncio.wait([acking])  # before the bus closes; its error is logged
+                if not acking.cancelled() and acking.exception() is not None:
+                    log.warning("acknowledging results failed: %s", acking.exception())
+
+    async def _apply_next(self) -> list[Delivery]:
+        """Read a batch of results and apply it; the deliveries to acknowledge."""
+        deliveries = await self.bus.consume([RESULTS], GROUP, self.name, self.batch_size, 200)
+        if 1 < len(deliveries) < self.batch_size:
+            await asyncio.sleep(0)  # under load, linger a loop turn: more results join
+            more = self.batch_size - len(deliveries)
+            deliveries += await self.bus.consume([RESULTS], GROUP, self.name, more, 0)
+        commands: list[tuple[str, Command]] = []
+        good = []
+        for delivery in deliveries:
+            command = command_of(delivery)
+            if isinstance(command, str):  # poison: set aside, never blocks the others
+                log.error("result %s goes to the dead-letter topic: %s", delivery.id, command)
+                await self.bus.dead_letter(GROUP, delivery, command)
+            else:
+                commands.append(command)
+                good.append(delivery)
+        if commands:
             await self.apply(commands)
-            await self.bus.ack(GROUP, good)
+        return good
 
     async def apply(self, commands: list[tuple[str, Command]]) -> None:
         """Apply a batch; while the store is down, retry it. A command that fails on its own
