@@ -7,13 +7,16 @@ Keys and fields, all of them:
     {prefix}dead-letter    dead letters: `k`, `p`, `h` as above (`h` holds the DL_* headers)
                            plus `topic`, `id`, `group`, `reason` for a reader with redis-cli
 
-Delivery: XREADGROUP, the topics one after another in the order given, then one blocking
-XREADGROUP over all of them when they were all empty. Redelivery: the next consume of a
-group claims messages pending longer than `visibility_ms` with XAUTOCLAIM; that scan runs at
-most every visibility/4 per topic and group. `touch` is XCLAIM (min-idle 0, JUSTID) by the
-holder, which resets the idle time. A group is created at id 0 on first use, so a new group
-reads everything the stream retains; a group that vanished (a Redis restarted without
-persistence) is recreated on the NOGROUP error.
+Delivery: one XREADGROUP over all the topics (blocking only when the call has nothing yet);
+it returns up to the count from each stream, handed out in the order of the topics given,
+and what is beyond the count is kept for this consumer's next calls, which hand it out
+before anything read later (so low-priority jobs are never starved by high ones).
+
+Redelivery: the next consume of a group claims messages pending longer than `visibility_ms`
+with XAUTOCLAIM; that scan runs at most every visibility/4 per topic and group. `touch` is
+XCLAIM (min-idle 0, JUSTID) by the holder, which resets the idle time. A group is created at
+id 0 on first use, so a new group reads everything the stream retains; a group that vanished
+(a Redis restarted without persistence) is recreated on the NOGROUP error.
 
 Trimming never uses XADD MAXLEN, which drops messages nobody has acknowledged. Instead
 `publish` checks a stream's length (an XLEN in the same pipeline) at most every
@@ -164,16 +167,14 @@ class RedisBus:
         for topic in topics:
             if len(out) < max_count:
                 out += await self._claim(topic, group, consumer, max_count - len(out), now)
-        block = min(block_ms, _MAX_BLOCK_MS)
-        if len(topics) == 1 and not out and block > 0:
-            # one stream: a blocking read answers at once when there is something
-            return await self._read(topics, group, consumer, max_count, block)
-        for topic in topics:
-            if len(out) < max_count:
-                out += await self._read([topic], group, consumer, max_count - len(out), None)
-        if out or block <= 0:
+        if len(out) >= max_count:
             return out
-        return await self._read(topics, group, consumer, max_count, block)
+        # One read over every stream: it answers at once when any has messages (up to the
+        # count from each, earlier topics first, the rest kept for the next call), and
+        # blocks only when this call has nothing yet.
+        block = min(block_ms, _MAX_BLOCK_MS)
+        wait = block if block > 0 and not out else None
+        return out + await self._read(topics, group, consumer, max_count - len(out), wait)
 
     async def _ensure_groups(self, topics: Sequence[str], group: str) -> None:
         missing = [t for t in topics if (t, group) not in self._groups]

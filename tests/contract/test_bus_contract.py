@@ -266,6 +266,23 @@ async def test_redis_trim_never_drops_what_a_group_still_needs(
 
 
 @pytest.mark.integration
+async def test_redis_low_priority_jobs_are_never_starved(redis_env: tuple[str, str]) -> None:
+    url, prefix = redis_env
+    bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
+    try:
+        await bus.consume(JOB_LANES, "workers", "w", 1, 0)  # the group joins
+        await bus.publish([msg(JOBS_HIGH, i) for i in range(10)] + [msg(JOBS_LOW, 99)])
+        lanes = []
+        for i in range(3):  # high jobs keep coming; each call takes fewer than there are
+            await bus.publish([msg(JOBS_HIGH, 100 + 10 * i + j) for j in range(10)])
+            lanes.append([d.topic for d in await bus.consume(JOB_LANES, "workers", "w", 8, 0)])
+        assert lanes[0] == [JOBS_HIGH] * 8  # high first
+        assert JOBS_LOW in lanes[1] + lanes[2]  # the low one read with them is not left behind
+    finally:
+        await bus.close()
+
+
+@pytest.mark.integration
 async def test_redis_observer_groups_never_hold_trimming_back(redis_env: tuple[str, str]) -> None:
     url, prefix = redis_env
     bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS, observers=["shadow"])
