@@ -20,7 +20,7 @@ import redis
 from headrace.bus.migrating import in_kafka_share
 from headrace.events import NodeCompleted, decode_event
 from headrace.store.postgres import PostgresStore
-from headrace.testing.cluster import ProcessCluster
+from headrace.testing.cluster import ROLES, ProcessCluster
 from headrace.testing.kafka import Tansu
 from headrace.testing.replay import replay_diff
 from headrace.testing.services import postgres_database, redis_prefix
@@ -51,15 +51,7 @@ nodes:
 outputs:
   sum: "${{ nodes.one.output.sum }}"
 """
-PROCESSES = {
-    "api": "api",
-    "coordinator-1": "coordinator",
-    "coordinator-2": "coordinator",
-    "worker-1": "worker",
-    "worker-2": "worker",
-    "relay": "relay",
-    "shadow": "shadow",
-}
+PROCESSES = {**ROLES, "shadow": "shadow"}
 END_S = 180.0  # a generous ceiling for every run to end
 
 
