@@ -44,17 +44,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError, ResponseError
-from redis.typing import EncodableT, FieldT, StreamIdT
 
 from headrace.bus.base import (
     DEAD_LETTER_TOPIC,
     Delivery,
     dead_letter_message,
 )
+from headrace.bus.resp import Arg, Client, Command, RedisError, ReplyError
 from headrace.errors import InfraError
 from headrace.events import Message
 
@@ -89,13 +85,9 @@ class RedisBus:
         self.trim_every_s = trim_every_s
         self.capped = frozenset(capped)
         self.observers = frozenset(observers)
-        # a few quick retries on a broken connection (reconnecting each time); longer
-        # outages surface as InfraError, which the runtime loops retry with their backoff
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=_SOCKET_TIMEOUT_S,
-            socket_connect_timeout=_CONNECT_TIMEOUT_S,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=3),
+        # an outage surfaces as InfraError, which the runtime loops retry with their backoff
+        self._client = Client(
+            url, timeout_s=_SOCKET_TIMEOUT_S, connect_timeout_s=_CONNECT_TIMEOUT_S
         )
         self._groups: set[Queue] = set()  # groups known to exist
         self._next_claim_s: dict[Queue, float] = {}
@@ -121,21 +113,20 @@ class RedisBus:
         topics = dict.fromkeys(m.topic for m in messages)
         due = [t for t in topics if t not in self.capped and self._trim_due(t, now)]
         with _edge("publish"):
-            pipe = self._client.pipeline(transaction=False)
-            for m in messages:
-                if m.topic in self.capped:
-                    pipe.xadd(self._key(m.topic), _fields(m), maxlen=self.max_len)
-                else:
-                    pipe.xadd(self._key(m.topic), _fields(m))
-            for topic in due:
-                pipe.xlen(self._key(topic))
-            lengths = (await pipe.execute())[len(messages) :]
+            commands = [self._xadd(m) for m in messages]
+            commands += [("XLEN", self._key(topic)) for topic in due]
+            replies = _raised(await self._client.pipeline(commands))
+            lengths = replies[len(messages) :]
         for topic, length in zip(due, lengths, strict=True):
             if length > self.max_len:
                 try:  # the messages are published: a failed trim waits for the next check
                     await self._trim(topic)
                 except RedisError as e:
                     log.warning("could not trim %s: %s", self._key(topic), e)
+
+    def _xadd(self, m: Message) -> Command:
+        cap: tuple[Arg, ...] = ("MAXLEN", "~", self.max_len) if m.topic in self.capped else ()
+        return ("XADD", self._key(m.topic), *cap, "*", *_fields(m))
 
     def _trim_due(self, topic: str, now: float) -> bool:
         if now < self._next_trim_s.get(topic, 0.0):
@@ -151,7 +142,7 @@ class RedisBus:
         with _edge("consume"):
             try:
                 return await self._consume(topics, group, consumer, max_count, block_ms)
-            except ResponseError as e:
+            except ReplyError as e:
                 if not _is_nogroup(e):
                     raise
                 log.warning("consumer group %s vanished from Redis; recreating it", group)
@@ -180,10 +171,8 @@ class RedisBus:
         missing = [t for t in topics if (t, group) not in self._groups]
         if not missing:
             return
-        pipe = self._client.pipeline(transaction=False)
-        for topic in missing:
-            pipe.xgroup_create(self._key(topic), group, id=_START, mkstream=True)
-        for topic, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+        creates = [("XGROUP", "CREATE", self._key(t), group, _START, "MKSTREAM") for t in missing]
+        for topic, reply in zip(missing, await self._client.pipeline(creates), strict=True):
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise reply
             self._groups.add((topic, group))
@@ -197,10 +186,8 @@ class RedisBus:
         if now < self._next_claim_s.get(queue, 0.0):
             return []
         start = self._claim_cursor.pop(queue, _START.encode())
-        reply: Any = await self._client.xautoclaim(
-            self._key(topic), group, consumer, self.visibility_ms, start, count=room
-        )
-        cursor, entries = reply[0], reply[1]
+        claim = ("XAUTOCLAIM", self._key(topic), group, consumer, self.visibility_ms, start)
+        cursor, entries, *_ = await self._client.execute(*claim, "COUNT", room)
         if cursor == _START.encode():
             self._next_claim_s[queue] = now + self.visibility_ms / 4000
         else:
@@ -213,14 +200,16 @@ class RedisBus:
         """New messages (XREADGROUP >), earlier topics first; at most `count` returned, the
         rest (a blocking read over several streams returns up to `count` from each) kept
         for this consumer's next call."""
-        by_key = {self._key(t): t for t in topics}
-        reply: Any = await self._client.xreadgroup(  # RESP2 list or RESP3 dict
-            group, consumer, dict.fromkeys(by_key, ">"), count=count, block=block
-        )
-        streams = reply.items() if isinstance(reply, dict) else reply or []
+        by_key = {self._key(t).encode(): t for t in topics}
+        read: tuple[Arg, ...] = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count)
+        read += ("STREAMS", *by_key, *(">" for _ in by_key))
+        if block is None:
+            streams = await self._client.execute(*read)
+        else:
+            streams = await self._client.blocking(block, *read[:6], "BLOCK", block, *read[6:])
         got = [
-            _delivery(by_key[_text(key)], id, fields)
-            for key, entries in streams
+            _delivery(by_key[key], id, fields)
+            for key, entries in streams or ()
             for id, fields in entries
             if fields
         ]
@@ -256,48 +245,53 @@ class RedisBus:
         if not deliveries:
             return
         with _edge("ack"):
-            pipe = self._client.pipeline(transaction=False)
-            for topic, ids in _by_topic(deliveries).items():
-                pipe.xack(self._key(topic), group, *ids)
-            await pipe.execute()
+            by_topic = _by_topic(deliveries).items()
+            acks: list[Command] = [("XACK", self._key(t), group, *ids) for t, ids in by_topic]
+            _raised(await self._client.pipeline(acks))
 
     async def touch(self, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
         with _edge("touch"):
-            pipe = self._client.pipeline(transaction=False)
-            for topic, ids in _by_topic(deliveries).items():
-                pipe.xclaim(self._key(topic), group, consumer, 0, ids, justid=True)
-            for reply in await pipe.execute(raise_on_error=False):
+            claims: list[Command] = [
+                ("XCLAIM", self._key(topic), group, consumer, 0, *ids, "JUSTID")
+                for topic, ids in _by_topic(deliveries).items()
+            ]
+            for reply in await self._client.pipeline(claims):
                 # a vanished group holds nothing: there is nothing to keep alive
                 if isinstance(reply, Exception) and not _is_nogroup(reply):
                     raise reply
 
     async def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
         fields = _fields(dead_letter_message(group, delivery, reason))
-        fields |= {"topic": delivery.topic, "id": delivery.id, "group": group, "reason": reason}
+        fields += ("topic", delivery.topic, "id", delivery.id, "group", group, "reason", reason)
         with _edge("dead_letter"):
-            pipe = self._client.pipeline(transaction=True)  # both or neither
-            pipe.xadd(self._key(DEAD_LETTER_TOPIC), fields)
-            pipe.xack(self._key(delivery.topic), group, delivery.id)
-            await pipe.execute()
+            replies = await self._client.pipeline(  # both or neither
+                [
+                    ("MULTI",),
+                    ("XADD", self._key(DEAD_LETTER_TOPIC), "*", *fields),
+                    ("XACK", self._key(delivery.topic), group, delivery.id),
+                    ("EXEC",),
+                ]
+            )
+            _raised(replies)  # the transaction refused
+            _raised(replies[-1])  # a command inside it failed
 
     async def depth(self, topic: str) -> int:
         """Entries not yet delivered to the slowest group: the largest XINFO GROUPS `lag`.
         Where Redis cannot tell a group's lag (it says null, or is older than 7.0), the
         stream's length: an upper bound."""
         with _edge("depth"):
-            pipe = self._client.pipeline(transaction=False)
-            pipe.xinfo_groups(self._key(topic))
-            pipe.xlen(self._key(topic))
-            groups, length = await pipe.execute(raise_on_error=False)
+            groups, length = await self._client.pipeline(
+                [("XINFO", "GROUPS", self._key(topic)), ("XLEN", self._key(topic))]
+            )
             if isinstance(length, Exception):
                 raise length
             if isinstance(groups, Exception):
                 if "no such key" in str(groups).lower():
                     return 0
                 raise groups
-        lags: list[Any] = [g.get("lag") for g in self._working(groups)]
+        lags: list[Any] = [g.get("lag") for g in self._working(_groups(groups))]
         if not lags or any(lag is None for lag in lags):
             return int(length)
         return max(int(lag) for lag in lags)
@@ -315,8 +309,8 @@ class RedisBus:
     async def _trim(self, topic: str) -> int:
         key = self._key(topic)
         try:
-            groups = self._working(await self._client.xinfo_groups(key))
-        except ResponseError as e:
+            groups = self._working(_groups(await self._client.execute("XINFO", "GROUPS", key)))
+        except ReplyError as e:
             if "no such key" in str(e).lower():
                 return 0
             raise
@@ -328,21 +322,18 @@ class RedisBus:
         needed = [_id(g["last-delivered-id"]) for g in groups]
         pending = [g["name"] for g in groups if g["pending"]]
         if pending:
-            pipe = self._client.pipeline(transaction=False)
-            for name in pending:
-                pipe.xpending(key, name)
-            needed += [_id(p["min"]) for p in await pipe.execute() if p["pending"]]
+            asks = [("XPENDING", key, name) for name in pending]
+            summaries = _raised(await self._client.pipeline(asks))
+            needed += [_id(s[1]) for s in summaries if s[0]]
         oldest = min(needed)
         if oldest == (0, 0):
             return 0
-        removed: int = await self._client.xtrim(
-            key, minid=f"{oldest[0]}-{oldest[1]}", approximate=False
-        )
+        removed: int = await self._client.execute("XTRIM", key, "MINID", f"{oldest[0]}-{oldest[1]}")
         return removed
 
     async def close(self) -> None:
         with _edge("close"):
-            await self._client.aclose()
+            await self._client.close()
 
 
 @contextlib.contextmanager
@@ -355,22 +346,35 @@ def _edge(operation: str) -> Iterator[None]:
 
 
 def _is_nogroup(e: Exception) -> bool:
-    return isinstance(e, ResponseError) and str(e).startswith("NOGROUP")
+    return isinstance(e, ReplyError) and str(e).startswith("NOGROUP")
 
 
-def _fields(m: Message) -> dict[FieldT, EncodableT]:
-    fields: dict[FieldT, EncodableT] = {"k": m.key, "p": m.payload}
+def _raised(replies: list[Any]) -> list[Any]:
+    """`replies`, unless one is an error reply: then it is raised."""
+    for reply in replies:
+        if isinstance(reply, ReplyError):
+            raise reply
+    return replies
+
+
+def _fields(m: Message) -> tuple[Arg, ...]:
     if m.headers:
-        fields["h"] = msgspec.json.encode(m.headers)
-    return fields
+        return ("k", m.key, "p", m.payload, "h", msgspec.json.encode(m.headers))
+    return ("k", m.key, "p", m.payload)
+
+
+def _groups(reply: list[list[Any]]) -> list[dict[str, Any]]:
+    """XINFO GROUPS (flat name/value lists) as dicts."""
+    return [{_text(k): v for k, v in zip(g[::2], g[1::2], strict=True)} for g in reply]
 
 
 _HEADERS = msgspec.json.Decoder(dict[str, str])
 
 
-def _delivery(topic: str, id: bytes | str, fields: dict[bytes, bytes]) -> Delivery:
+def _delivery(topic: str, id: bytes, flat: list[bytes]) -> Delivery:
     """An entry as a Delivery. A malformed entry still arrives (with what could be read),
     so its consumer sees an undecodable payload and dead-letters it."""
+    fields = dict(zip(flat[::2], flat[1::2], strict=False))
     try:
         headers = _HEADERS.decode(fields[b"h"]) if b"h" in fields else {}
     except msgspec.DecodeError:
@@ -379,8 +383,8 @@ def _delivery(topic: str, id: bytes | str, fields: dict[bytes, bytes]) -> Delive
     return Delivery(topic, _text(id), Message(topic, key, fields.get(b"p", b""), headers))
 
 
-def _by_topic(deliveries: Sequence[Delivery]) -> dict[str, list[StreamIdT]]:
-    out: dict[str, list[StreamIdT]] = {}
+def _by_topic(deliveries: Sequence[Delivery]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
     for d in deliveries:
         out.setdefault(d.topic, []).append(d.id)
     return out
