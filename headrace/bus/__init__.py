@@ -1,5 +1,5 @@
 """The Bus seam and its adapters: memory (in-process) and Redis Streams; Kafka fits the same
-Protocol. `RedisBus` is imported on first use, so the embedded mode never loads redis-py."""
+Protocol. `RedisBus` is imported on first use, so the embedded mode never loads a Redis client."""
 
 from __future__ import annotations
 
