@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import hiredis
 
@@ -125,12 +125,8 @@ class Client:
 
     def __init__(self, url: str, *, timeout_s: float = 10.0, connect_timeout_s: float = 5.0):
         u = urlsplit(url)
-        if u.scheme not in ("redis", "rediss"):
-            raise ValueError(f"not a redis:// or rediss:// address: {url!r}")
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or 6379
+        self.host, self.port, self.db = _address(u)
         self.tls = u.scheme == "rediss"
-        self.db = int(u.path.strip("/") or 0)
         self.auth = [unquote(x) for x in (u.username, u.password) if x]
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -216,3 +212,19 @@ class Client:
                 conn.abort("handshake refused")
                 raise reply
         return conn
+
+
+def _address(u: SplitResult) -> tuple[str, int, int]:
+    """(host, port, database number) of a redis:// URL; ValueError says what is wrong
+    (showing the URL without its credentials)."""
+    shown = f"{u.scheme}://{u.netloc.rpartition('@')[2]}{u.path}"
+    if u.scheme not in ("redis", "rediss"):
+        raise ValueError(f"expected redis://host:port/db or rediss://..., not {shown!r}")
+    try:
+        port = u.port or 6379
+    except ValueError:
+        raise ValueError(f"the port must be a number from 1 to 65535 in {shown!r}") from None
+    db = u.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ValueError(f"the database must be a number (redis://host:port/0), not {db!r}")
+    return u.hostname or "127.0.0.1", port, int(db)

@@ -71,13 +71,16 @@ def build_redis(settings: Settings) -> RedisBus:
     from headrace.bus.redis import RedisBus
     from headrace.migration.shadow import GROUP as SHADOW
 
-    return RedisBus(
-        settings.bus,
-        prefix=settings.bus_prefix,
-        visibility_ms=int(settings.lease_s * 1000),
-        capped=[CANCELS],  # a group per worker: one that left must not hold trimming back
-        observers=[SHADOW],  # a shadow that stopped must not either
-    )
+    try:
+        return RedisBus(
+            settings.bus,
+            prefix=settings.bus_prefix,
+            visibility_ms=int(settings.lease_s * 1000),
+            capped=[CANCELS],  # a group per worker: one that left must not hold trimming back
+            observers=[SHADOW],  # a shadow that stopped must not either
+        )
+    except ValueError as e:  # the URL
+        raise InputError("HEADRACE_BUS", str(e)) from None
 
 
 def build_kafka(url: str, settings: Settings, field: str = "HEADRACE_KAFKA_URL") -> KafkaBus:

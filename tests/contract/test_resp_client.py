@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from headrace.bus.resp import Client, ConnectionLost, ReplyError
+from headrace.config import Settings
+from headrace.errors import InputError
+from headrace.services.adapters import build_bus
 from headrace.testing.services import redis_prefix
 
 pytestmark = pytest.mark.integration
@@ -160,3 +163,25 @@ async def test_the_database_number_in_the_url_is_used(env: tuple) -> None:
         await c.execute("DEL", key)
     finally:
         await c.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "redis://u:pw@127.0.0.1:abc/0",
+            "the port must be a number from 1 to 65535 in 'redis://127.0.0.1:abc/0'",
+        ),
+        ("redis://127.0.0.1:99999", "the port must be a number from 1 to 65535"),
+        (
+            "redis://127.0.0.1:6379/x",
+            "the database must be a number (redis://host:port/0), not 'x'",
+        ),
+    ],
+)
+def test_a_bad_bus_url_names_the_setting_and_hides_the_password(url: str, message: str) -> None:
+    with pytest.raises(InputError) as caught:
+        build_bus(Settings(bus=url, database_url="sqlite:///unused.db"))
+    assert caught.value.path == "HEADRACE_BUS"
+    assert message in str(caught.value)
+    assert "pw" not in str(caught.value)
