@@ -201,12 +201,13 @@ class RedisBus:
         rest (a blocking read over several streams returns up to `count` from each) kept
         for this consumer's next call."""
         by_key = {self._key(t).encode(): t for t in topics}
-        read: tuple[Arg, ...] = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count)
-        read += ("STREAMS", *by_key, *(">" for _ in by_key))
+        wait: tuple[Arg, ...] = () if block is None else ("BLOCK", block)
+        read = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, *wait, "STREAMS")
+        read += (*by_key, *(">" for _ in by_key))
         if block is None:
             streams = await self._client.execute(*read)
         else:
-            streams = await self._client.blocking(block, *read[:6], "BLOCK", block, *read[6:])
+            streams = await self._client.blocking(block, *read)
         got = [
             _delivery(by_key[key], id, fields)
             for key, entries in streams or ()
