@@ -144,22 +144,23 @@ async def _dev(settings: Any, host: str, port: int) -> None:
 
     from headrace.api.app import create_app
     from headrace.services.runtime import Embedded
+    from headrace.services.serve import bound_port, listen
 
+    sock = listen(host, port, "--port")
     log_to_stderr()
-    # uvicorn re-raises the SIGTERM it handled once it has stopped; with this no-op handler
-    # that reaches nothing, so the runtime below still shuts down cleanly (exit 0).
-    signal.signal(signal.SIGTERM, lambda *_: None)
     async with Embedded(settings) as rt:
-        config = uvicorn.Config(
-            create_app(rt), host=host, port=port, log_level="warning", lifespan="off"
-        )
+        config = uvicorn.Config(create_app(rt), log_level="warning", lifespan="off")
         server = uvicorn.Server(config)
         err.print(
-            f"headrace dev: API on http://{host}:{port} (docs: /docs), "
+            f"headrace dev: API on http://{host}:{bound_port(sock)} (docs: /docs), "
             f"store {settings.database_url}, tasks {settings.tasks or '-'}",
             highlight=False,
         )
-        await server.serve()
+        # uvicorn re-raises the SIGTERM it handled once it has stopped; with this no-op
+        # handler that reaches nothing, so the runtime still shuts down cleanly (exit 0). Set
+        # here, not earlier, so a SIGTERM while starting still stops the process.
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        await server.serve(sockets=[sock])
 
 
 @app.command()

@@ -23,13 +23,32 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from headrace.config import Settings
+from headrace.errors import InputError
 from headrace.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def _server(app: Any, host: str, port: int) -> uvicorn.Server:
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+def listen(host: str, port: int, option: str) -> socket.socket:
+    """A socket bound to host:port now (0: a port the kernel picks), before anything starts
+    or is announced: a port in use is a clear error on `option`, and port 0 is never handed
+    to another process between its choice and its use."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise InputError(option, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def bound_port(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
+def _server(app: Any) -> uvicorn.Server:
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     return server
@@ -57,12 +76,6 @@ def health_app(rt: Runtime) -> Starlette:
     )
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 async def serve(
     settings: Settings,
     roles: tuple[str, ...],
@@ -77,21 +90,23 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    health_port = health_port or free_port(host)
+    # The API's port first: a health port of 0 can then never be the API's own.
+    api_sock = listen(host, port, "--port") if "api" in roles else None
+    health_sock = listen(host, health_port, "--health-port")
     async with Runtime(settings, roles) as rt:
-        servers = [_server(health_app(rt), host, health_port)]
-        if "api" in roles:
+        sockets = {health_sock: _server(health_app(rt))}
+        if api_sock is not None:
             from headrace.api.app import create_app
 
-            servers.append(_server(create_app(rt), host, port))
-        tasks = [asyncio.create_task(s.serve()) for s in servers]
+            sockets[api_sock] = _server(create_app(rt))
+        tasks = [asyncio.create_task(s.serve(sockets=[sock])) for sock, s in sockets.items()]
         announce(
-            f"headrace serve {' '.join(roles)}: health on http://{host}:{health_port}"
-            + (f", API on http://{host}:{port}" if "api" in roles else "")
+            f"headrace serve {' '.join(roles)}: health on http://{host}:{bound_port(health_sock)}"
+            + (f", API on http://{host}:{bound_port(api_sock)}" if api_sock else "")
         )
         await stop.wait()
         log.info("stopping: %s", " ".join(roles))
-        for server in servers:
+        for server in sockets.values():
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
         if "worker" in roles:

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from headrace.store.sqlite import SqliteStore
+from headrace.testing.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -158,15 +159,6 @@ def cli_many(commands: Sequence[Sequence[str]], *, env: dict[str, str], cwd: Pat
     """Run independent commands at the same time; results in the order given."""
     procs = [spawn(args, env=env, cwd=cwd) for args in commands]
     return [finish(p, args) for p, args in zip(procs, commands, strict=True)]
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports nobody listens on (all held open until all are chosen)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
 
 
 def clean_error(r: Result, code: int = 2) -> str:
@@ -395,7 +387,7 @@ class LineReader:
 
 
 def test_large_order_against_headrace_dev(tmp_path: Path, pycache: Path) -> None:
-    fraud_port, api_port = free_ports(2)
+    fraud_port, api_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     url = ["--url", api]
     env = make_env(
@@ -591,11 +583,53 @@ def test_help_of_every_command_and_db_upgrade(tmp_path: Path, pycache: Path) -> 
     assert (tmp_path / "h.db").stat().st_size > 0
 
 
+def test_a_port_in_use_stops_the_server_before_it_touches_anything(
+    tmp_path: Path, pycache: Path
+) -> None:
+    env = make_env(tmp_path, pycache)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        dev, serve_all, health = cli_many(
+            [
+                ["dev", "--port", port],
+                ["serve", "all", "--port", port],
+                ["serve", "all", "--port", "0", "--health-port", port],
+            ],
+            env=env,
+            cwd=tmp_path,
+        )
+    for r, option in ((dev, "--port"), (serve_all, "--port"), (health, "--health-port")):
+        message = clean_error(r)
+        assert f"{option}: cannot listen on 127.0.0.1:{port}" in message, r
+        assert "in use" in message, r
+    assert not (tmp_path / "h.db").exists()  # refused before the store was opened
+
+
+def test_port_0_serves_on_the_port_the_kernel_picked(tmp_path: Path, pycache: Path) -> None:
+    log = tmp_path / "serve.log"
+    argv = [str(HEADRACE), "serve", "all", "--port", "0", "--health-port", "0"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=make_env(tmp_path, pycache), stderr=out)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (found := re.search(r"health on (\S+), API on (\S+)", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        health, api = found.groups()
+        assert health != api
+        wait_ready(proc, f"{health}/healthz", log)
+        assert httpx.get(f"{api}/v1/runs", trust_env=False).json()["items"] == []
+    finally:
+        stop(proc)
+
+
 # --- feature flags ------------------------------------------------------------------------
 
 
 def test_flags_from_the_command_line_and_across_processes(tmp_path: Path, pycache: Path) -> None:
-    (api_port,) = free_ports(1)
+    api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     env = {**make_env(tmp_path, pycache), "ENABLE_KAFKA_WRITE": "on"}  # an initial value
     dev_argv = [str(HEADRACE), "dev", "--port", str(api_port)]
