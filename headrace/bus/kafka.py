@@ -6,7 +6,8 @@ a run's messages keep their order on one partition; its headers travel as Kafka 
 
 Publish: one idempotent `Producer` (acks=all) per bus, served by a poll thread; `publish`
 returns when the broker acknowledged every message, and raises InfraError when it did not
-within `timeout_s`.
+within `timeout_s`. A producer that hit a fatal error (out of sequence after a broker lost
+acknowledged writes) fails what it holds and is replaced.
 
 Consume: one Kafka `Consumer` per group per process, subscribed to every topic the group
 was asked for, fetching in its own thread into per-topic buffers (paused past
@@ -103,20 +104,22 @@ class KafkaBus:
         self.timeout_s = timeout_s
         self.max_buffered = max_buffered
         self._admin = AdminClient({"bootstrap.servers": bootstrap}, logger=log)
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 1,
-                "message.timeout.ms": int(timeout_s * 1000),
-            },
-            logger=log,
-        )
+        self._producer = self._new_producer()
+        self._renew = threading.Event()  # the producer hit a fatal error: replace it
         self._topics: dict[str, str] = {}  # kafka name -> topic, for those known to exist
         self._groups: dict[str, _Group] = {}
         self._closed = threading.Event()
         self._poller: threading.Thread | None = None
+
+    def _new_producer(self) -> Producer:
+        config = {
+            "bootstrap.servers": self.bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,
+            "message.timeout.ms": int(self.timeout_s * 1000),
+        }
+        return Producer(config, logger=log)
 
     @property
     def description(self) -> str:
@@ -173,7 +176,10 @@ class KafkaBus:
                 )  # fmt: skip
                 return
             except BufferError:  # the local queue is full: let the poll thread drain it
-                self._producer.poll(0.05)
+                time.sleep(0.01)
+            except KafkaException as e:
+                self._failed(e)
+                raise
 
     def _start_poller(self) -> None:
         if self._poller is None:
@@ -182,7 +188,33 @@ class KafkaBus:
 
     def _poll(self) -> None:
         while not self._closed.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except KafkaException as e:
+                self._failed(e)
+            if self._renew.is_set():
+                self._renew_producer()
+
+    def _failed(self, e: KafkaException) -> None:
+        err = e.args[0] if e.args else None
+        if isinstance(err, KafkaError) and (err.fatal() or err.code() == KafkaError._FATAL):
+            self._renew.set()
+        else:
+            log.warning("kafka producer: %s", err)
+
+    def _renew_producer(self) -> None:
+        """An idempotent producer stops for good after a fatal error (a broker that lost
+        writes it had acknowledged leaves it out of sequence). Fail what it still holds, so
+        those publishes raise and are sent again by their callers, and take a new one."""
+        old, self._producer = self._producer, self._new_producer()
+        self._renew.clear()
+        log.error("kafka producer: fatal error; a new producer takes over")
+        with contextlib.suppress(KafkaException):
+            old.purge()
+        for _ in range(10):  # serve the failed deliveries' callbacks
+            with contextlib.suppress(KafkaException):
+                if old.poll(0) == 0:
+                    break
 
     async def consume(
         self, topics: Sequence[str], group: str, consumer: str, max_count: int, block_ms: int
@@ -379,33 +411,42 @@ class _Group:
     def _fetch(self) -> None:
         paused = False
         while not self._stop.is_set():
-            wanted = frozenset(self.wanted)
-            if wanted != self._subscribed:
-                self.consumer.subscribe(
-                    sorted(wanted), on_revoke=self._on_revoke, on_lost=self._on_lost
-                )
-                self._subscribed = wanted
-            if not wanted:
-                time.sleep(0.05)
-                continue
-            if self.buffered > self.bus.max_buffered:  # again after each rebalance
-                self.consumer.pause(self.consumer.assignment())
-                paused = True
-            elif paused and self.buffered < self.bus.max_buffered // 2:
-                self.consumer.resume(self.consumer.assignment())
-                paused = False
-            # consume(n, timeout) waits for n records or the timeout: poll waits for one
-            first = self.consumer.poll(0.05)
-            records = [first, *self.consumer.consume(499, 0)] if first is not None else []
-            good = [r for r in records if r.error() is None]
-            for r in records:
-                if r.error() is not None:
-                    log.warning("kafka consume (%s): %s", self.name, r.error())
-            if good:
-                self.loop.call_soon_threadsafe(self._arrived, good)
-            self._commit(asynchronous=True)
+            try:
+                paused = self._fetch_once(paused)
+            except KafkaException as e:  # this thread must outlive any error: it is the group
+                log.warning("kafka consume (%s): %s", self.name, e)
+                time.sleep(0.1)
         self._commit(asynchronous=False)
         self.consumer.close()
+
+    def _fetch_once(self, paused: bool) -> bool:
+        """Subscribe, pause or resume as needed, fetch once, commit; whether paused."""
+        wanted = frozenset(self.wanted)
+        if wanted != self._subscribed:
+            self.consumer.subscribe(
+                sorted(wanted), on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+            self._subscribed = wanted
+        if not wanted:
+            time.sleep(0.05)
+            return paused
+        if self.buffered > self.bus.max_buffered:  # again after each rebalance
+            self.consumer.pause(self.consumer.assignment())
+            paused = True
+        elif paused and self.buffered < self.bus.max_buffered // 2:
+            self.consumer.resume(self.consumer.assignment())
+            paused = False
+        # consume(n, timeout) waits for n records or the timeout: poll waits for one
+        first = self.consumer.poll(0.05)
+        records = [first, *self.consumer.consume(499, 0)] if first is not None else []
+        good = [r for r in records if r.error() is None]
+        for r in records:
+            if r.error() is not None:
+                log.warning("kafka consume (%s): %s", self.name, r.error())
+        if good:
+            self.loop.call_soon_threadsafe(self._arrived, good)
+        self._commit(asynchronous=True)
+        return paused
 
     def _commit(self, *, asynchronous: bool, only: set[TopicKey] | None = None) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from headrace.testing.servers import free_port
 
@@ -64,9 +64,35 @@ class MotoS3:
             "AWS_ALLOW_HTTP": "true",
         }
 
-    def __enter__(self) -> Self:
+    def _client(self) -> Any:
         import boto3
 
+        return boto3.client(
+            "s3",
+            endpoint_url=self.env["AWS_ENDPOINT"],
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="eu-west-2",
+        )
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Every object of the bucket, to `restore` later."""
+        s3 = self._client()
+        listed = s3.list_objects_v2(Bucket=self.bucket).get("Contents", [])
+        return {
+            o["Key"]: s3.get_object(Bucket=self.bucket, Key=o["Key"])["Body"].read() for o in listed
+        }
+
+    def restore(self, snapshot: dict[str, bytes]) -> None:
+        """The bucket as it was at `snapshot`: a broker on it has lost what came since."""
+        s3 = self._client()
+        for o in s3.list_objects_v2(Bucket=self.bucket).get("Contents", []):
+            if o["Key"] not in snapshot:
+                s3.delete_object(Bucket=self.bucket, Key=o["Key"])
+        for key, body in snapshot.items():
+            s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+    def __enter__(self) -> Self:
         log = self.tmp / "moto.log"
         moto = Path(sys.executable).parent / "moto_server"
         with log.open("ab") as out:
@@ -74,14 +100,7 @@ class MotoS3:
                 [str(moto), "-H", "127.0.0.1", "-p", str(self.port)], stdout=out, stderr=out
             )
         _wait_listening(self.port, self.proc, "moto_server", log)
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=self.env["AWS_ENDPOINT"],
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-            region_name="eu-west-2",
-        )
-        s3.create_bucket(
+        self._client().create_bucket(
             Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"}
         )
         return self

@@ -25,6 +25,7 @@ from headrace.bus.kafka import KafkaBus
 from headrace.bus.topics import JOB_LANES, JOBS_HIGH, JOBS_LOW, JOBS_NORMAL
 from headrace.errors import InfraError
 from headrace.events import Message
+from headrace.testing.kafka import MotoS3, Tansu, external_broker
 
 pytestmark = pytest.mark.integration
 
@@ -261,3 +262,33 @@ async def test_unreachable_broker_fails_publish_with_infra_error(tmp_path: Path)
         await bus.publish([msg(T, 1)])
     assert time.monotonic() - t0 < CEILING_S
     await bus.close()
+
+
+async def test_a_broker_that_lost_acknowledged_writes_gets_a_new_producer(
+    tmp_path: Path, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker's storage rolled back under a live producer, as when a broker loses
+    writes it had acknowledged: librdkafka's idempotent producer is out of sequence and
+    fails for good. The publish in flight raises; the bus takes a new producer and the
+    next publishes are delivered."""
+    if external_broker():
+        pytest.skip("rolls back the test's own tansu; HEADRACE_TEST_KAFKA names another broker")
+    with MotoS3(tmp_path) as s3, Tansu(tmp_path, s3=s3) as broker:
+        bus = new_bus(broker.bootstrap, prefix, partitions=1)
+        try:
+            await bus.publish([msg(T, 0)])
+            before = s3.snapshot()
+            for i in (1, 2, 3):
+                await bus.publish([msg(T, i)])
+            broker.kill()
+            s3.restore(before)
+            broker.start()
+            with pytest.raises(InfraError):
+                await bus.publish([msg(T, 4)])
+            assert "a new producer takes over" in caplog.text
+            await bus.publish([msg(T, 5)])
+            await bus.publish([msg(T, 6)])
+            got = payloads(await take(bus, [T], "g", "c", 3))
+            assert got == [b"payload-0", b"payload-5", b"payload-6"]
+        finally:
+            await bus.close()
