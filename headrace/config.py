@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="names this process's consumers on the bus; keep it stable per slot",
     )
+    redispatch_s: float = Field(
+        300.0,
+        gt=0,
+        description="the relay sends a job again when its attempt was scheduled this long "
+        "ago and has not started (the bus may have lost it)",
+    )
     shutdown_grace_s: float = Field(
         10.0,
         ge=0,

@@ -132,11 +132,16 @@ def decide(state: RunState, command: Command) -> Decision:
     return d.out
 
 
-def jobs_in_flight(state: RunState) -> list[Job]:
-    """Jobs for every attempt the run is waiting on: republished when a bus lost them."""
+def jobs_in_flight(state: RunState, unstarted_before_ms: int | None = None) -> list[Job]:
+    """Jobs for every attempt the run is waiting on: republished when a bus lost them.
+    With `unstarted_before_ms`, only those scheduled before then and not started."""
     d = _Decider(state, 0)
     jobs = []
     for nid, node in state.nodes.items():
+        if unstarted_before_ms is not None and not (
+            node.status == "scheduled" and (node.scheduled_at_ms or 0) < unstarted_before_ms
+        ):
+            continue
         if node.status in ("scheduled", "running") and node.width is None:
             job = d.build_job(nid, node.attempt, node.scheduled_at_ms or 0)
             if job is not None:

@@ -280,13 +280,17 @@ class Driver:
             self.timers_changed.set()
         self.metrics.observe(transitions)
 
-    async def republish_in_flight(self, run_ids: list[str] | None = None) -> int:
+    async def republish_in_flight(
+        self, run_ids: list[str] | None = None, unstarted_before_ms: int | None = None
+    ) -> int:
         """Publish again the jobs in flight of `run_ids` (default: every running run), after
-        a non-durable bus lost them or a rollback re-pinned the runs."""
+        a non-durable bus lost them or a rollback re-pinned the runs; with
+        `unstarted_before_ms`, only the jobs of attempts scheduled before then and not
+        started. The number of jobs published."""
         count = 0
         for run_id in await self.store.active_runs() if run_ids is None else run_ids:
             state = await self.store.load_run(run_id)
-            jobs = jobs_in_flight(state)
+            jobs = jobs_in_flight(state, unstarted_before_ms)
             if jobs:
                 await self.bus.publish(
                     [Message(jobs_topic(j.priority), run_id, encode(j)) for j in jobs]

@@ -100,7 +100,12 @@ class Runtime:
             concurrency=settings.worker_concurrency,
             crash=crash,
         )
-        self.relay = Relay(self.store, self.bus)
+        self.relay = Relay(
+            self.store,
+            self.bus,
+            self.driver.republish_in_flight,
+            redispatch_s=settings.redispatch_s,
+        )
         self.migration = Migration(
             self.store,
             self.flags,

@@ -196,6 +196,10 @@ class Store(Protocol):
     async def active_runs(self) -> list[str]:
         """Ids of runs not yet ended (recovery republishes their jobs)."""
 
+    async def unstarted_runs(self, scheduled_before_ms: int, limit: int) -> list[str]:
+        """Ids of runs not yet ended with an attempt scheduled before the given time and
+        not started: their job may have been lost by the bus."""
+
     async def pending_outbox(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:
         """Outbox rows older than the given time: what a crash left unpublished."""
 

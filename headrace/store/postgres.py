@@ -620,6 +620,15 @@ class PostgresStore:
         found = await self._all("SELECT run_id FROM runs WHERE status IN ('pending', 'running')")
         return [r[0] for r in found]
 
+    async def unstarted_runs(self, scheduled_before_ms: int, limit: int) -> list[str]:
+        found = await self._all(
+            "SELECT DISTINCT n.run_id FROM runs r JOIN node_states n ON n.run_id = r.run_id "
+            "WHERE r.status IN ('pending', 'running') AND n.status = 'scheduled' "
+            "AND n.scheduled_at < %s LIMIT %s",
+            (scheduled_before_ms, limit),
+        )
+        return [r[0] for r in found]
+
     # --- outbox and timers ---
 
     async def pending_outbox(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:

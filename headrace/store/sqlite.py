@@ -426,6 +426,15 @@ class SqliteStore:
         cur = self.db.execute("SELECT run_id FROM runs WHERE status IN ('pending', 'running')")
         return [r[0] for r in cur]
 
+    async def unstarted_runs(self, scheduled_before_ms: int, limit: int) -> list[str]:
+        cur = self.db.execute(
+            "SELECT DISTINCT n.run_id FROM runs r JOIN node_states n ON n.run_id = r.run_id "
+            "WHERE r.status IN ('pending', 'running') AND n.status = 'scheduled' "
+            "AND n.scheduled_at < ? LIMIT ?",
+            (scheduled_before_ms, limit),
+        )
+        return [r[0] for r in cur]
+
     # --- outbox and timers ---
 
     async def pending_outbox(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:

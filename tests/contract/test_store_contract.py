@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine_properties import Checker, workflows
 
-from headrace.engine import Cancel, Complete, RunState, Start, decide, new_run
+from headrace.engine import Cancel, Complete, MarkStarted, RunState, Start, decide, new_run
 from headrace.engine.decide import Decision
 from headrace.errors import Conflict, InfraError, InputError, NotFound
 from headrace.events import Message, SignalReceived, Timer
@@ -327,6 +327,23 @@ async def test_active_runs_are_those_not_ended(store: Store) -> None:
     ended = await started(store, plan)
     assert not (await store.commit([step(ended, decide(ended, Cancel(at_ms=3)))])).conflicts
     assert await store.active_runs() == [running.run_id]
+
+
+async def test_unstarted_runs_have_an_attempt_scheduled_before_and_not_started(
+    store: Store,
+) -> None:
+    plan = await register(store)
+    early = await started(store, plan, at_ms=1_000)
+    late = await started(store, plan, at_ms=5_000)
+    begun = await started(store, plan, at_ms=1_000)
+    assert not (
+        await store.commit([step(begun, decide(begun, MarkStarted("a", 1, 1_500)))])
+    ).conflicts
+    ended = await started(store, plan, at_ms=1_000)
+    assert not (await store.commit([step(ended, decide(ended, Cancel(at_ms=3)))])).conflicts
+    assert await store.unstarted_runs(2_000, 10) == [early.run_id]
+    assert sorted(await store.unstarted_runs(6_000, 10)) == sorted([early.run_id, late.run_id])
+    assert len(await store.unstarted_runs(6_000, 1)) == 1
 
 
 async def test_unknown_run_ids(store: Store) -> None:

@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 
+from headrace.bus.topics import JOBS_NORMAL
 from headrace.store.postgres import PostgresStore
 from headrace.testing.cluster import ProcessCluster
 from headrace.testing.replay import replay_diff
@@ -264,3 +265,33 @@ def test_poison_messages_are_dead_lettered_once(fault_cluster: ProcessCluster) -
         assert workers.count(f"undecodable job {job_id}") == 1, workers[-3000:]
         assert coordinators.count(f"result {result_id} goes to the dead-letter") == 1
     asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids))
+
+
+def test_a_job_the_bus_lost_is_sent_again(tmp_path: Path) -> None:
+    """A bus can lose a message it acknowledged (a Redis failover; tansu after a SIGKILL):
+    here the job stream is emptied before any worker read it. The relay sends again the job
+    of an attempt not started after HEADRACE_REDISPATCH_S, and the run completes."""
+    roles = {"api": "api", "coordinator-1": "coordinator", "relay": "relay"}
+    with postgres_database() as db_url, redis_prefix() as (redis_url, prefix):
+        cluster = ProcessCluster(
+            tmp_path, db_url, redis_url, prefix, roles=roles, HEADRACE_REDISPATCH_S="1"
+        )
+        try:
+            cluster.up()
+            with httpx.Client(base_url=cluster.url, timeout=10) as client:
+                assert client.post("/v1/workflows", content=SPEC).status_code == 201
+                body = {"workflow_tag": "quick", "inputs": {"i": 1}}
+                run_id = client.post("/v1/runs", json=body).json()["run_id"]
+                jobs = cluster.key(JOBS_NORMAL)
+                with cluster.redis() as r:
+                    deadline = time.monotonic() + 30
+                    while not r.xlen(jobs):
+                        assert time.monotonic() < deadline, cluster.logs()
+                        time.sleep(0.02)
+                    r.xtrim(jobs, maxlen=0)  # lost: no worker ever reads it
+                cluster.start("worker-1", "worker")
+                wait_ended(client, [run_id], cluster)
+            assert "sent again" in cluster.log("relay"), cluster.log("relay")
+        finally:
+            cluster.down()
+        asyncio.run(check_runs(db_url, [run_id]))
