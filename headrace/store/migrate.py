@@ -1,12 +1,18 @@
-"""Apply the schema migrations (Alembic) to a database URL."""
+"""Apply the schema migrations (Alembic) to a database URL.
+
+Alembic is imported only when it is used: its import costs about a second, which a store
+whose schema is already at `HEAD` need not pay on every start.
+"""
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+HEAD = "0004"  # the newest revision (a test checks it against the migrations)
 
 # Alembic keeps the running migration in module globals (`alembic.context`, `alembic.op`), so
 # two upgrades in one process must not overlap; across processes the database serialises them.
@@ -14,19 +20,25 @@ _lock = threading.Lock()
 
 
 def _config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", "headrace.store:migrations")
     return config
 
 
 def head() -> str:
-    """The newest revision."""
+    """The newest revision, as Alembic finds it."""
+    from alembic.script import ScriptDirectory
+
     return str(ScriptDirectory.from_config(_config()).get_current_head())
 
 
 def upgrade(sqlalchemy_url: str) -> None:
     """Bring the schema to the newest revision; safe to run from several processes and
     threads at once (Postgres: under an advisory lock, see migrations/env.py)."""
+    from alembic import command
+
     config = _config()
     # The config is an INI parser: a literal % (URL escapes, passwords) must be doubled.
     config.set_main_option("sqlalchemy.url", sqlalchemy_url.replace("%", "%%"))

@@ -30,7 +30,7 @@ from headrace.store.base import (
     Transition,
     WorkflowRecord,
 )
-from headrace.store.migrate import upgrade
+from headrace.store.migrate import HEAD, upgrade
 
 _NODE_SELECT = f"SELECT {rows.NODE_SELECT} FROM node_states"
 _NODE_UPSERT = (
@@ -64,7 +64,8 @@ class SqliteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        upgrade(f"sqlite:///{self.path}")
+        if _revision(self.path) != HEAD:
+            upgrade(f"sqlite:///{self.path}")
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -482,3 +483,15 @@ def _ranges(ids: Sequence[int]) -> list[tuple[int, int]]:
         else:
             out.append((i, i))
     return out
+
+
+def _revision(path: Path) -> str | None:
+    """The schema's revision (None: no schema yet), read without Alembic."""
+    if not path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        try:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+        except sqlite3.OperationalError:  # no such table
+            return None
+    return str(row[0]) if row else None
