@@ -25,6 +25,7 @@ from headrace.runtime.clock import now_ms
 from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.hub import Hub
 from headrace.runtime.metrics import Metrics
+from headrace.runtime.supervise import cancel_all
 from headrace.spec import Plan
 from headrace.store import Committed, Store, Transition
 
@@ -78,6 +79,7 @@ class Driver:
         self._sent: list[int] = []
         self._sent_flush: asyncio.Task[None] | None = None
         self._start_flusher: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
 
     async def _commit(self, transitions: list[Transition]) -> Committed:
         sent, self._sent = self._sent, []
@@ -157,9 +159,28 @@ class Driver:
             done = [t for t, _ in batch if t.state.run_id not in committed.conflicts]
             for t in done:
                 self._remember(t.state)
-            await self._publish(done, committed.outbox_ids)
             for t, fut in batch:
                 fut.set_result(t.state.run_id not in committed.conflicts)
+            # Committed, so accepted: the caller has its answer now, not when a bus that is
+            # down gives up on the publish (the relay sends what it could not).
+            self._publish_later(done, committed.outbox_ids)
+
+    def _publish_later(self, transitions: list[Transition], outbox_ids: list[int]) -> None:
+        task = asyncio.create_task(self._publish(transitions, outbox_ids))
+        self._publishing.add(task)
+        task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task[None]) -> None:
+        self._publishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("publishing new runs failed; the relay sends them: %r", task.exception())
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Let the publishes of new runs end; what is left after `timeout_s` is cancelled
+        (its rows stay in the outbox for the relay)."""
+        if self._publishing:
+            await asyncio.wait(self._publishing, timeout=timeout_s)
+        await cancel_all(list(self._publishing))
 
     async def apply(
         self, commands: Sequence[tuple[str, Command]], fired: Sequence[Timer] = ()

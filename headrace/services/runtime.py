@@ -163,6 +163,7 @@ class Runtime:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await cancel_all(self._tasks)
+        await self.driver.drain()
         await self.http.aclose()
         await self.bus.close()
         await self.store.close()

@@ -140,3 +140,29 @@ def test_postgres_restarts_while_runs_flow(tmp_path: Path) -> None:
     finally:
         server.remove()
     print(f"postgres restart test: {time.monotonic() - t0:.1f}s")
+
+
+def test_runs_are_accepted_while_redis_hangs(tmp_path: Path) -> None:
+    """Redis stopped (SIGSTOP: connections open, nothing answers) while runs are started: the
+    API answers once a run is committed, not when the publish gives up (the bus's socket
+    timeout is 10 s, above this client's 5 s ceiling); once Redis goes on, every run
+    completes."""
+    r = ThrowawayRedis(tmp_path)
+    r.start()
+    try:
+        with postgres_database() as db, running(tmp_path, db, r.url, "hang:") as cluster:
+            with httpx.Client(base_url=cluster.url, timeout=5) as client:
+                assert client.post("/v1/workflows", content=SPEC).status_code == 201
+                run_ids = submit(client, 0, 1)
+                wait_all(client, run_ids, cluster, timeout_s=60)  # the bus works
+                assert r.proc is not None
+                r.proc.send_signal(signal.SIGSTOP)
+                try:
+                    run_ids += submit(client, 1, 3)
+                finally:
+                    r.proc.send_signal(signal.SIGCONT)
+                wait_all(client, run_ids, cluster, timeout_s=90)
+            cluster.assert_alive()
+            asyncio.run(check_runs(db, run_ids, {"count": 4}))
+    finally:
+        r.stop(signal.SIGTERM)
