@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from headrace.errors import InfraError
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -37,10 +39,15 @@ def head() -> str:
 def upgrade(sqlalchemy_url: str) -> None:
     """Bring the schema to the newest revision; safe to run from several processes and
     threads at once (Postgres: under an advisory lock, see migrations/env.py)."""
+    import sqlalchemy.exc
     from alembic import command
 
     config = _config()
     # The config is an INI parser: a literal % (URL escapes, passwords) must be doubled.
     config.set_main_option("sqlalchemy.url", sqlalchemy_url.replace("%", "%%"))
     with _lock:
-        command.upgrade(config, "head")
+        try:
+            command.upgrade(config, "head")
+        except sqlalchemy.exc.DBAPIError as e:
+            dialect = sqlalchemy_url.partition(":")[0].partition("+")[0]
+            raise InfraError(f"{dialect}: migrations failed: {e.orig}") from e

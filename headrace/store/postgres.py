@@ -27,7 +27,6 @@ from typing import Any
 
 import msgspec
 import psycopg
-import sqlalchemy.exc
 from psycopg.rows import TupleRow
 from psycopg.types.array import ListBinaryDumper
 from psycopg_pool import AsyncConnectionPool
@@ -47,7 +46,7 @@ from headrace.store.base import (
     Transition,
     WorkflowRecord,
 )
-from headrace.store.migrate import upgrade
+from headrace.store.migrate import HEAD, upgrade
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -240,6 +239,17 @@ async def _configure(conn: Connection) -> None:
     await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
+async def _revision(url: str) -> str | None:
+    """The schema's revision, read without Alembic; None when there is no schema yet, or no
+    answer (the upgrade then says why)."""
+    try:
+        async with await psycopg.AsyncConnection.connect(url, connect_timeout=10) as conn:
+            row = await (await conn.execute("SELECT version_num FROM alembic_version")).fetchone()
+    except psycopg.Error:
+        return None
+    return str(row[0]) if row else None
+
+
 def _sqlalchemy_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("postgresql", "postgres"):
@@ -267,10 +277,8 @@ class PostgresStore:
         return self._pool
 
     async def open(self) -> None:
-        try:
+        if await _revision(self.url) != HEAD:
             await asyncio.to_thread(upgrade, _sqlalchemy_url(self.url))
-        except sqlalchemy.exc.DBAPIError as e:
-            raise InfraError(f"postgres: migrations failed: {e.orig}") from e
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.url,
             min_size=self.min_size,

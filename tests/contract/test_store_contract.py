@@ -544,22 +544,37 @@ def test_head_names_the_newest_migration() -> None:
     assert head() == HEAD
 
 
-def test_a_sqlite_schema_at_head_opens_without_alembic(tmp_path: Path) -> None:
-    """Alembic's import costs about a second of every start: it is paid only to migrate."""
+def imports_alembic_to_open(store: str, location: str) -> bool:
+    """Whether a new process opening `store` (module.Class under headrace.store) at
+    `location` imported Alembic and SQLAlchemy."""
+    module, _, cls = store.partition(".")
     code = (
         "import asyncio, sys\n"
-        "from headrace.store.sqlite import SqliteStore\n"
+        f"from headrace.store.{module} import {cls}\n"
         "async def main():\n"
-        "    s = SqliteStore(sys.argv[1]); await s.open(); await s.close()\n"
+        f"    s = {cls}(sys.argv[1])\n"
+        "    await s.open(); await s.close()\n"
         "asyncio.run(main())\n"
-        "print('alembic' in sys.modules)\n"
+        "print('alembic' in sys.modules, 'sqlalchemy' in sys.modules)\n"
     )
+    out = subprocess.run(
+        [sys.executable, "-c", code, location], capture_output=True, text=True, check=True
+    )
+    return {"True True": True, "False False": False}[out.stdout.strip()]
+
+
+def test_a_sqlite_schema_at_head_opens_without_alembic(tmp_path: Path) -> None:
+    """Alembic's import costs about a second of every start: it is paid only to migrate."""
     path = str(tmp_path / "h.db")
-    for expected in ("True", "False"):  # a new file is migrated; then it is at head
-        out = subprocess.run(
-            [sys.executable, "-c", code, path], capture_output=True, text=True, check=True
-        )
-        assert out.stdout.strip() == expected, out.stderr
+    assert imports_alembic_to_open("sqlite.SqliteStore", path)  # a new file is migrated
+    assert not imports_alembic_to_open("sqlite.SqliteStore", path)  # then it is at head
+
+
+@pytest.mark.integration
+def test_a_postgres_schema_at_head_opens_without_alembic() -> None:
+    with postgres_database() as url:
+        assert imports_alembic_to_open("postgres.PostgresStore", url)
+        assert not imports_alembic_to_open("postgres.PostgresStore", url)
 
 
 @pytest.mark.integration
