@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 
 from headrace.cli.client import flags_app, migrate_app, runs_app, workflows_app
-from headrace.cli.output import err, fail
+from headrace.cli.output import UNAVAILABLE, err, fail
 from headrace.config import load_settings
-from headrace.errors import Conflict, InputError, NotFound, SpecError
+from headrace.errors import Conflict, InfraError, InputError, NotFound, SpecError
 from headrace.services import loop
 
 # The runtime (store, server, executors) is imported by the commands that run it, so the
@@ -75,6 +75,8 @@ def run(
         summary = loop.run(_run(settings, ir, source, inputs, as_json))
     except (SpecError, InputError, Conflict, NotFound) as e:
         raise fail(str(e)) from None
+    except InfraError as e:
+        raise fail(str(e), UNAVAILABLE) from None
     if as_json:
         print(json.dumps(summary, indent=2))
     raise typer.Exit(0 if summary["status"] == "completed" else 1)
@@ -125,6 +127,8 @@ def dev(
         loop.run(_dev(settings, host, port))
     except InputError as e:
         raise fail(str(e)) from None
+    except InfraError as e:
+        raise fail(str(e), UNAVAILABLE) from None
 
 
 def log_to_stderr() -> None:
@@ -212,6 +216,8 @@ def serve(
         )
     except InputError as e:
         raise fail(str(e)) from None
+    except InfraError as e:
+        raise fail(str(e), UNAVAILABLE) from None
 
 
 cluster_app = typer.Typer(help="A local cluster of separate processes.", no_args_is_help=True)
@@ -256,6 +262,8 @@ def db_upgrade() -> None:
         loop.run(_open_close(store))
     except InputError as e:
         raise fail(str(e)) from None
+    except InfraError as e:
+        raise fail(str(e), UNAVAILABLE) from None
     print(f"schema is up to date ({settings.database_url})")
 
 

@@ -11,6 +11,9 @@ from rich.console import Console
 err = Console(stderr=True, soft_wrap=True)
 
 
+UNAVAILABLE = 3  # exit code: the store or the bus could not be reached (2: bad input)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print `message` on stderr; the caller raises the returned Exit."""
     err.print(f"[red]error:[/] {message}", highlight=False)

@@ -607,6 +607,18 @@ def test_a_port_in_use_stops_the_server_before_it_touches_anything(
     assert not (tmp_path / "h.db").exists()  # refused before the store was opened
 
 
+def test_a_database_that_does_not_answer_is_a_one_line_error(tmp_path: Path, pycache: Path) -> None:
+    """Exit 3 (the store or the bus could not be reached), the reason, no traceback."""
+    missing = "postgresql://postgres@127.0.0.1:5432/headrace_no_such_database"
+    env = make_env(tmp_path, pycache, database_url=missing, bus="redis://127.0.0.1:6379/0")
+    upgrade, serve = cli_many(
+        [["db", "upgrade"], ["serve", "api", "--port", "0"]], env=env, cwd=tmp_path
+    )
+    for r in (upgrade, serve):
+        message = clean_error(r, 3)
+        assert 'database "headrace_no_such_database" does not exist' in message, r
+
+
 def test_port_0_serves_on_the_port_the_kernel_picked(tmp_path: Path, pycache: Path) -> None:
     log = tmp_path / "serve.log"
     argv = [str(HEADRACE), "serve", "all", "--port", "0", "--health-port", "0"]
