@@ -350,9 +350,9 @@ class PostgresStore:
                 conn = await self._kept_connection()
                 yield conn
             except BaseException as e:
-                conn, self._kept = self._kept, None
-                if conn is not None:
-                    await self.pool.putconn(conn)
+                broken, self._kept = self._kept, None
+                if broken is not None:
+                    await self.pool.putconn(broken)
                 if isinstance(e, psycopg.Error):
                     raise InfraError(f"postgres: {type(e).__name__}: {e}") from e
                 raise
