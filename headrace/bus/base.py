@@ -63,6 +63,14 @@ class Bus(Protocol):
         """Mark deliveries done for `group`: they are never delivered to it again.
         Acknowledging twice, or a message the group no longer holds, is a no-op."""
 
+    async def publish_and_ack(
+        self, messages: Sequence[Message], group: str, deliveries: Sequence[Delivery]
+    ) -> None:
+        """`publish(messages)` then `ack(group, deliveries)`, in one round trip where the
+        backend allows. The acknowledgements never take effect without the messages (a
+        job is acknowledged with its result, so a job whose result was not sent is
+        redelivered); when it raises, either may have happened, or neither."""
+
     async def touch(self, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
         """Heartbeat for long work: restart the visibility clock of these pending messages,
         now held by `consumer`. Touch only what you still hold: a touch after the timeout
@@ -83,6 +91,14 @@ class Bus(Protocol):
         """Release the bus's connections; call it once its consumers stopped, and no other
         method after it. What is pending stays pending in a durable backend (redelivered to
         the next consumer after the visibility timeout); an in-memory bus forgets it all."""
+
+
+async def publish_then_ack(
+    bus: Bus, messages: Sequence[Message], group: str, deliveries: Sequence[Delivery]
+) -> None:
+    """`publish_and_ack` for a bus that needs two steps."""
+    await bus.publish(messages)
+    await bus.ack(group, deliveries)
 
 
 def dead_letter_message(group: str, delivery: Delivery, reason: str) -> Message:

@@ -57,7 +57,7 @@ from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from confluent_kafka.cimpl import NewTopic
 
-from headrace.bus.base import Delivery, dead_letter_message
+from headrace.bus.base import Delivery, dead_letter_message, publish_then_ack
 from headrace.errors import InfraError
 from headrace.events import Message
 
@@ -256,6 +256,11 @@ class KafkaBus:
         """Records of `group` fetched by this process and not yet handed out (a gauge)."""
         g = self._groups.get(group)
         return g.buffered if g is not None else 0
+
+    async def publish_and_ack(
+        self, messages: Sequence[Message], group: str, deliveries: Sequence[Delivery]
+    ) -> None:
+        await publish_then_ack(self, messages, group, deliveries)
 
     async def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
         g = self._groups.get(group)

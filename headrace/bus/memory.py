@@ -14,10 +14,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from headrace.bus.base import (
-    Delivery,
-    dead_letter_message,
-)
+from headrace.bus.base import Delivery, dead_letter_message, publish_then_ack
 from headrace.events import Message
 
 Queue = tuple[str, str]  # (topic, group)
@@ -126,6 +123,11 @@ class MemoryBus:
             if waiters and fut in waiters:
                 waiters.remove(fut)
         return self._take(topics, group, consumer, max_count)
+
+    async def publish_and_ack(
+        self, messages: Sequence[Message], group: str, deliveries: Sequence[Delivery]
+    ) -> None:
+        await publish_then_ack(self, messages, group, deliveries)
 
     async def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:

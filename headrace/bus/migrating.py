@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from headrace.bus.base import Bus, Delivery
+from headrace.bus.base import Bus, Delivery, publish_then_ack
 from headrace.bus.kafka import KafkaBus
 from headrace.bus.redis import RedisBus
 from headrace.errors import InfraError
@@ -303,6 +303,11 @@ class MigratingBus:
             tag, _, id = d.id.partition("|")
             out[KAFKA if tag == "k" else REDIS].append(Delivery(d.topic, id, d.message))
         return out
+
+    async def publish_and_ack(
+        self, messages: Sequence[Message], group: str, deliveries: Sequence[Delivery]
+    ) -> None:
+        await publish_then_ack(self, messages, group, deliveries)
 
     async def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
         for backend, mine in self._split(deliveries).items():

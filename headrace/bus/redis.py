@@ -107,16 +107,36 @@ class RedisBus:
         return self.prefix + topic
 
     async def publish(self, messages: Sequence[Message]) -> None:
-        if not messages:
-            return
+        if messages:
+            await self._send(messages, [])
+
+    async def publish_and_ack(
+        self, messages: Sequence[Message], group: str, deliveries: Sequence[Delivery]
+    ) -> None:
+        """One MULTI ... EXEC: the XACKs run only with the XADDs (a command Redis refuses,
+        such as a write over `maxmemory`, aborts them all), in the same round trip."""
+        if not deliveries:
+            await self.publish(messages)
+        elif not messages:
+            await self.ack(group, deliveries)
+        else:
+            await self._send(messages, self._acks(group, deliveries))
+
+    async def _send(self, messages: Sequence[Message], acks: list[Command]) -> None:
+        """XADD `messages` (in a MULTI with `acks` when there are any), and XLEN the streams
+        due for a length check; trims those grown past `max_len`."""
         now = time.monotonic()
         topics = dict.fromkeys(m.topic for m in messages)
         due = [t for t in topics if t not in self.capped and self._trim_due(t, now)]
         with _edge("publish"):
             commands = [self._xadd(m) for m in messages]
+            if acks:
+                commands = [("MULTI",), *commands, *acks, ("EXEC",)]
             commands += [("XLEN", self._key(topic)) for topic in due]
             replies = _raised(await self._client.pipeline(commands))
-            lengths = replies[len(messages) :]
+            if acks:
+                _raised(replies[-len(due) - 1])  # a command inside the transaction failed
+            lengths = replies[len(replies) - len(due) :]
         for topic, length in zip(due, lengths, strict=True):
             if length > self.max_len:
                 try:  # the messages are published: a failed trim waits for the next check
@@ -246,9 +266,11 @@ class RedisBus:
         if not deliveries:
             return
         with _edge("ack"):
-            by_topic = _by_topic(deliveries).items()
-            acks: list[Command] = [("XACK", self._key(t), group, *ids) for t, ids in by_topic]
-            _raised(await self._client.pipeline(acks))
+            _raised(await self._client.pipeline(self._acks(group, deliveries)))
+
+    def _acks(self, group: str, deliveries: Sequence[Delivery]) -> list[Command]:
+        by_topic = _by_topic(deliveries).items()
+        return [("XACK", self._key(t), group, *ids) for t, ids in by_topic]
 
     async def touch(self, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:

@@ -54,24 +54,13 @@ class Coordinator:
         self.batch_size = batch_size
 
     async def run_results(self) -> None:
-        """Consume results forever: one decide/commit/publish per batch. A batch is
-        acknowledged while the next one is read: the ack is off the critical path, and a
-        failed one surfaces at the next batch (redelivered results are applied once)."""
-        acking: asyncio.Task[None] | None = None
-        try:
-            while True:
-                good = await self._apply_next()
-                if acking is not None:
-                    await acking
-                acking = asyncio.create_task(self.bus.ack(GROUP, good)) if good else None
-        finally:
-            if acking is not None:
-                await asyncio.wait([acking])  # before the bus closes; its error is logged
-                if not acking.cancelled() and acking.exception() is not None:
-                    log.warning("acknowledging results failed: %s", acking.exception())
+        """Consume results forever: one decide/commit/publish per batch, the batch's
+        acknowledgement sent with the publish (redelivered results are applied once)."""
+        while True:
+            await self._apply_next()
 
-    async def _apply_next(self) -> list[Delivery]:
-        """Read a batch of results and apply it; the deliveries to acknowledge."""
+    async def _apply_next(self) -> None:
+        """Read a batch of results and apply it."""
         deliveries = await self.bus.consume([RESULTS], GROUP, self.name, self.batch_size, 200)
         if 1 < len(deliveries) < self.batch_size:
             await asyncio.sleep(0)  # under load, linger a loop turn: more results join
@@ -88,16 +77,16 @@ class Coordinator:
                 commands.append(command)
                 good.append(delivery)
         if commands:
-            await self.apply(commands)
-        return good
+            await self.apply(commands, good)
 
-    async def apply(self, commands: list[tuple[str, Command]]) -> None:
-        """Apply a batch; while the store is down, retry it. A command that fails on its own
-        for any other reason is logged and dropped, so it cannot block the others."""
+    async def apply(self, commands: list[tuple[str, Command]], deliveries: list[Delivery]) -> None:
+        """Apply a batch and acknowledge its deliveries; while the store is down, retry it. A
+        command that fails on its own for any other reason is logged and dropped, so it
+        cannot block the others."""
         pause = 0.05
         while True:
             try:
-                await self.driver.apply(commands)
+                await self.driver.apply(commands, acks=(GROUP, deliveries))
                 return
             except InfraError:
                 log.warning("store or bus unavailable; retrying a batch of %d", len(commands))
@@ -106,9 +95,10 @@ class Coordinator:
             except Exception:
                 if len(commands) == 1:
                     log.exception("dropping a result that cannot be applied: %s", commands[0])
+                    await self.bus.ack(GROUP, deliveries)
                     return
-                for command in commands:
-                    await self.apply([command])
+                for command, delivery in zip(commands, deliveries, strict=True):
+                    await self.apply([command], [delivery])
                 return
 
     async def run_timers(self) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from headrace.bus import Bus
+from headrace.bus import Bus, Delivery
 from headrace.bus.topics import CANCELS, jobs_topic
 from headrace.engine import Command, Decision, RunState, Start, decide, jobs_in_flight, new_run
 from headrace.errors import Conflict, InfraError
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
 SENT_FLUSH_S = 0.5
+
+Acks = tuple[str, Sequence[Delivery]] | None  # (group, deliveries) to acknowledge
 
 
 @dataclass
@@ -183,16 +185,20 @@ class Driver:
         await cancel_all(list(self._publishing))
 
     async def apply(
-        self, commands: Sequence[tuple[str, Command]], fired: Sequence[Timer] = ()
+        self,
+        commands: Sequence[tuple[str, Command]],
+        fired: Sequence[Timer] = (),
+        acks: Acks = None,
     ) -> list[tuple[str, Applied]]:
-        """Decide and commit `commands` (run id, command) as one batch; retried on conflict."""
+        """Decide and commit `commands` (run id, command) as one batch; retried on conflict.
+        `acks` are acknowledged in the publish that follows the commit of the last of them."""
         pending = list(commands)
         fired_by_run: dict[str, list[Timer]] = {}
         for timer in fired:
             fired_by_run.setdefault(timer.run_id, []).append(timer)
         results: list[tuple[str, Applied]] = []
         for _ in range(MAX_CONFLICT_RETRIES):
-            batch, conflicts = await self._try(pending, fired_by_run)
+            batch, conflicts = await self._try(pending, fired_by_run, acks)
             results += [(rid, a) for rid, a in batch.applied if rid not in conflicts]
             pending = [(rid, c) for rid, c in pending if rid in conflicts]
             if not pending:
@@ -200,7 +206,7 @@ class Driver:
         raise InfraError(f"runs kept changing under this writer: {sorted(conflicts)}")
 
     async def _try(
-        self, commands: Sequence[tuple[str, Command]], fired: dict[str, list[Timer]]
+        self, commands: Sequence[tuple[str, Command]], fired: dict[str, list[Timer]], acks: Acks
     ) -> tuple[_Batch, set[str]]:
         batch = _Batch()
         stale: set[str] = set()
@@ -231,7 +237,7 @@ class Driver:
             for run_id in conflicts:
                 self.cache.pop(run_id, None)
         done = [t for t in todo if t.state.run_id not in conflicts]
-        await self._publish(done, committed.outbox_ids)
+        await self._publish(done, committed.outbox_ids, None if conflicts else acks)
         return batch, conflicts
 
     async def _is_stale(self, state: RunState) -> bool:
@@ -278,19 +284,26 @@ class Driver:
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
 
-    async def _publish(self, transitions: list[Transition], outbox_ids: list[int]) -> None:
-        """Publish what was just committed, then mark it sent. A crash in between leaves the
-        rows for the relay: republished, never lost (consumers deduplicate); so does a
-        publish that fails (the bus is down)."""
+    async def _publish(
+        self, transitions: list[Transition], outbox_ids: list[int], acks: Acks = None
+    ) -> None:
+        """Publish what was just committed (with `acks`, in the same round trip), then mark
+        it sent. A crash in between leaves the rows for the relay: republished, never lost
+        (consumers deduplicate); so does a publish that fails (the bus is down), and the
+        deliveries not acknowledged then come again."""
         self.crash.reached("after_commit")
         messages = [m for t in transitions for m in t.messages]
-        if messages:
+        if messages or acks:
             try:
-                await self.bus.publish(messages)
+                if acks:
+                    await self.bus.publish_and_ack(messages, *acks)
+                else:
+                    await self.bus.publish(messages)
             except InfraError as e:  # committed, so accepted: the relay sends them later
                 log.warning("publish failed, %d messages left to the relay: %s", len(messages), e)
             else:
-                self._mark_sent(outbox_ids)
+                if messages:
+                    self._mark_sent(outbox_ids)
         for t in transitions:
             if t.events:
                 self.hub.notify(t.state.run_id, t.state.seq)

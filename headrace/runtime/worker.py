@@ -65,7 +65,7 @@ class Worker:
         self.held: dict[tuple[str, str, int], Delivery] = {}  # their deliveries, for heartbeats
         self._poison: list[tuple[Delivery, str]] = []
         self.results: list[Message] = []
-        self.acks: list[Delivery] = []  # sent after the results queued with them
+        self.acks: list[Delivery] = []  # sent with the results queued with them
         self.flush_needed = asyncio.Event()
         self.free = concurrency  # slots not running a job
         self.slot_freed = asyncio.Event()
@@ -183,7 +183,7 @@ class Worker:
         )
 
     async def _flush_results(self) -> None:
-        """Publish finished results in batches, then acknowledge their jobs."""
+        """Publish finished results in batches, with the acknowledgements of their jobs."""
         while True:
             await self.flush_needed.wait()
             self.flush_needed.clear()
@@ -198,10 +198,8 @@ class Worker:
         results, self.results = self.results, []
         acks, self.acks = self.acks, []
         try:
-            if results:
-                await self.bus.publish(results)
-            if acks:
-                await self.bus.ack(GROUP, acks)
+            if results or acks:
+                await self.bus.publish_and_ack(results, GROUP, acks)
         except InfraError:  # the bus is down: keep them for the next flush, not lose them
             self.results[:0] = results
             self.acks[:0] = acks

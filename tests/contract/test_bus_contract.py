@@ -135,6 +135,16 @@ async def test_acknowledged_messages_are_not_redelivered(bus: Bus) -> None:
     await nothing_for(bus, T, "g", "c2", VISIBILITY_S * 1.5)
 
 
+async def test_publish_and_ack_sends_the_reply_and_acknowledges_the_job(bus: Bus) -> None:
+    await bus.publish([msg(T, 1)])
+    (job,) = await bus.consume([T], "workers", "w1", 10, 0)
+    await bus.publish_and_ack([msg("t.r", 1)], "workers", [job])
+    (reply,) = await take(bus, ["t.r"], "coordinators", "c", 1)
+    assert reply.message == msg("t.r", 1)
+    await asyncio.sleep(VISIBILITY_S * 1.5)
+    await nothing_for(bus, T, "workers", "w2", VISIBILITY_S * 1.5)  # acknowledged
+
+
 async def test_unacknowledged_message_goes_to_another_consumer_after_visibility(
     bus: Bus,
 ) -> None:
@@ -414,6 +424,30 @@ async def start_redis(port: int, workdir: Path) -> asyncio.subprocess.Process:
                 await asyncio.sleep(0.05)
     finally:
         await client.aclose()
+
+
+@pytest.mark.integration
+async def test_redis_acknowledges_nothing_when_the_reply_is_refused(tmp_path: Path) -> None:
+    port = free_port()
+    server = await start_redis(port, tmp_path)  # its own: the shared one keeps its memory limit
+    bus = RedisBus(f"redis://127.0.0.1:{port}/0", visibility_ms=VISIBILITY_MS)
+    admin = aioredis.Redis(port=port)
+    try:
+        await bus.publish([msg(T, 1)])
+        (job,) = await bus.consume([T], "workers", "w1", 10, 0)
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", 1)  # every write is refused: -OOM
+        with pytest.raises(InfraError, match=r"OOM|EXECABORT"):
+            await bus.publish_and_ack([msg("t.r", 1)], "workers", [job])
+        await admin.config_set("maxmemory", 0)
+        (again,) = await take(bus, [T], "workers", "w2", 1)  # its reply was not sent: not acked
+        assert again.id == job.id
+        assert await admin.xlen(bus.prefix + "t.r") == 0
+    finally:
+        await admin.aclose()
+        await bus.close()
+        server.kill()
+        await server.wait()
 
 
 @pytest.mark.integration

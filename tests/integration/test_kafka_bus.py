@@ -154,6 +154,16 @@ async def test_unacknowledged_message_goes_to_another_consumer_after_visibility(
     await nothing_for(bus, T, "g", "dead", VISIBILITY_S * 1.5)
 
 
+async def test_publish_and_ack_sends_the_reply_and_acknowledges_the_job(bus: KafkaBus) -> None:
+    await bus.publish([msg(T, 1)])
+    (job,) = await take(bus, [T], "workers", "w1", 1, ack=False)
+    await bus.publish_and_ack([msg("t.r", 1)], "workers", [job])
+    (reply,) = await take(bus, ["t.r"], "coordinators", "c", 1)
+    assert reply.message == msg("t.r", 1)
+    await asyncio.sleep(VISIBILITY_S * 1.5)
+    await nothing_for(bus, T, "workers", "w2", VISIBILITY_S * 1.5)  # acknowledged
+
+
 async def test_touch_keeps_a_message_from_redelivery(bus: KafkaBus) -> None:
     await bus.publish([msg(T, 1)])
     (held,) = await take(bus, [T], "g", "slow", 1, ack=False)
