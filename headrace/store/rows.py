@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -280,32 +279,37 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 def list_runs_query(
     status: str | None, workflow: str | None, cursor: str | None, limit: int, mark: str
 ) -> tuple[str, list[Any]] | None:
-    """The SELECT of `Store.list_runs` and its arguments, with `mark` as the placeholder
-    (`?` or `%s`); None when nothing can match (a workflow version that is not a number)."""
+    """The SELECT of `Store.list_runs` and its arguments, with `mark` as the placeholder (`?`,
+    or `$` for numbered ones: `$1, $2...`); None when nothing can match (a workflow version
+    that is not a number)."""
     where: list[str] = []
     args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}" if mark == "$" else mark
+
     if status:
-        where.append(f"status = {mark}")
-        args.append(status)
+        where.append(f"status = {arg(status)}")
     if workflow:
         name, _, version = workflow.partition("@")
-        where.append(f"workflow_name = {mark}")
-        args.append(name)
+        where.append(f"workflow_name = {arg(name)}")
         if version:
             if not version.isdigit():
                 return None
-            where.append(f"workflow_version = {mark}")
-            args.append(int(version))
+            where.append(f"workflow_version = {arg(int(version))}")
     if cursor:
         created, run_id = decode_cursor(cursor)
-        where.append(f"(created_at < {mark} OR (created_at = {mark} AND run_id < {mark}))")
-        args += [created, created, run_id]
+        where.append(
+            f"(created_at < {arg(created)} OR (created_at = {arg(created)} "
+            f"AND run_id < {arg(run_id)}))"
+        )
     sql = (
         f"SELECT {RUN_SELECT} FROM runs"
         + (" WHERE " + " AND ".join(where) if where else "")
-        + f" ORDER BY created_at DESC, run_id DESC LIMIT {mark}"
+        + f" ORDER BY created_at DESC, run_id DESC LIMIT {arg(limit + 1)}"
     )
-    return sql, [*args, limit + 1]
+    return sql, args
 
 
 def page(found: list[RunRecord], limit: int) -> tuple[list[RunRecord], str | None]:
@@ -318,6 +322,6 @@ def page(found: list[RunRecord], limit: int) -> tuple[list[RunRecord], str | Non
 FLAG_CHANGE_SELECT = "name, old, new, who, why, at"
 
 
-def flag_change(row: Sequence[Any]) -> FlagChange:
+def flag_change(row: Any) -> FlagChange:
     name, old, new, who, why, at = row
     return FlagChange(name, None if old is None else json.loads(old), json.loads(new), who, why, at)
