@@ -246,7 +246,10 @@ def connect_args(url: str) -> dict[str, Any]:
     u = urlsplit(url)
     query = dict(parse_qsl(u.query))
     settings = dict(_SERVER_SETTINGS)
-    timeout = float(query.pop("connect_timeout", CONNECT_TIMEOUT_S))
+    try:
+        timeout = float(query.pop("connect_timeout", CONNECT_TIMEOUT_S))
+    except ValueError:
+        raise InputError("database_url", "connect_timeout: expected seconds") from None
     for option in unquote(query.pop("options", "")).split():
         name, _, value = option.removeprefix("-c").partition("=")
         if not value:
