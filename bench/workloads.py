@@ -156,7 +156,7 @@ async def _ended(rt: Runtime, run_id: str) -> RunRecord:
         return await rt.wait(run_id, timeout_s=600)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:  # the hub hears only this process: poll the store
-        record, _ = await rt.store.get_run(run_id)
+        record = await rt.store.get_run_record(run_id)
         if record.ended_at_ms is not None:
             return record
         await asyncio.sleep(0.005)
@@ -174,7 +174,7 @@ async def _all_ended(rt: Runtime, ids: list[str]) -> list[RunRecord]:
             raise TimeoutError(f"{len(waiting)} runs did not end in 600 s")
         await asyncio.sleep(0.01)
         waiting &= set(await rt.store.active_runs())
-    return [(await rt.store.get_run(run_id))[0] for run_id in ids]
+    return [await rt.store.get_run_record(run_id) for run_id in ids]
 
 
 def measure(name: str, db: Path) -> dict[str, Any]:

@@ -210,7 +210,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
-            record, _ = await self.store.get_run(run_id)
+            record = await self.store.get_run_record(run_id)
             if record.status in ("completed", "failed", "cancelled"):
                 return record
             if deadline is not None and loop.time() > deadline:

@@ -183,6 +183,9 @@ class Store(Protocol):
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[NodeRecord]]:
         """The run and its top-level nodes, map children counted by status."""
 
+    async def get_run_record(self, run_id: str) -> RunRecord:
+        """The run alone (one query); NotFound for an unknown id."""
+
     async def list_runs(
         self, status: str | None, workflow: str | None, limit: int, cursor: str | None
     ) -> tuple[list[RunRecord], str | None]: ...

@@ -580,6 +580,12 @@ class PostgresStore:
 
     # --- reads ---
 
+    async def get_run_record(self, run_id: str) -> RunRecord:
+        row = await self._one(f"SELECT {rows.RUN_SELECT} FROM runs WHERE run_id = $1", run_id)
+        if row is None:
+            raise NotFound("run", run_id)
+        return rows.run_record(row)
+
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[NodeRecord]]:
         async with self._conn() as conn:
             row = await conn.fetchrow(

@@ -389,6 +389,9 @@ class SqliteStore:
             nodes.append(rows.node_record(nid, row[1:] if row else None, counts.get(nid)))
         return record, nodes
 
+    async def get_run_record(self, run_id: str) -> RunRecord:
+        return self._run_record(run_id)
+
     def _run_record(self, run_id: str) -> RunRecord:
         row = self.db.execute(
             f"SELECT {rows.RUN_SELECT} FROM runs WHERE run_id = ?", (run_id,)

@@ -158,7 +158,7 @@ async def check_runs(db_url: str, run_ids: list[str], outputs: dict[str, object]
     await store.open()
     try:
         for run_id in run_ids:
-            record, _ = await store.get_run(run_id)
+            record = await store.get_run_record(run_id)
             assert record.status == "completed", (run_id, record.error)
             assert record.outputs == outputs, (run_id, record.outputs)
             assert await replay_diff(store, run_id) == {}, run_id

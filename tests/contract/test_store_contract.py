@@ -261,8 +261,11 @@ async def test_get_run_counts_map_children_by_status(store: Store) -> None:
     assert a.status == "completed" and a.output == {"n": "a"} and a.children is None
     assert m.width == 4 and m.children == {"completed": 2, "scheduled": 2}
     assert z.status == "pending" and z.attempt == 0
+    assert await store.get_run_record(state.run_id) == record
     with pytest.raises(NotFound):
         await store.get_run("no-such-run")
+    with pytest.raises(NotFound):
+        await store.get_run_record("no-such-run")
 
 
 async def test_list_runs_filters_and_pages_newest_first(store: Store) -> None:
