@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         description="the relay sends a job again when its attempt was scheduled this long "
         "ago and has not started (the bus may have lost it)",
     )
+    local_results: bool = Field(
+        True,
+        description="a process that is both worker and coordinator applies its own "
+        "workers' results directly, not through the bus",
+    )
     shutdown_grace_s: float = Field(
         10.0,
         ge=0,
@@ -89,7 +94,7 @@ class Settings(BaseSettings):
     crash_at: str | None = Field(
         None,
         description="tests only: NAME[:N] makes this process SIGKILL itself the Nth "
-        "time it reaches crash point NAME (after_commit, after_execute)",
+        "time it reaches crash point NAME (after_commit, after_execute, after_handoff)",
     )
 
     @field_validator("tasks")

@@ -8,6 +8,10 @@ RESULTS = "node.results"
 CANCELS = "node.cancels"  # broadcast: every worker sees every cancel
 WORKFLOW_EVENTS = "workflow.events"
 
+# consumer groups
+WORKERS = "workers"  # of the job lanes
+COORDINATORS = "coordinators"  # of the results
+
 
 def jobs_topic(priority: str) -> str:
     return f"node.jobs.{priority}"

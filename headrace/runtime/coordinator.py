@@ -9,24 +9,28 @@ import logging
 import msgspec
 
 from headrace.bus import Bus, Delivery
-from headrace.bus.topics import RESULTS
+from headrace.bus.topics import COORDINATORS, RESULTS, WORKERS
 from headrace.engine import Command, Complete, Fail, Fire, MarkStarted
 from headrace.errors import InfraError
-from headrace.events import Finished, Started, decode_result
+from headrace.events import Finished, Result, Started, decode_result
 from headrace.runtime.clock import now_ms
 from headrace.runtime.driver import Driver
+from headrace.runtime.local import LocalResults
 from headrace.store import Store
 
 log = logging.getLogger(__name__)
-GROUP = "coordinators"
+GROUP = COORDINATORS
 
 
 def command_of(delivery: Delivery) -> tuple[str, Command] | str:
     """The engine command a result message asks for, or why it cannot be decoded."""
     try:
-        r = decode_result(delivery.message.payload)
+        return command_for(decode_result(delivery.message.payload))
     except msgspec.DecodeError as e:
         return f"undecodable result: {e}"
+
+
+def command_for(r: Result) -> tuple[str, Command]:
     if isinstance(r, Started):
         return r.run_id, MarkStarted(r.node_id, r.attempt, r.at_ms)
     assert isinstance(r, Finished)
@@ -35,6 +39,9 @@ def command_of(delivery: Delivery) -> tuple[str, Command] | str:
     return r.run_id, Complete(
         r.node_id, r.attempt, r.started_at_ms, r.at_ms, r.output, r.cost_cents
     )
+
+
+Item = tuple[tuple[str, Command], Delivery | None]  # a command, and what to acknowledge with it
 
 
 class Coordinator:
@@ -46,18 +53,32 @@ class Coordinator:
         *,
         name: str = "coordinator-1",
         batch_size: int = 1000,
+        local: LocalResults | None = None,
     ) -> None:
         self.driver = driver
         self.bus = bus
         self.store = store
         self.name = name
         self.batch_size = batch_size
+        self.local = local
 
     async def run_results(self) -> None:
         """Consume results forever: one decide/commit/publish per batch, the batch's
         acknowledgement sent with the publish (redelivered results are applied once)."""
         while True:
             await self._apply_next()
+
+    async def run_local_results(self) -> None:
+        """Apply the results this process's worker hands over (see runtime/local.py); their
+        jobs are acknowledged with the publish that follows the commit."""
+        assert self.local is not None
+        while True:
+            taken = await self.local.take()
+            self.driver.crash.reached("after_handoff")  # results taken, not yet committed
+            try:
+                await self.apply([(command_for(r), job) for r, job in taken], WORKERS)
+            finally:
+                self.local.settle(len(taken))
 
     async def _apply_next(self) -> None:
         """Read a batch of results and apply it."""
@@ -66,39 +87,39 @@ class Coordinator:
             await asyncio.sleep(0)  # under load, linger a loop turn: more results join
             more = self.batch_size - len(deliveries)
             deliveries += await self.bus.consume([RESULTS], GROUP, self.name, more, 0)
-        commands: list[tuple[str, Command]] = []
-        good = []
+        items: list[Item] = []
         for delivery in deliveries:
             command = command_of(delivery)
             if isinstance(command, str):  # poison: set aside, never blocks the others
                 log.error("result %s goes to the dead-letter topic: %s", delivery.id, command)
                 await self.bus.dead_letter(GROUP, delivery, command)
             else:
-                commands.append(command)
-                good.append(delivery)
-        if commands:
-            await self.apply(commands, good)
+                items.append((command, delivery))
+        if items:
+            await self.apply(items, GROUP)
 
-    async def apply(self, commands: list[tuple[str, Command]], deliveries: list[Delivery]) -> None:
-        """Apply a batch and acknowledge its deliveries; while the store is down, retry it. A
-        command that fails on its own for any other reason is logged and dropped, so it
-        cannot block the others."""
+    async def apply(self, items: list[Item], group: str) -> None:
+        """Apply a batch and acknowledge its deliveries for `group`; while the store is
+        down, retry it. A command that fails on its own for any other reason is logged and
+        dropped, so it cannot block the others."""
+        commands = [command for command, _ in items]
+        acks = [d for _, d in items if d is not None]
         pause = 0.05
         while True:
             try:
-                await self.driver.apply(commands, acks=(GROUP, deliveries))
+                await self.driver.apply(commands, acks=(group, acks))
                 return
             except InfraError:
                 log.warning("store or bus unavailable; retrying a batch of %d", len(commands))
                 await asyncio.sleep(pause)
                 pause = min(2.0, pause * 2)
             except Exception:
-                if len(commands) == 1:
+                if len(items) == 1:
                     log.exception("dropping a result that cannot be applied: %s", commands[0])
-                    await self.bus.ack(GROUP, deliveries)
+                    await self.bus.ack(group, acks)
                     return
-                for command, delivery in zip(commands, deliveries, strict=True):
-                    await self.apply([command], [delivery])
+                for item in items:
+                    await self.apply([item], group)
                 return
 
     async def run_timers(self) -> None:

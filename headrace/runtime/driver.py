@@ -292,6 +292,12 @@ class Driver:
         (consumers deduplicate); so does a publish that fails (the bus is down), and the
         deliveries not acknowledged then come again."""
         self.crash.reached("after_commit")
+        for t in transitions:  # first: readers (stream, `wait`) read the store, not the bus
+            if t.events:
+                self.hub.notify(t.state.run_id, t.state.seq)
+            if t.state.status in RUN_TERMINAL:
+                self.cache.pop(t.state.run_id, None)
+                self.hub.ended(t.state.run_id)
         messages = [m for t in transitions for m in t.messages]
         if messages or acks:
             try:
@@ -304,12 +310,6 @@ class Driver:
             else:
                 if messages:
                     self._mark_sent(outbox_ids)
-        for t in transitions:
-            if t.events:
-                self.hub.notify(t.state.run_id, t.state.seq)
-            if t.state.status in RUN_TERMINAL:
-                self.cache.pop(t.state.run_id, None)
-                self.hub.ended(t.state.run_id)
         if any(t.timers for t in transitions):
             self.timers_changed.set()
         self.metrics.observe(transitions)

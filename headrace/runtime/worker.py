@@ -1,9 +1,9 @@
 """The worker: runs jobs with bounded concurrency and sends their results back in batches.
 
 High-priority jobs are taken before normal before low. A job's delivery is acknowledged only
-after its result is on the bus, so a worker that dies mid-job leaves the job to be
-redelivered. A job that runs longer than `started_notice_s` sends a `Started` notice, so a
-quick job costs one result message, not two.
+after its result is on the bus (or, handed to the coordinator of the same process, committed),
+so a worker that dies mid-job leaves the job to be redelivered. A job that runs longer than
+`started_notice_s` sends a `Started` notice, so a quick job costs one result message, not two.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import msgspec
 
 from headrace.bus import Bus, Delivery
 from headrace.bus.base import reply_headers
-from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS
+from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS, WORKERS
 from headrace.errors import InfraError, NodeError
 from headrace.events import (
     ErrorInfo,
@@ -33,11 +33,12 @@ from headrace.events import (
 from headrace.nodes import NodeExecutor, Outcome, redact
 from headrace.runtime.clock import now_ms
 from headrace.runtime.crash import NO_CRASH, CrashPoints
+from headrace.runtime.local import LocalResults
 from headrace.runtime.supervise import cancel_all, run_all
 from headrace.spec import resolve_secrets, secret_names
 
 log = logging.getLogger(__name__)
-GROUP = "workers"
+GROUP = WORKERS
 
 
 class Worker:
@@ -52,7 +53,9 @@ class Worker:
         started_notice_s: float = 0.5,
         heartbeat_s: float = 2.0,
         crash: CrashPoints = NO_CRASH,
+        local: LocalResults | None = None,
     ) -> None:
+        self.local = local  # the coordinator of this process, when it has one
         self.heartbeat_s = heartbeat_s
         self.crash = crash
         self.bus = bus
@@ -126,7 +129,10 @@ class Worker:
         finally:
             notice.cancel()
         self.crash.reached("after_execute")
-        self._send(reply(delivery, encode(result)), delivery)
+        if self.local is not None:
+            self.local.put(result, delivery)
+        else:
+            self._send(reply(delivery, encode(result)), delivery)
 
     def _send(self, result: Message | None, delivery: Delivery | None) -> None:
         if result is not None:
@@ -137,7 +143,10 @@ class Worker:
 
     def _send_started(self, job: Job, at_ms: int, delivery: Delivery) -> None:
         started = Started(run_id=job.run_id, node_id=job.node_id, attempt=job.attempt, at_ms=at_ms)
-        self._send(reply(delivery, encode(started)), None)
+        if self.local is not None:
+            self.local.put(started, None)
+        else:
+            self._send(reply(delivery, encode(started)), None)
 
     async def _attempt(self, job: Job, started: int) -> Finished:
         executor = self.executors.get(job.kind)
@@ -216,6 +225,8 @@ class Worker:
         self.handing_back = True
         await cancel_all(list(self.running.values()))
         await self._flush()
+        if self.local is not None and not await self.local.settled(grace_s):
+            log.warning("results not applied before the stop; their jobs run again elsewhere")
 
     async def _heartbeat(self) -> None:
         """Renew the lease of every job still running, so the bus does not hand it to

@@ -32,6 +32,7 @@ from headrace.runtime.coordinator import Coordinator
 from headrace.runtime.crash import CrashPoints
 from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
+from headrace.runtime.local import LocalResults
 from headrace.runtime.metrics import Metrics
 from headrace.runtime.relay import Relay
 from headrace.runtime.supervise import Supervised, cancel_all
@@ -88,8 +89,14 @@ class Runtime:
             "http": HttpExecutor(self.http, self.secrets).run,
             "agent": AgentExecutor(self.secrets).run,
         }
+        both = {"coordinator", "worker"} <= set(roles) and settings.local_results
+        local = LocalResults() if both else None
         self.coordinator = Coordinator(
-            self.driver, self.bus, self.store, name=f"coordinator-{settings.process_name}"
+            self.driver,
+            self.bus,
+            self.store,
+            name=f"coordinator-{settings.process_name}",
+            local=local,
         )
         self.worker = Worker(
             self.bus,
@@ -99,6 +106,7 @@ class Runtime:
             heartbeat_s=settings.heartbeat_s,
             concurrency=settings.worker_concurrency,
             crash=crash,
+            local=local,
         )
         self.relay = Relay(
             self.store,
@@ -151,6 +159,10 @@ class Runtime:
                 Supervised("coordinator.results", self.coordinator.run_results),
                 Supervised("coordinator.timers", self.coordinator.run_timers),
             ]
+            if self.coordinator.local is not None:
+                self.loops.append(
+                    Supervised("coordinator.local", self.coordinator.run_local_results)
+                )
         if "worker" in self.roles:
             self.loops.append(Supervised("worker", self.worker.run))
         if "relay" in self.roles:

@@ -23,6 +23,7 @@ or `?synchronous_commit=off`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
@@ -116,7 +117,8 @@ _TABLES = {
 
 def _rows(alias: str, ordinality: bool = False) -> str:
     """`(SELECT (r->>0)::type AS col, ... FROM jsonb_array_elements(%(alias)s)) AS alias`: a
-    table's rows travel as one JSON array of arrays, encoded in C by msgspec."""
+    table's rows travel as one JSON array of arrays, encoded in C by msgspec (as a Postgres
+    array per column, they cost the client more and the server no less)."""
     types = _TABLES[alias]
     cols = ", ".join(f"{_field(i, t)} AS {c}" for i, (c, t) in enumerate(types.items()))
     extra = ", x.i" if ordinality else ""
@@ -135,45 +137,97 @@ def _set_excluded(columns: Sequence[str]) -> str:
 
 
 _APPLIED = "IN (SELECT run_id FROM ok)"
-_COMMIT = f"""
-WITH upd AS (
+# The commit's parts: (name, what it needs present, the CTE). A batch's statement has only
+# the parts its rows need: an empty part still costs the server its executor nodes (a W1
+# commit's ten CTEs took ~40 µs more than its five).
+_PARTS = (
+    (
+        "upd",
+        "u",
+        f"""
     UPDATE runs SET {", ".join(f"{c} = u.{c}" for c in _RUN_TYPES if c != "version")},
         version = u.version + 1
     FROM {_rows("u")}
     WHERE runs.run_id = u.run_id AND runs.version = u.version
-    RETURNING runs.run_id
-), ins AS (
+    RETURNING runs.run_id""",
+    ),
+    (
+        "ins",
+        "n",
+        f"""
     INSERT INTO runs ({", ".join(_INSERT_TYPES)}) SELECT * FROM {_rows("n")}
     ON CONFLICT DO NOTHING
-    RETURNING run_id
-), ok AS (
-    SELECT run_id FROM upd UNION ALL SELECT run_id FROM ins
-), ev AS (
+    RETURNING run_id""",
+    ),
+    (
+        "ev",
+        "e",
+        f"""
     INSERT INTO events ({", ".join(_EVENT_TYPES)})
-    SELECT * FROM {_rows("e")} WHERE e.run_id {_APPLIED}
-), nodes AS (
+    SELECT * FROM {_rows("e")} WHERE e.run_id {_APPLIED}""",
+    ),
+    (
+        "nodes",
+        "nd",
+        f"""
     INSERT INTO node_states ({", ".join(_NODE_TYPES)})
     SELECT * FROM {_rows("nd")} WHERE nd.run_id {_APPLIED}
-    ON CONFLICT (run_id, node_id) DO UPDATE SET {_set_excluded(rows.NODE_COLUMNS[4:])}
-), fired AS (
+    ON CONFLICT (run_id, node_id) DO UPDATE SET {_set_excluded(rows.NODE_COLUMNS[4:])}""",
+    ),
+    (
+        "fired",
+        "f",
+        f"""
     DELETE FROM timers USING {_rows("f")}
-    WHERE timers.run_id = f.run_id AND timers.timer_id = f.timer_id AND f.run_id {_APPLIED}
-), ended AS (
-    DELETE FROM timers WHERE run_id = ANY(%(ended)b::text[]) AND run_id {_APPLIED}
-), tm AS (
+    WHERE timers.run_id = f.run_id AND timers.timer_id = f.timer_id AND f.run_id {_APPLIED}""",
+    ),
+    (
+        "ended",
+        "ended",
+        f"""
+    DELETE FROM timers WHERE run_id = ANY(%(ended)b::text[]) AND run_id {_APPLIED}""",
+    ),
+    (
+        "tm",
+        "t",
+        f"""
     INSERT INTO timers ({", ".join(_TIMER_TYPES)})
     SELECT * FROM {_rows("t")} WHERE t.run_id {_APPLIED}
-    ON CONFLICT (run_id, timer_id) DO UPDATE SET {_set_excluded(["due_at", "data"])}
-), sent AS (
-    DELETE FROM outbox WHERE id = ANY(%(sent)b::bigint[])
-), ob AS (
+    ON CONFLICT (run_id, timer_id) DO UPDATE SET {_set_excluded(["due_at", "data"])}""",
+    ),
+    (
+        "sent",
+        "sent",
+        """
+    DELETE FROM outbox WHERE id = ANY(%(sent)b::bigint[])""",
+    ),
+    (
+        "ob",
+        "o",
+        f"""
     INSERT INTO outbox (topic, key, payload, headers, created_at)
     SELECT o.topic, o.key, o.payload, o.headers, %(now)b::bigint
     FROM {_rows("o", ordinality=True)} WHERE o.run_id {_APPLIED} ORDER BY o.i
-    RETURNING id
+    RETURNING id""",
+    ),
 )
-SELECT ARRAY(SELECT run_id FROM ok), ARRAY(SELECT id FROM ob ORDER BY id)
-"""
+
+
+@functools.cache
+def _commit_statement(present: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+    """The commit for a batch whose non-empty parameters are `present` (of "u", "n", "e",
+    "nd", "f", "ended", "t", "sent", "o"), and its parameter names in order. The version
+    checks (`upd`, `ins`) decide which runs apply (`ok`); every other part joins on them."""
+    parts = [(name, cte) for name, need, cte in _PARTS if need in present]
+    checks = [name for name, _ in parts if name in ("upd", "ins")]
+    ok = " UNION ALL ".join(f"SELECT run_id FROM {c}" for c in checks)
+    ctes = [f"{name} AS ({cte}\n)" for name, cte in parts if name in checks]
+    ctes.append(f"ok AS ({ok or 'SELECT NULL::text AS run_id WHERE false'})")
+    ctes += [f"{name} AS ({cte}\n)" for name, cte in parts if name not in checks]
+    ids = "ARRAY(SELECT id FROM ob ORDER BY id)" if "o" in present else "'{}'::bigint[]"
+    sql = "WITH " + ",\n".join(ctes) + f"\nSELECT ARRAY(SELECT run_id FROM ok), {ids}"
+    text, names = _numbered(sql)
+    return text, tuple(names)
 
 
 def _numbered(sql: str) -> tuple[str, list[str]]:
@@ -188,55 +242,42 @@ def _numbered(sql: str) -> tuple[str, list[str]]:
     return re.sub(r"%\((\w+)\)[bs]", number, sql), names
 
 
-_COMMIT_SQL, _COMMIT_NAMES = _numbered(_COMMIT)
-
-
-class _Columns:
-    """Rows for one `_rows` table, sent as one JSON array of arrays."""
-
-    def __init__(self, alias: str) -> None:
-        self.alias = alias
-        self.rows: list[tuple[Any, ...]] = []
-
-    def add(self, *values: Any) -> None:
-        self.rows.append(values)
-
-    def params(self) -> dict[str, str]:
-        return {self.alias: _JSON.encode(self.rows).decode()}
-
-
 _JSON = msgspec.json.Encoder()
 
 
 def _commit_params(transitions: list[Transition], sent: Sequence[int], now: int) -> dict[str, Any]:
-    """The parameters of _COMMIT. A run's timers are written so the statement never touches a
-    row twice: an ended run's timers are all deleted (none inserted), a timer both fired and
-    set again is upserted only."""
-    tables = {alias: _Columns(alias) for alias in _TABLES}
+    """The parameters of the commit, only those with rows (see `_commit_statement`): each
+    table's rows as one JSON array of arrays. A run's timers are written so the statement
+    never touches a row twice: an ended run's timers are all deleted (none inserted), a timer
+    both fired and set again is upserted only."""
+    tables: dict[str, list[tuple[Any, ...]]] = {alias: [] for alias in _TABLES}
     ended: list[str] = []
     for t in transitions:
         s = t.state
         if t.new:
-            tables["n"].add(*rows.new_run_values(t))
+            tables["n"].append(rows.new_run_values(t))
         else:
-            tables["u"].add(s.run_id, *rows.run_values(s))
+            tables["u"].append((s.run_id, *rows.run_values(s)))
         for e in t.events:
-            tables["e"].add(s.run_id, e.seq, type(e).__name__, e.at_ms, encode(e).decode())
+            tables["e"].append((s.run_id, e.seq, type(e).__name__, e.at_ms, encode(e).decode()))
         for nid in rows.touched(t.events):
-            tables["nd"].add(*rows.node_values(s.run_id, nid, s.nodes[nid]))
+            tables["nd"].append(rows.node_values(s.run_id, nid, s.nodes[nid]))
         if s.status in RUN_TERMINAL:
             ended.append(s.run_id)
         else:
             timers = {tm.timer_id: tm for tm in t.timers}
             for tid, tm in timers.items():
-                tables["t"].add(s.run_id, tid, tm.due_at_ms, encode(tm).decode())
+                tables["t"].append((s.run_id, tid, tm.due_at_ms, encode(tm).decode()))
             for tid in {tm.timer_id for tm in t.fired} - timers.keys():
-                tables["f"].add(s.run_id, tid)
+                tables["f"].append((s.run_id, tid))
         for m in t.messages:
-            tables["o"].add(s.run_id, m.topic, m.key, m.payload, rows.dumps(m.headers))
-    params: dict[str, Any] = {"ended": ended, "sent": list(sent), "now": now}
-    for table in tables.values():
-        params.update(table.params())
+            tables["o"].append((s.run_id, m.topic, m.key, m.payload, rows.dumps(m.headers)))
+    params: dict[str, Any] = {a: _JSON.encode(r).decode() for a, r in tables.items() if r}
+    if ended:
+        params["ended"] = ended
+    if sent:
+        params["sent"] = list(sent)
+    params["now"] = now
     return params
 
 
@@ -446,8 +487,9 @@ class PostgresStore:
                 seen.add(t.state.run_id)
                 todo.append(t)
         params = _commit_params(todo, sent, int(time.time() * 1000))
+        sql, names = _commit_statement(frozenset(params))
         async with self._writer() as conn:  # prepared once, by asyncpg's statement cache
-            row = await conn.fetchrow(_COMMIT_SQL, *(params[n] for n in _COMMIT_NAMES))
+            row = await conn.fetchrow(sql, *(params[n] for n in names))
         assert row is not None
         applied: set[str] = set(row[0])
         for t in todo:

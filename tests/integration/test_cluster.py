@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from headrace.testing.cluster import ProcessCluster, check_runs, wait_all
+from headrace.testing.servers import free_port
 from headrace.testing.services import postgres_database, redis_prefix
 
 SPEC = """
@@ -82,4 +83,30 @@ def test_sigkill_a_worker_and_a_coordinator_while_runs_flow(cluster: ProcessClus
         wait_all(client, run_ids, cluster)
     assert cluster.procs["coordinator-1"].wait(10) == -signal.SIGKILL  # its crash point fired
     assert held_jobs(cluster, "worker-worker-1") == 0  # its jobs were redelivered and done
+    asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids, {"count": 4}))
+
+
+@pytest.mark.parametrize("crash_at", ["after_handoff:15", "after_commit:15"])
+def test_serve_all_sigkilled_between_a_local_result_and_its_acknowledgement(
+    cluster: ProcessCluster, crash_at: str
+) -> None:
+    # Two `serve all` processes: each applies its own workers' results without the bus. One
+    # dies holding results it took (not committed), or committed ones whose jobs it had not
+    # acknowledged yet: the jobs are redelivered to the other, and each run completes once.
+    cluster.start("all-1", "all", "--port", str(free_port()), HEADRACE_CRASH_AT=crash_at)
+    cluster.start("all-2", "all", "--port", str(cluster.port))  # the API the test talks to
+    cluster.wait_healthy()
+    with httpx.Client(base_url=cluster.url, timeout=10) as client:
+        assert client.post("/v1/workflows", content=SPEC).status_code == 201
+        run_ids: list[str] = []
+        deadline = time.monotonic() + 60
+        while cluster.procs["all-1"].poll() is None:  # runs flow until the crash point fires
+            assert time.monotonic() < deadline, "all-1 never reached its crash point"
+            run_ids += start_runs(client, 2)
+            time.sleep(0.05)
+        assert cluster.procs["all-1"].returncode == -signal.SIGKILL
+        assert held_jobs(cluster, "worker-all-1") > 0  # it died holding unacknowledged jobs
+        run_ids += start_runs(client, 5)
+        wait_all(client, run_ids, cluster)
+    assert held_jobs(cluster, "worker-all-1") == 0  # redelivered and done
     asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids, {"count": 4}))
