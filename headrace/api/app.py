@@ -14,10 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from headrace.api import views
 from headrace.api.limits import BodyLimit
-from headrace.api.problems import on_headrace_error, on_validation_error, problem
+from headrace.api.problems import on_headrace_error, on_http_error, on_validation_error, problem
 from headrace.api.streams import follow_events, sse
 from headrace.config import Settings
 from headrace.engine import Cancel, Signal
@@ -51,9 +52,9 @@ class Backend(Protocol):
 
     async def register(self, ir: WorkflowIR, source: str) -> tuple[WorkflowRecord, bool]: ...
 
-    async def start(
+    async def begin(
         self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
-    ) -> str: ...
+    ) -> tuple[str, bool]: ...
 
     async def plan(self, tag: str) -> Plan: ...
 
@@ -92,6 +93,7 @@ def create_app(backend: Backend) -> FastAPI:
     )
     app.add_exception_handler(HeadraceError, on_headrace_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
     app.add_middleware(BodyLimit, max_bytes=backend.settings.max_body_bytes)
     store = backend.store
 
@@ -183,12 +185,13 @@ def create_app(backend: Backend) -> FastAPI:
         if idempotency_key is not None:
             existing = await store.run_for_key(idempotency_key)
             if existing is not None:
-                record, _ = await store.get_run(existing)
+                record = await store.get_run_record(existing)
                 return JSONResponse({"run_id": existing, "status": record.status})
         plan = await backend.plan(body.workflow_tag)
-        run_id = await backend.start(plan, body.inputs, idempotency_key)
-        record, _ = await store.get_run(run_id)
-        return {"run_id": run_id, "status": record.status}
+        run_id, created = await backend.begin(plan, body.inputs, idempotency_key)
+        record = await store.get_run_record(run_id)
+        view = {"run_id": run_id, "status": record.status}
+        return view if created else JSONResponse(view)  # a concurrent request won: 200
 
     @app.get("/v1/runs")
     async def list_runs(
@@ -276,7 +279,8 @@ def create_app(backend: Backend) -> FastAPI:
         try:
             rid = _run_id(run_id)
             await store.get_run(rid)
-        except NotFound:
+        except NotFound:  # accepted first: a close before it is an HTTP 403 to the client
+            await websocket.accept()
             await websocket.close(code=4404, reason="run not found")
             return
         await websocket.accept()

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from headrace.errors import Conflict, HeadraceError, InfraError, InputError, NotFound, SpecError
 
@@ -14,6 +15,7 @@ PROBLEM = "application/problem+json"
 _TITLES = {
     400: "Bad Request",
     404: "Not Found",
+    405: "Method Not Allowed",
     409: "Conflict",
     413: "Content Too Large",
     422: "Unprocessable Content",
@@ -57,3 +59,16 @@ async def on_validation_error(request: Request, e: Exception) -> JSONResponse:
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     path = ".".join(loc) or None
     return problem(422, f"{path}: {first.get('msg')}" if path else str(first.get("msg")), path)
+
+
+async def on_http_error(request: Request, e: Exception) -> JSONResponse:
+    """The framework's own errors (an unknown route, a method a route does not take)."""
+    assert isinstance(e, HTTPException)
+    detail = e.detail if isinstance(e.detail, str) else str(e.detail)
+    if e.status_code == 404 and detail == "Not Found":
+        detail = f"no such endpoint: {request.method} {request.url.path}"
+    elif e.status_code == 405:
+        detail = f"{request.url.path} does not take {request.method}"
+    response = problem(e.status_code, detail)
+    response.headers.update(e.headers or {})  # 405 says what it takes (Allow)
+    return response

@@ -114,12 +114,13 @@ class Driver:
         inputs: dict[str, Any],
         vars: dict[str, Any],
         idempotency_key: str | None = None,
-    ) -> RunState:
-        """Create a run and schedule its first nodes; the same key gives the same run."""
+    ) -> tuple[RunState, bool]:
+        """Create a run and schedule its first nodes; the same key gives the same run. The
+        run, and whether this call created it."""
         if idempotency_key is not None:
             existing = await self.store.run_for_key(idempotency_key)
             if existing is not None:
-                return await self.store.load_run(existing)
+                return await self.store.load_run(existing), False
         now = now_ms()
         state = new_run(str(uuid.uuid4()), plan, created_at_ms=now)
         decision = decide(state, Start(at_ms=now, inputs=inputs, vars=vars))
@@ -140,8 +141,8 @@ class Driver:
             existing = await self.store.run_for_key(idempotency_key)
             if existing is None:
                 raise Conflict("the run could not be created; try again")
-            return await self.store.load_run(existing)
-        return state
+            return await self.store.load_run(existing), False
+        return state, True
 
     async def _flush_starts(self) -> None:
         """Group commit: the runs requested while the previous commit ran go in one."""

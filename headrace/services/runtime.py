@@ -208,11 +208,17 @@ class Runtime:
         self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
     ) -> str:
         """Validate inputs and start a run; InputError names the bad input."""
+        return (await self.begin(plan, inputs, idempotency_key))[0]
+
+    async def begin(
+        self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
+    ) -> tuple[str, bool]:
+        """`start`, saying whether this call created the run (False: the key's run)."""
         plan.validate_inputs(inputs)
-        state = await self.driver.start_run(
+        state, created = await self.driver.start_run(
             plan, with_defaults(plan, inputs), self.settings.vars, idempotency_key
         )
-        return state.run_id
+        return state.run_id, created
 
     async def plan(self, tag: str) -> Plan:
         return plan_of((await self.store.get_workflow(tag)).ir)

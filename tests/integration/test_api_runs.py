@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from headrace.services.runtime import Embedded
+from headrace.spec import parse_workflow, plan_of
 
 CHAIN = """
 name: chain
@@ -56,6 +57,17 @@ async def test_same_idempotency_key_gives_the_same_run(api: httpx.AsyncClient) -
     assert first.status_code == 201 and again.status_code == 200
     assert first.json()["run_id"] == again.json()["run_id"]
     assert len((await api.get("/v1/runs")).json()["items"]) == 1
+
+
+async def test_concurrent_starts_with_one_key_make_one_run(runtime: Embedded) -> None:
+    # Started together, they pass the key check before any commit and go in one batch: one
+    # creates the run, the others are told it was not theirs (the API answers them 200).
+    record, _ = await runtime.register(parse_workflow(CHAIN), CHAIN)
+    plan = plan_of(record.ir)
+    started = await asyncio.gather(*(runtime.begin(plan, {"x": 1}, "k-2") for _ in range(8)))
+    assert sorted(created for _, created in started) == [False] * 7 + [True]
+    assert len({run_id for run_id, _ in started}) == 1
+    assert len((await runtime.store.list_runs(None, None, 10, None))[0]) == 1
 
 
 async def test_runs_list_pages_with_a_cursor(api: httpx.AsyncClient) -> None:
@@ -138,6 +150,27 @@ async def test_websocket_stream(runtime: Embedded, api: httpx.AsyncClient) -> No
             got.append(json.loads(message))
     assert got[0]["type"] == "RunStarted" and got[-1]["type"] == "RunCompleted"
     assert got[-1]["data"]["outputs"] == {"result": 3}
+
+
+async def test_websocket_stream_replays_after_a_seq(api: httpx.AsyncClient) -> None:
+    import json
+
+    from websockets.asyncio.client import connect
+
+    await api.post("/v1/workflows", content=CHAIN)
+    run_id = (
+        await api.post("/v1/runs", json={"workflow_tag": "chain", "inputs": {"x": 1}})
+    ).json()["run_id"]
+    url = str(api.base_url).replace("http://", "ws://") + f"/v1/runs/{run_id}/stream"
+    async with connect(url) as ws:
+        every = [json.loads(m) async for m in ws]
+    async with connect(f"{url}?after=3") as ws:
+        later = [json.loads(m) async for m in ws]
+    assert [e["seq"] for e in later] == [e["seq"] for e in every if e["seq"] > 3]
+    assert later and later[-1]["type"] == "RunCompleted"
+    async with connect(url.replace(run_id, "00000000-0000-0000-0000-000000000000")) as ws:
+        await ws.wait_closed()
+    assert ws.close_code == 4404
 
 
 async def test_map_children_are_paged(api: httpx.AsyncClient) -> None:

@@ -15,11 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import make_settings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from headrace.api.app import create_app
 from headrace.services.runtime import Embedded
 from headrace.testing.servers import serve
 
@@ -424,6 +426,28 @@ async def test_oversized_bodies_get_413_and_the_server_keeps_serving(
     assert (await api.post("/v1/runs", json={"workflow_tag": "small"})).status_code == 201
     tags = [w["tag"] for w in (await api.get("/v1/workflows")).json()["items"]]
     assert tags == ["after@1", "small@1"]
+
+
+async def test_a_configured_body_limit_is_the_one_enforced(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_body_bytes=4096)  # HEADRACE_MAX_BODY_BYTES
+    async with (
+        Embedded(settings) as rt,
+        serve(create_app(rt)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as api,
+    ):
+        body = assert_problem(await api.post("/v1/workflows", content=b"#" * 4097), 413)
+        assert "4096" in body["detail"]
+        under = SMALL + "\n#" + "x" * (4000 - len(SMALL))
+        assert (await api.post("/v1/workflows", content=under)).status_code == 201
+        assert [w["tag"] for w in (await api.get("/v1/workflows")).json()["items"]] == ["small@1"]
+
+
+async def test_unknown_routes_and_methods_are_problems(api: httpx.AsyncClient) -> None:
+    body = assert_problem(await api.get("/v1/nope"), 404)
+    assert body["detail"] == "no such endpoint: GET /v1/nope"
+    r = await api.delete("/v1/runs")
+    body = assert_problem(r, 405)
+    assert body["detail"] == "/v1/runs does not take DELETE" and r.headers["allow"]
 
 
 # --- 11: bad input ----------------------------------------------------------------------------
