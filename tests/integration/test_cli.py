@@ -535,6 +535,21 @@ def test_large_order_against_headrace_dev(tmp_path: Path, pycache: Path) -> None
         assert "404" in clean_error(unknown), unknown
         assert unknown.stdout == ""
 
+        small = ["runs", "start", "order-fulfilment", "-i", "order_id=S-1"]
+        small += ["--input-file", "examples/small-order.json", "--idempotency-key", "small-1"]
+        first, again = run(*small), run(*small)  # one after the other: the same run
+        assert first.returncode == again.returncode == 0, (first, again)
+        assert first.json()["run_id"] == again.json()["run_id"] != run_id
+        page = run("runs", "list", "--workflow", "order-fulfilment", "--limit", "1")
+        assert page.returncode == 0, page
+        assert [i["run_id"] for i in page.json()["items"]] == [first.json()["run_id"]]
+        rest = run("runs", "list", "--workflow", "order-fulfilment@1", "--cursor",
+                   page.json()["next_cursor"])  # fmt: skip
+        assert [i["run_id"] for i in rest.json()["items"]] == [run_id]
+        assert rest.json()["next_cursor"] is None
+        none = run("runs", "list", "--workflow", "no-such-workflow")
+        assert none.json() == {"items": [], "next_cursor": None}
+
         took = stop(dev)
         assert took < 10, f"headrace dev took {took:.1f}s to exit on SIGTERM"
         # 0, or killed by the SIGTERM that uvicorn re-raises once it has shut down

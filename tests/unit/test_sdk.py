@@ -23,7 +23,9 @@ def sdk_validate_order(order_id: str) -> dict[str, Any]:
 def _load_example() -> Any:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("sdk_example", "examples/order_fulfilment_sdk.py")
+    spec = importlib.util.spec_from_file_location(
+        "sdk_example", EXAMPLE.with_name("order_fulfilment_sdk.py")
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
