@@ -1,14 +1,20 @@
 """`task` nodes: Python functions from the modules a worker is told about (`--tasks`).
 
 A spec names `module.function`; it resolves only inside the listed modules, so a workflow
-can never import code by itself. Sync functions run in a thread so they cannot stall the loop.
+can never import code by itself. Sync functions run on a thread of their own so they cannot
+stall the loop. A thread cannot be interrupted: a sync task that runs past its timeout is
+abandoned (the attempt fails with `timeout` and may be retried) while its thread runs on to
+its end; the threads are daemons, so they never keep the process from exiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import importlib
 import inspect
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +36,7 @@ class TaskRegistry:
                     "--tasks/HEADRACE_TASKS", f"cannot import task module {name!r}: {e}"
                 ) from None
         self._cache: dict[str, tuple[Callable[..., Any], inspect.Signature]] = {}
+        self._threads = asyncio.Semaphore(MAX_SYNC_THREADS)
 
     def resolve(self, name: str) -> tuple[Callable[..., Any], inspect.Signature]:
         found = self._cache.get(name)
@@ -60,12 +67,50 @@ class TaskRegistry:
             if inspect.iscoroutinefunction(fn):
                 result = await fn(**args)
             else:
-                result = await asyncio.to_thread(fn, **args)
+                result = await _in_thread(fn, args, self._threads)
         except NodeError:
             raise
         except Exception as e:
             raise NodeError("task_error", f"{type(e).__name__}: {e}", retryable=True) from e
         return Outcome(_json_safe(job.task, result))
+
+
+# Threads of sync tasks alive at once, abandoned ones included: past this, a sync task waits
+# for one to end (under its own timeout), so hung tasks cannot pile up threads without end.
+MAX_SYNC_THREADS = 64
+
+
+async def _in_thread(fn: Callable[..., Any], args: dict[str, Any], slots: asyncio.Semaphore) -> Any:
+    """`fn(**args)` on a daemon thread (with this task's context variables); the thread
+    holds one of `slots` until it ends."""
+    loop = asyncio.get_running_loop()
+    await slots.acquire()
+    done: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def work() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (context.run(fn, **args), None)
+        except BaseException as e:
+            outcome = (None, e)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, done, slots, outcome)
+
+    threading.Thread(target=work, name=f"task {fn.__qualname__}", daemon=True).start()
+    return await done
+
+
+def _settle(
+    done: asyncio.Future[Any], slots: asyncio.Semaphore, outcome: tuple[Any, BaseException | None]
+) -> None:
+    slots.release()
+    if done.done():  # the attempt timed out (or was cancelled) while the thread ran
+        return
+    result, error = outcome
+    if error is None:
+        done.set_result(result)
+    else:
+        done.set_exception(error)
 
 
 def _defined_in(fn: Any, module_name: str) -> bool:
