@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -198,3 +199,10 @@ def test_parse_memory(text: str, expected: int) -> None:
 def test_parse_memory_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="invalid memory size"):
         parse_memory(text)
+
+
+async def test_python_is_the_workers_own_interpreter(tmp_path: Path) -> None:
+    # No python on the agent's PATH: the first word `python` still runs, as this interpreter.
+    code = "import json, sys; print(json.dumps(sys.executable))"
+    result = await run_local(job(code, env={"PATH": str(tmp_path)}))
+    assert json.loads(result.stdout) == sys.executable
