@@ -166,14 +166,22 @@ class Checker:
             self.apply(Fail(job.node_id, job.attempt, self.now, self.now, error))
 
 
-@given(workflows(), st.integers(0, 2**32), st.sampled_from([0.0, 0.02, 0.2]))
+@given(
+    workflows(),
+    st.integers(0, 2**32),
+    st.sampled_from([0.0, 0.02, 0.2]),
+    st.one_of(st.none(), st.integers(0, 40)),  # a cancel after this many steps, in about half
+)
 def test_random_runs_keep_the_invariants(
-    wf: tuple[dict[str, Any], dict[str, Any]], seed: int, fatal_rate: float
+    wf: tuple[dict[str, Any], dict[str, Any]], seed: int, fatal_rate: float, cancel: int | None
 ) -> None:
     spec, inputs = wf
     plan = plan_of(parse_workflow(spec))
     checker = Checker(plan, inputs, random.Random(seed), fatal_rate)
-    for _ in range(5000):
+    for step in range(5000):
+        if step == cancel and checker.state.status == "running":
+            cancel_ends_every_open_node(checker)
+            break
         if not checker.step():
             break
     state = checker.state
@@ -190,6 +198,14 @@ def test_random_runs_keep_the_invariants(
     for event in checker.events:
         evolve(replayed, decode_event(encode(event)))
     assert replayed.comparable() == state.comparable()
+
+
+def cancel_ends_every_open_node(checker: Checker) -> None:
+    state = checker.state
+    open_nodes = [nid for nid, node in state.nodes.items() if node.status not in NODE_TERMINAL]
+    checker.apply(Cancel(at_ms=checker.now))
+    assert state.status == "cancelled"
+    assert all(state.nodes[nid].status == "cancelled" for nid in open_nodes), open_nodes
 
 
 def test_map_outputs_keep_item_order_and_empty_map_gives_empty_list() -> None:
