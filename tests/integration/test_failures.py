@@ -392,6 +392,23 @@ async def test_http_node_against_a_silent_server_times_out(api: httpx.AsyncClien
     assert elapsed < 5, elapsed
 
 
+async def test_a_wait_times_out_on_its_own_timeout_only(api: httpx.AsyncClient) -> None:
+    # defaults.timeout bounds attempts; a wait has its own, durable timer, and is not retried
+    waits = {
+        "short": {"wait": {"signal": "go", "timeout": "300ms"}},
+        "long": {"wait": {"signal": "go", "timeout": "1h"}},
+    }
+    source = spec("waits", waits, defaults={"timeout": "100ms", "retry": retry(3)})
+    tag = (await register(api, source))["tag"]
+    run = await wait_done(api, await start(api, tag))
+    assert run["status"] == "failed"
+    assert run["nodes"]["short"]["status"] == "failed"
+    assert run["nodes"]["short"]["attempts"] == 1
+    assert run["nodes"]["short"]["error"]["type"] == "timeout"
+    assert run["nodes"]["long"]["status"] == "cancelled"  # still waiting when the run failed
+    assert run["error"]["message"].startswith("node short failed"), run["error"]
+
+
 # --- 10: body limits --------------------------------------------------------------------------
 
 SMALL = spec("small", {"a": {"task": f"{T}.noop"}})

@@ -288,3 +288,28 @@ def test_skipped_node_counts_as_done_and_reads_null() -> None:
     d = decide(state, Start(at_ms=0, inputs={}))
     assert state.nodes["a"].status == "skipped"
     assert [(j.node_id, j.args) for j in d.jobs] == [("b", {"seen": None})]
+
+
+def test_a_wait_whose_signal_never_comes_times_out_without_retry() -> None:
+    spec = {
+        "name": "w",
+        "defaults": {"timeout": "100ms", "retry": {"max_attempts": 5}},
+        "nodes": {
+            "w": {"wait": {"signal": "go", "timeout": "1h"}},
+            "after": {"needs": ["w"], "task": "m.f"},
+        },
+    }
+    state = new_run("r", plan_of(parse_workflow(spec)))
+    d = decide(state, Start(at_ms=0, inputs={}))
+    assert state.nodes["w"].status == "waiting" and not d.jobs
+    # its own timeout only: defaults.timeout (100 ms) bounds attempts, not waits
+    (timer,) = d.timers
+    assert timer.due_at_ms == 3_600_000
+    decide(state, Signal("other", None, 200))  # another signal does not end it
+    assert state.nodes["w"].status == "waiting"
+    d = decide(state, Fire(timer, 3_600_000))
+    w = state.nodes["w"]
+    assert w.status == "failed" and w.attempt == 1
+    assert w.error is not None and w.error.type == "timeout" and not w.error.retryable
+    assert not d.timers and not d.jobs  # not retried
+    assert state.status == "failed" and state.nodes["after"].status == "cancelled"
