@@ -739,3 +739,22 @@ def test_flags_from_the_command_line_and_across_processes(tmp_path: Path, pycach
             ("KAFKA_TRAFFIC_PERCENT", 30, "alice"),
         ]
         assert len(run("history", "KAFKA_TRAFFIC_PERCENT").json()["items"]) == 1
+
+
+def test_dev_keeps_its_database_under_dot_headrace_by_default(
+    tmp_path: Path, pycache: Path
+) -> None:
+    env = make_env(tmp_path, pycache)
+    del env["HEADRACE_DATABASE_URL"]  # the default: .headrace/headrace.db in the directory
+    port = free_port()
+    log = tmp_path / "dev.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(HEADRACE), "dev", "--port", str(port)],
+            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+        )  # fmt: skip
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}/healthz", log)
+        assert (tmp_path / ".headrace" / "headrace.db").is_file(), log.read_text()
+    finally:
+        stop(proc)
