@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from headrace.errors import NodeError
 
 _calls: dict[str, int] = {}
+_gates: dict[str, threading.Event] = {}
 
 
 async def noop(**kwargs: Any) -> None:
@@ -33,6 +35,16 @@ async def sleep(seconds: float, **kwargs: Any) -> dict[str, Any]:
 def block(seconds: float) -> dict[str, Any]:
     time.sleep(seconds)
     return {"slept": seconds}
+
+
+def hold(key: str, limit_s: float = 30.0) -> dict[str, Any]:
+    """Block this thread until `release(key)` is called in this process (or `limit_s` passes)."""
+    _gates.setdefault(key, threading.Event()).wait(limit_s)
+    return {"key": key}
+
+
+def release(key: str) -> None:
+    _gates.setdefault(key, threading.Event()).set()
 
 
 def fail_times(key: str, times: int) -> dict[str, Any]:
