@@ -67,7 +67,9 @@ class TaskRegistry:
             if inspect.iscoroutinefunction(fn):
                 result = await fn(**args)
             else:
-                result = await _in_thread(fn, args, self._threads)
+                result, error = await _in_thread(fn, args, self._threads)
+                if error is not None:
+                    raise error
         except NodeError:
             raise
         except Exception as e:
@@ -80,17 +82,25 @@ class TaskRegistry:
 MAX_SYNC_THREADS = 64
 
 
-async def _in_thread(fn: Callable[..., Any], args: dict[str, Any], slots: asyncio.Semaphore) -> Any:
+# What a sync task's thread hands back: its result, or what it raised. The error travels as a
+# value and `TaskRegistry.run` raises it: a Future refuses to hold StopIteration, which left
+# the attempt hanging until its timeout.
+_Outcome = tuple[Any, BaseException | None]
+
+
+async def _in_thread(
+    fn: Callable[..., Any], args: dict[str, Any], slots: asyncio.Semaphore
+) -> _Outcome:
     """`fn(**args)` on a daemon thread (with this task's context variables); the thread
     holds one of `slots` until it ends."""
     loop = asyncio.get_running_loop()
     await slots.acquire()
-    done: asyncio.Future[Any] = loop.create_future()
+    done: asyncio.Future[_Outcome] = loop.create_future()
     context = contextvars.copy_context()
 
     def work() -> None:
         try:
-            outcome: tuple[Any, BaseException | None] = (context.run(fn, **args), None)
+            outcome: _Outcome = (context.run(fn, **args), None)
         except BaseException as e:
             outcome = (None, e)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
@@ -100,17 +110,10 @@ async def _in_thread(fn: Callable[..., Any], args: dict[str, Any], slots: asynci
     return await done
 
 
-def _settle(
-    done: asyncio.Future[Any], slots: asyncio.Semaphore, outcome: tuple[Any, BaseException | None]
-) -> None:
+def _settle(done: asyncio.Future[_Outcome], slots: asyncio.Semaphore, outcome: _Outcome) -> None:
     slots.release()
-    if done.done():  # the attempt timed out (or was cancelled) while the thread ran
-        return
-    result, error = outcome
-    if error is None:
-        done.set_result(result)
-    else:
-        done.set_exception(error)
+    if not done.done():  # else the attempt timed out (or was cancelled) while the thread ran
+        done.set_result(outcome)
 
 
 def _defined_in(fn: Any, module_name: str) -> bool:

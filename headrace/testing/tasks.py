@@ -59,6 +59,11 @@ def boom(message: str = "boom") -> None:
     raise RuntimeError(message)
 
 
+def exhausted() -> Any:
+    """Raise StopIteration, as `next()` on an empty iterator does."""
+    return next(iter([]))
+
+
 def permanent(message: str = "no retry") -> None:
     raise NodeError("permanent", message, retryable=False)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from headrace.errors import NodeError
 from headrace.events import Job
 from headrace.nodes.task import MAX_SYNC_THREADS, TaskRegistry
 from headrace.testing import tasks
@@ -54,3 +55,12 @@ async def test_abandoned_sync_threads_hold_their_slots_until_they_end() -> None:
     async with asyncio.timeout(10):
         outcome = await waiting
     assert outcome.output == {"v": 2}
+
+
+async def test_a_sync_task_that_raises_stop_iteration_fails_as_a_task_error() -> None:
+    # A Future cannot hold StopIteration: it must still end the attempt, not leave it hanging.
+    with pytest.raises(NodeError) as caught:
+        async with asyncio.timeout(5):
+            await TaskRegistry([T]).run(job("exhausted"))
+    assert caught.value.type == "task_error" and caught.value.retryable
+    assert caught.value.message.startswith("StopIteration"), caught.value.message
