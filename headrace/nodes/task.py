@@ -72,7 +72,7 @@ class TaskRegistry:
                     raise error
         except NodeError:
             raise
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # sys.exit() in a task fails it, not the worker
             raise NodeError("task_error", f"{type(e).__name__}: {e}", retryable=True) from e
         return Outcome(_json_safe(job.task, result))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,15 @@ def fail_times(key: str, times: int) -> dict[str, Any]:
 
 def boom(message: str = "boom") -> None:
     raise RuntimeError(message)
+
+
+def exits(code: int = 3) -> None:
+    """Call sys.exit, as a script turned into a task might."""
+    sys.exit(code)
+
+
+async def exits_async(code: int = 3) -> None:
+    sys.exit(code)
 
 
 def exhausted() -> Any:

@@ -64,3 +64,11 @@ async def test_a_sync_task_that_raises_stop_iteration_fails_as_a_task_error() ->
             await TaskRegistry([T]).run(job("exhausted"))
     assert caught.value.type == "task_error" and caught.value.retryable
     assert caught.value.message.startswith("StopIteration"), caught.value.message
+
+
+@pytest.mark.parametrize("task", ["exits", "exits_async"])
+async def test_a_task_that_calls_sys_exit_fails_its_attempt(task: str) -> None:
+    with pytest.raises(NodeError) as caught:  # not SystemExit, which would stop the worker
+        await TaskRegistry([T]).run(job(task, code=3))
+    assert caught.value.type == "task_error" and caught.value.retryable
+    assert caught.value.message == "SystemExit: 3"
