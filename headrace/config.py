@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         description="a process that is both worker and coordinator applies its own "
         "workers' results directly, not through the bus",
     )
+    local_jobs: bool = Field(
+        True,
+        description="a process that is both worker and coordinator runs the jobs it "
+        "schedules on its own worker while that has free slots, not through the bus (their "
+        "outbox rows are held by heartbeats; the relay sends them on if the process dies)",
+    )
     shutdown_grace_s: float = Field(
         10.0,
         ge=0,

@@ -116,7 +116,7 @@ class Coordinator:
             except Exception:
                 if len(items) == 1:
                     log.exception("dropping a result that cannot be applied: %s", commands[0])
-                    await self.bus.ack(group, acks)
+                    await self.driver.acknowledge(group, acks)
                     return
                 for item in items:
                     await self.apply([item], group)

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headrace.bus import Bus, Delivery
-from headrace.bus.topics import CANCELS, jobs_topic
+from headrace.bus.topics import CANCELS, JOB_LANES, jobs_topic
 from headrace.engine import Command, Decision, RunState, Start, decide, jobs_in_flight, new_run
 from headrace.errors import Conflict, InfraError
 from headrace.events import RUN_TERMINAL, Message, Timer, encode
 from headrace.runtime.clock import now_ms
 from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.hub import Hub
+from headrace.runtime.local import LocalJobs, split
 from headrace.runtime.metrics import Metrics
 from headrace.runtime.supervise import cancel_all
 from headrace.spec import Plan
@@ -68,8 +69,10 @@ class Driver:
         *,
         cache_size: int = 10_000,
         crash: CrashPoints = NO_CRASH,
+        local_jobs: LocalJobs | None = None,
     ) -> None:
         self.crash = crash
+        self.local_jobs = local_jobs
         self.store = store
         self.bus = bus
         self.hub = hub
@@ -88,20 +91,55 @@ class Driver:
         sent: list[int] = []
         if len(self._sent) >= SENT_BATCH:
             sent, self._sent = self._sent, []
+        local = self._keep_local(transitions)
+        held_until = self.local_jobs.held_until_ms() if self.local_jobs else 0
         started = time.perf_counter()
         try:
-            committed = await self.store.commit(transitions, sent)
+            committed = await self.store.commit(transitions, sent, held_until)
         except BaseException:
             self._sent = sent + self._sent
+            if self.local_jobs:
+                self.local_jobs.unreserve(local)
             raise
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        if self.local_jobs:  # the jobs of refused transitions were not written
+            self.local_jobs.unreserve(local - len(committed.local_ids))
         return committed
 
+    def _keep_local(self, transitions: list[Transition]) -> int:
+        """Move the jobs this process's worker has free slots for from each transition's
+        messages to its `local` jobs; how many."""
+        if self.local_jobs is None:
+            return 0
+        jobs = sum(m.topic in JOB_LANES for t in transitions for m in t.messages)
+        left = granted = self.local_jobs.reserve(jobs)
+        for t in transitions:
+            if not left:
+                break
+            published = []
+            for m in t.messages:
+                if left and m.topic in JOB_LANES:
+                    t.local.append(m)
+                    left -= 1
+                else:
+                    published.append(m)
+            t.messages = published
+        return granted
+
+    def _start_local(self, transitions: list[Transition], committed: Committed) -> None:
+        if committed.local_ids:
+            assert self.local_jobs is not None
+            jobs = [m for t in transitions for m in t.local]
+            self.local_jobs.start(jobs, committed.local_ids)
+            self.metrics.jobs_dispatched.inc("local", by=len(jobs))
+
     def _mark_sent(self, ids: list[int]) -> None:
-        """Published outbox rows are deleted in batches: by a commit once SENT_BATCH are
-        waiting, else SENT_FLUSH_S after the first (a delete in every commit was a tenth of
-        a one-transition commit's server time). The relay only sweeps rows older than its
-        grace, so they are never sent twice."""
+        """Published outbox rows (and those of local jobs done) are deleted in batches: by a
+        commit once SENT_BATCH are waiting, else SENT_FLUSH_S after the first (a delete in
+        every commit was a tenth of a one-transition commit's server time). The relay only
+        sweeps rows older than its grace and not held, so they are never sent twice."""
+        if not ids:
+            return
         self._sent += ids
         if self._sent_flush is None or self._sent_flush.done():
             self._sent_flush = asyncio.create_task(self._flush_sent())
@@ -175,10 +213,10 @@ class Driver:
                 fut.set_result(t.state.run_id not in committed.conflicts)
             # Committed, so accepted: the caller has its answer now, not when a bus that is
             # down gives up on the publish (the relay sends what it could not).
-            self._publish_later(done, committed.outbox_ids)
+            self._publish_later(done, committed)
 
-    def _publish_later(self, transitions: list[Transition], outbox_ids: list[int]) -> None:
-        task = asyncio.create_task(self._publish(transitions, outbox_ids))
+    def _publish_later(self, transitions: list[Transition], committed: Committed) -> None:
+        task = asyncio.create_task(self._publish(transitions, committed))
         self._publishing.add(task)
         task.add_done_callback(self._published)
 
@@ -186,6 +224,12 @@ class Driver:
         self._publishing.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("publishing new runs failed; the relay sends them: %r", task.exception())
+
+    async def acknowledge(self, group: str, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge deliveries without a commit (a result that cannot be applied)."""
+        from_bus, local = split(deliveries)
+        self._mark_sent([d.outbox_id for d in local])
+        await self.bus.ack(group, from_bus)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Let the publishes of new runs end; what is left after `timeout_s` is cancelled
@@ -247,7 +291,7 @@ class Driver:
             for run_id in conflicts:
                 self.cache.pop(run_id, None)
         done = [t for t in todo if t.state.run_id not in conflicts]
-        await self._publish(done, committed.outbox_ids, None if conflicts else acks)
+        await self._publish(done, committed, None if conflicts else acks)
         return batch, conflicts
 
     async def _is_stale(self, state: RunState) -> bool:
@@ -295,13 +339,18 @@ class Driver:
             self.cache.popitem(last=False)
 
     async def _publish(
-        self, transitions: list[Transition], outbox_ids: list[int], acks: Acks = None
+        self, transitions: list[Transition], committed: Committed, acks: Acks = None
     ) -> None:
-        """Publish what was just committed (with `acks`, in the same round trip), then mark
-        it sent. A crash in between leaves the rows for the relay: republished, never lost
-        (consumers deduplicate); so does a publish that fails (the bus is down), and the
-        deliveries not acknowledged then come again."""
+        """Start the local jobs just committed, publish the rest (with `acks`, in the same
+        round trip), then mark it sent. A crash in between leaves the rows for the relay:
+        republished, never lost (consumers deduplicate); so does a publish that fails (the
+        bus is down), and the deliveries not acknowledged then come again."""
         self.crash.reached("after_commit")
+        self._start_local(transitions, committed)
+        if acks:  # local jobs are acknowledged by deleting their rows, with the published
+            from_bus, local = split(acks[1])
+            self._mark_sent([d.outbox_id for d in local])
+            acks = (acks[0], from_bus) if from_bus else None
         for t in transitions:  # first: readers (stream, `wait`) read the store, not the bus
             if t.events:
                 self.hub.notify(t.state.run_id, t.state.seq)
@@ -319,7 +368,9 @@ class Driver:
                 log.warning("publish failed, %d messages left to the relay: %s", len(messages), e)
             else:
                 if messages:
-                    self._mark_sent(outbox_ids)
+                    self._mark_sent(committed.outbox_ids)
+                    jobs = sum(m.topic in JOB_LANES for m in messages)
+                    self.metrics.jobs_dispatched.inc("bus", by=jobs)
         if any(t.timers for t in transitions):
             self.timers_changed.set()
         self.metrics.observe(transitions)

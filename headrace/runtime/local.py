@@ -1,22 +1,34 @@
-"""Results a worker hands to the coordinator of its own process, skipping the bus.
+"""Jobs and results that skip the bus, in a process that runs both worker and coordinator
+(`serve all`, `headrace run`, `headrace dev`).
 
-In a process that runs both roles (`serve all`, `headrace run`, `headrace dev`) a result
-need not travel to the results stream and back: the worker puts it here with the job's
-delivery, the coordinator applies it like one it consumed, and acknowledges the job with the
-publish that follows the commit. Two bus round trips fewer per node (Temporal dispatches its
-activities eagerly to the same end).
+**Results** (`LocalResults`): a result need not travel to the results stream and back: the
+worker puts it here with the job's delivery, the coordinator applies it like one it consumed,
+and acknowledges the job with the publish that follows the commit. Nothing is lost: a job is
+acknowledged only once its result is committed. If the process dies first, the job stays
+pending and is delivered again after its lease (it runs again: at-least-once, as when a
+worker dies before sending its result).
 
-Nothing is lost: a job is acknowledged only once its result is committed. If the process
-dies first, the job stays pending on the bus and is redelivered after its lease (it runs
-again: at-least-once, as when a worker dies before sending its result).
+**Jobs** (`LocalJobs`): a job the driver of this process schedules while its own worker has
+a free slot is handed to that worker, not published (Temporal's eager activity dispatch does
+the same). Its outbox row is written by the commit that scheduled it, as for any message,
+but *held*: the relay leaves it alone until `held_until`, which the worker's heartbeats push
+on while the job runs. Once the job's result is committed (or the job ended without one),
+the row is deleted like a published one. If the process dies, the hold lapses after the
+lease and the relay of any process sends the job to the bus (it runs again: at-least-once).
+A graceful stop releases the holds of the jobs it hands back.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from headrace.bus import Delivery
-from headrace.events import Result
+from headrace.events import Message, Result
+from headrace.runtime.clock import now_ms
+from headrace.store import Store
 
 
 class LocalResults:
@@ -54,3 +66,76 @@ class LocalResults:
         except TimeoutError:
             return False
         return True
+
+
+@dataclass(frozen=True)
+class LocalJob(Delivery):
+    """A job handed over in this process; acknowledging it deletes its outbox row."""
+
+    outbox_id: int
+
+
+def split(deliveries: Sequence[Delivery]) -> tuple[list[Delivery], list[LocalJob]]:
+    """(those from the bus, local jobs)."""
+    bus: list[Delivery] = []
+    local: list[LocalJob] = []
+    for d in deliveries:
+        (local if isinstance(d, LocalJob) else bus).append(d)  # type: ignore[arg-type]
+    return bus, local
+
+
+class Slots(Protocol):
+    """The worker's side of `LocalJobs`."""
+
+    def reserve(self, wanted: int) -> int:
+        """Take up to `wanted` free slots for jobs about to be handed over; how many."""
+
+    def unreserve(self, count: int) -> None:
+        """Give back slots reserved for jobs that will not come (their commit failed)."""
+
+    def start_local(self, job: LocalJob) -> None:
+        """Run `job` in a slot reserved for it."""
+
+
+class LocalJobs:
+    def __init__(self, store: Store, lease_s: float) -> None:
+        self.store = store
+        self.lease_s = lease_s
+        self.worker: Slots | None = None  # set by the worker of this process
+
+    # --- the driver's side ---
+
+    def reserve(self, wanted: int) -> int:
+        """Slots for up to `wanted` jobs of the commit about to be made; how many."""
+        return self.worker.reserve(wanted) if self.worker is not None and wanted else 0
+
+    def unreserve(self, count: int) -> None:
+        if self.worker is not None and count:
+            self.worker.unreserve(count)
+
+    def held_until_ms(self) -> int:
+        """Until when a row written now is held: a lease from now."""
+        return now_ms() + int(self.lease_s * 1000)
+
+    def start(self, jobs: Sequence[Message], outbox_ids: Sequence[int]) -> None:
+        """Run committed jobs (their slots reserved) on the worker of this process."""
+        assert self.worker is not None
+        for message, outbox_id in zip(jobs, outbox_ids, strict=True):
+            self.worker.start_local(
+                LocalJob(message.topic, f"outbox-{outbox_id}", message, outbox_id)
+            )
+
+    # --- the worker's side ---
+
+    async def renew(self, jobs: Sequence[LocalJob]) -> None:
+        """Heartbeat: these jobs still run here; hold their rows for another lease."""
+        await self.store.hold_outbox([j.outbox_id for j in jobs], self.held_until_ms())
+
+    async def release(self, jobs: Sequence[LocalJob]) -> None:
+        """Hand these jobs back: the relay may send them to the bus now."""
+        await self.store.hold_outbox([j.outbox_id for j in jobs], 0)
+
+    async def done(self, jobs: Sequence[LocalJob]) -> None:
+        """These jobs ended with nothing to commit (cancelled), or their results went to
+        the bus: their rows are no longer needed."""
+        await self.store.outbox_sent([j.outbox_id for j in jobs])

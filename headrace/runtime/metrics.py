@@ -59,8 +59,8 @@ class _Counts(Collector):
         self.name, self.doc, self.labels = name, doc, labels
         self.counts: dict[tuple[str, ...], int] = {}
 
-    def inc(self, *labels: str) -> None:
-        self.counts[labels] = self.counts.get(labels, 0) + 1
+    def inc(self, *labels: str, by: int = 1) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + by
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
@@ -84,7 +84,13 @@ class Metrics:
         self.queue_wait = _Histograms(
             "headrace_node_queue_wait_seconds", "Scheduled to started", "kind"
         )
-        for tally in (self.runs_finished, self.node_attempts, self.node_duration, self.queue_wait):
+        self.jobs_dispatched = _Counts(
+            "headrace_jobs_dispatched",
+            "Jobs sent to workers: through the bus, or to this process's own worker (local)",
+            ["via"],
+        )
+        tallies = (self.runs_finished, self.node_attempts, self.node_duration, self.queue_wait)
+        for tally in (*tallies, self.jobs_dispatched):
             r.register(tally)
         self.commit_seconds = Histogram(
             "headrace_store_commit_seconds",

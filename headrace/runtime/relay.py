@@ -2,7 +2,9 @@
 again the jobs a bus lost.
 
 Not on the hot path: the process that commits publishes right away. The relay only sweeps
-rows older than `grace_s`, so it never races a healthy committer.
+rows older than `grace_s`, so it never races a healthy committer, and leaves alone the rows
+of jobs a live process runs itself (held, and renewed by its heartbeats): once a hold lapses,
+its process is presumed dead and the job goes to the bus.
 
 A bus can lose a message it acknowledged (a Redis failover, a Kafka broker whose storage
 came back behind what it acknowledged). A lost job leaves its attempt scheduled and never
@@ -48,11 +50,13 @@ class Relay:
         self.batch_size = batch_size
 
     async def sweep(self, older_than_s: float | None = None) -> int:
-        """Publish leftover rows created more than `older_than_s` ago; return how many."""
+        """Publish leftover rows created more than `older_than_s` ago and not held (by a
+        process running their job itself, see runtime/local.py); return how many."""
         age_ms = int(1000 * (self.grace_s if older_than_s is None else older_than_s))
         count = 0
         while True:
-            rows = await self.store.pending_outbox(now_ms() - age_ms, self.batch_size)
+            now = now_ms()
+            rows = await self.store.pending_outbox(now - age_ms, now, self.batch_size)
             if not rows:
                 return count
             await self.bus.publish([r.message for r in rows])

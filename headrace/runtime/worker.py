@@ -4,6 +4,8 @@ High-priority jobs are taken before normal before low. A job's delivery is ackno
 after its result is on the bus (or, handed to the coordinator of the same process, committed),
 so a worker that dies mid-job leaves the job to be redelivered. A job that runs longer than
 `started_notice_s` sends a `Started` notice, so a quick job costs one result message, not two.
+In a process that is also coordinator, jobs it schedules may come from it directly
+(runtime/local.py): they take the same slots, and their heartbeats renew their outbox holds.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import msgspec
 
 from headrace.bus import Bus, Delivery
-from headrace.bus.base import reply_headers
+from headrace.bus.base import dead_letter_message, reply_headers
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS, WORKERS
 from headrace.errors import InfraError, NodeError
 from headrace.events import (
@@ -33,7 +35,7 @@ from headrace.events import (
 from headrace.nodes import NodeExecutor, Outcome, redact
 from headrace.runtime.clock import now_ms
 from headrace.runtime.crash import NO_CRASH, CrashPoints
-from headrace.runtime.local import LocalResults
+from headrace.runtime.local import LocalJob, LocalJobs, LocalResults, split
 from headrace.runtime.supervise import cancel_all, run_all
 from headrace.spec import resolve_secrets, secret_names
 
@@ -54,8 +56,12 @@ class Worker:
         heartbeat_s: float = 2.0,
         crash: CrashPoints = NO_CRASH,
         local: LocalResults | None = None,
+        local_jobs: LocalJobs | None = None,
     ) -> None:
         self.local = local  # the coordinator of this process, when it has one
+        self.local_jobs = local_jobs
+        if local_jobs is not None:
+            local_jobs.worker = self
         self.heartbeat_s = heartbeat_s
         self.crash = crash
         self.bus = bus
@@ -71,6 +77,7 @@ class Worker:
         self.acks: list[Delivery] = []  # sent with the results queued with them
         self.flush_needed = asyncio.Event()
         self.free = concurrency  # slots not running a job
+        self.asking = 0  # slots the read from the bus in progress may fill
         self.slot_freed = asyncio.Event()
         self.accepting = True
         self.handing_back = False  # jobs cancelled now go back to the bus, unacknowledged
@@ -81,15 +88,33 @@ class Worker:
         )
 
     async def _take_jobs(self) -> None:
-        """Take as many jobs as there are free slots, high lane first."""
+        """Take as many jobs as there are free slots, high lane first. Beside local jobs,
+        a read asks for half the free slots (at least one): they may fill the others while
+        it waits, and the slots a read may fill are never handed to them."""
         while self.accepting:
-            while self.free == 0:
+            while self.free <= 0:
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
-            deliveries = await self.bus.consume(JOB_LANES, GROUP, self.name, self.free, 200)
+            self.asking = self.free if self.local_jobs is None else max(1, self.free // 2)
+            try:
+                deliveries = await self.bus.consume(JOB_LANES, GROUP, self.name, self.asking, 200)
+            finally:
+                self.asking = 0
             self.free -= len(deliveries)
             for delivery in deliveries:
                 self._start(delivery)
+
+    def reserve(self, wanted: int) -> int:
+        granted = max(0, min(wanted, self.free - self.asking)) if self.accepting else 0
+        self.free -= granted
+        return granted
+
+    def unreserve(self, count: int) -> None:
+        self.free += count
+        self.slot_freed.set()
+
+    def start_local(self, job: LocalJob) -> None:
+        self._start(job)
 
     def _start(self, delivery: Delivery) -> None:
         try:
@@ -203,17 +228,29 @@ class Worker:
     async def _flush(self) -> None:
         poison, self._poison = self._poison, []
         for delivery, reason in poison:
-            await self.bus.dead_letter(GROUP, delivery, reason)
+            if isinstance(delivery, LocalJob):
+                await self.bus.publish([dead_letter_message(GROUP, delivery, reason)])
+                await self._local_jobs.done([delivery])
+            else:
+                await self.bus.dead_letter(GROUP, delivery, reason)
         results, self.results = self.results, []
         acks, self.acks = self.acks, []
         try:
-            if results or acks:
-                await self.bus.publish_and_ack(results, GROUP, acks)
+            from_bus, local = split(acks)
+            if results or from_bus:
+                await self.bus.publish_and_ack(results, GROUP, from_bus)
+            if local:  # after their results (if any) are on the bus
+                await self._local_jobs.done(local)
         except InfraError:  # the bus is down: keep them for the next flush, not lose them
             self.results[:0] = results
             self.acks[:0] = acks
             self.flush_needed.set()
             raise
+
+    @property
+    def _local_jobs(self) -> LocalJobs:
+        assert self.local_jobs is not None  # a LocalJob comes only from it
+        return self.local_jobs
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking jobs; let running ones finish for `grace_s`, then hand the rest back
@@ -223,8 +260,11 @@ class Worker:
         if running:
             await asyncio.wait(running, timeout=grace_s)
         self.handing_back = True
+        handed_back = [d for d in self.held.values() if isinstance(d, LocalJob)]
         await cancel_all(list(self.running.values()))
         await self._flush()
+        if handed_back:  # the relay of any process sends them to the bus
+            await self._local_jobs.release(handed_back)
         if self.local is not None and not await self.local.settled(grace_s):
             log.warning("results not applied before the stop; their jobs run again elsewhere")
 
@@ -233,8 +273,11 @@ class Worker:
         another worker; a worker that dies stops renewing and its jobs are redelivered."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            if self.held:
-                await self.bus.touch(GROUP, self.name, list(self.held.values()))
+            from_bus, local = split(list(self.held.values()))
+            if from_bus:
+                await self.bus.touch(GROUP, self.name, from_bus)
+            if local:
+                await self._local_jobs.renew(local)
 
     async def _take_cancels(self) -> None:
         group = f"cancels-{self.name}"  # a group per worker: every worker sees every cancel

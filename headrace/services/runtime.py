@@ -32,7 +32,7 @@ from headrace.runtime.coordinator import Coordinator
 from headrace.runtime.crash import CrashPoints
 from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
-from headrace.runtime.local import LocalResults
+from headrace.runtime.local import LocalJobs, LocalResults
 from headrace.runtime.metrics import Metrics
 from headrace.runtime.relay import Relay
 from headrace.runtime.supervise import Supervised, cancel_all
@@ -80,7 +80,14 @@ class Runtime:
         )
         self.bus = bus or build_bus(settings, self.store, self.flags.values)
         crash = CrashPoints(settings.crash_at)
-        self.driver = Driver(self.store, self.bus, self.hub, self.metrics, crash=crash)
+        both = {"coordinator", "worker"} <= set(roles)
+        local = LocalResults() if both and settings.local_results else None
+        local_jobs = (
+            LocalJobs(self.store, settings.lease_s) if both and settings.local_jobs else None
+        )
+        self.driver = Driver(
+            self.store, self.bus, self.hub, self.metrics, crash=crash, local_jobs=local_jobs
+        )
         self.secrets = settings.all_secrets()
         self.tasks = TaskRegistry(settings.task_modules if "worker" in roles else [])
         self.http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
@@ -89,8 +96,6 @@ class Runtime:
             "http": HttpExecutor(self.http, self.secrets).run,
             "agent": AgentExecutor(self.secrets).run,
         }
-        both = {"coordinator", "worker"} <= set(roles) and settings.local_results
-        local = LocalResults() if both else None
         self.coordinator = Coordinator(
             self.driver,
             self.bus,
@@ -107,6 +112,7 @@ class Runtime:
             concurrency=settings.worker_concurrency,
             crash=crash,
             local=local,
+            local_jobs=local_jobs,
         )
         self.relay = Relay(
             self.store,

@@ -22,11 +22,13 @@ class Transition:
 
     state: RunState
     events: list[Event]
-    messages: list[Message] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # published after the commit
     timers: list[Timer] = field(default_factory=list)
     fired: list[Timer] = field(default_factory=list)  # timers this step consumed
     new: bool = False  # a run being created (inserted, not updated)
     idempotency_key: str | None = None
+    # jobs the committing process runs on its own worker: outbox rows held, not published
+    local: list[Message] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,13 @@ class FlagChange:
 
 @dataclass(frozen=True)
 class Committed:
-    """What a commit did: the runs it refused (their version had moved) and the ids of the
-    outbox rows it wrote, to be marked sent once published."""
+    """What a commit did: the runs it refused (their version had moved), the ids of the
+    outbox rows it wrote for `messages` (to be marked sent once published) and for `local`
+    jobs (to be marked sent once their results are in), in the order of the transitions."""
 
     conflicts: set[str]
     outbox_ids: list[int]
+    local_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -129,11 +133,14 @@ class Store(Protocol):
     async def run_for_key(self, idempotency_key: str) -> str | None:
         """The run id created under this idempotency key, if any."""
 
-    async def commit(self, transitions: list[Transition], sent: Sequence[int] = ()) -> Committed:
+    async def commit(
+        self, transitions: list[Transition], sent: Sequence[int] = (), held_until_ms: int = 0
+    ) -> Committed:
         """Apply all transitions in one transaction, except those whose run version had moved
         (a new run whose idempotency key exists counts as such): they are reported in
         `conflicts` and nothing of them is written. The same transaction deletes the `sent`
-        outbox rows (published since), which saves a transaction per batch."""
+        outbox rows (published since), which saves a transaction per batch. The outbox rows
+        of `local` jobs are held until `held_until_ms`."""
 
     async def run_version(self, run_id: str) -> int:
         """The committed version of a run (NotFound for an unknown id)."""
@@ -203,10 +210,17 @@ class Store(Protocol):
         """Ids of runs not yet ended with an attempt scheduled before the given time and
         not started: their job may have been lost by the bus."""
 
-    async def pending_outbox(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:
-        """Outbox rows older than the given time: what a crash left unpublished."""
+    async def pending_outbox(
+        self, created_before_ms: int, now_ms: int, limit: int
+    ) -> list[OutboxEntry]:
+        """What a crash left unpublished: rows created before `created_before_ms`, except
+        held ones, which are due once their hold ended (at `now_ms` or before). Oldest
+        first."""
 
     async def outbox_sent(self, ids: list[int]) -> None: ...
+
+    async def hold_outbox(self, ids: list[int], until_ms: int) -> None:
+        """Hold these outbox rows until `until_ms` (0: release them to the relay now)."""
 
     async def due_timers(self, now_ms: int, limit: int) -> list[Timer]: ...
 

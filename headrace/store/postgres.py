@@ -103,6 +103,7 @@ _OUTBOX_TYPES = {
     "key": _TEXT,
     "payload": "bytea",
     "headers": _TEXT,
+    "held_until": _BIGINT,
 }
 _TABLES = {
     "u": _UPDATE_TYPES,
@@ -205,8 +206,8 @@ _PARTS = (
         "ob",
         "o",
         f"""
-    INSERT INTO outbox (topic, key, payload, headers, created_at)
-    SELECT o.topic, o.key, o.payload, o.headers, %(now)b::bigint
+    INSERT INTO outbox (topic, key, payload, headers, held_until, created_at)
+    SELECT o.topic, o.key, o.payload, o.headers, o.held_until, %(now)b::bigint
     FROM {_rows("o", ordinality=True)} WHERE o.run_id {_APPLIED} ORDER BY o.i
     RETURNING id""",
     ),
@@ -245,13 +246,17 @@ def _numbered(sql: str) -> tuple[str, list[str]]:
 _JSON = msgspec.json.Encoder()
 
 
-def _commit_params(transitions: list[Transition], sent: Sequence[int], now: int) -> dict[str, Any]:
+def _commit_params(
+    transitions: list[Transition], sent: Sequence[int], held_until: int, now: int
+) -> dict[str, Any]:
     """The parameters of the commit, only those with rows (see `_commit_statement`): each
     table's rows as one JSON array of arrays. A run's timers are written so the statement
     never touches a row twice: an ended run's timers are all deleted (none inserted), a timer
-    both fired and set again is upserted only."""
+    both fired and set again is upserted only. The outbox rows of every transition's
+    messages come before those of the local jobs (held until `held_until`)."""
     tables: dict[str, list[tuple[Any, ...]]] = {alias: [] for alias in _TABLES}
     ended: list[str] = []
+    local: list[tuple[Any, ...]] = []
     for t in transitions:
         s = t.state
         if t.new:
@@ -271,7 +276,10 @@ def _commit_params(transitions: list[Transition], sent: Sequence[int], now: int)
             for tid in {tm.timer_id for tm in t.fired} - timers.keys():
                 tables["f"].append((s.run_id, tid))
         for m in t.messages:
-            tables["o"].append((s.run_id, m.topic, m.key, m.payload, rows.dumps(m.headers)))
+            tables["o"].append((s.run_id, m.topic, m.key, m.payload, rows.dumps(m.headers), None))
+        for m in t.local:
+            local.append((s.run_id, m.topic, m.key, m.payload, rows.dumps(m.headers), held_until))
+    tables["o"] += local
     params: dict[str, Any] = {a: _JSON.encode(r).decode() for a, r in tables.items() if r}
     if ended:
         params["ended"] = ended
@@ -477,7 +485,9 @@ class PostgresStore:
         row = await self._one("SELECT run_id FROM runs WHERE idempotency_key = $1", idempotency_key)
         return None if row is None else str(row[0])
 
-    async def commit(self, transitions: list[Transition], sent: Sequence[int] = ()) -> Committed:
+    async def commit(
+        self, transitions: list[Transition], sent: Sequence[int] = (), held_until_ms: int = 0
+    ) -> Committed:
         # A run is written once per commit: a second transition of it would be checked
         # against the version its first one moved, so it is refused, as it would be in turn.
         seen: set[str] = set()
@@ -486,16 +496,19 @@ class PostgresStore:
             if t.state.run_id not in seen:
                 seen.add(t.state.run_id)
                 todo.append(t)
-        params = _commit_params(todo, sent, int(time.time() * 1000))
+        params = _commit_params(todo, sent, held_until_ms, int(time.time() * 1000))
         sql, names = _commit_statement(frozenset(params))
         async with self._writer() as conn:  # prepared once, by asyncpg's statement cache
             row = await conn.fetchrow(sql, *(params[n] for n in names))
         assert row is not None
         applied: set[str] = set(row[0])
+        published = 0
         for t in todo:
             if t.state.run_id in applied:
                 t.state.version += 1
-        return Committed(seen - applied, list(row[1]))
+                published += len(t.messages)
+        ids = list(row[1])
+        return Committed(seen - applied, ids[:published], ids[published:])
 
     async def run_version(self, run_id: str) -> int:
         row = await self._one("SELECT version FROM runs WHERE run_id = $1", run_id)
@@ -699,11 +712,14 @@ class PostgresStore:
 
     # --- outbox and timers ---
 
-    async def pending_outbox(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:
+    async def pending_outbox(
+        self, created_before_ms: int, now_ms: int, limit: int
+    ) -> list[OutboxEntry]:
         found = await self._all(
-            "SELECT id, topic, key, payload, headers FROM outbox "
-            "WHERE created_at < $1 ORDER BY id LIMIT $2",
+            "SELECT id, topic, key, payload, headers FROM outbox WHERE "
+            "(held_until IS NULL AND created_at < $1) OR held_until <= $2 ORDER BY id LIMIT $3",
             created_before_ms,
+            now_ms,
             limit,
         )
         return [
@@ -714,6 +730,13 @@ class PostgresStore:
         if ids:
             async with self._conn() as conn:
                 await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
+
+    async def hold_outbox(self, ids: list[int], until_ms: int) -> None:
+        if ids:
+            async with self._conn() as conn:
+                await conn.execute(
+                    "UPDATE outbox SET held_until = $1 WHERE id = ANY($2::bigint[])", until_ms, ids
+                )
 
     async def due_timers(self, now_ms: int, limit: int) -> list[Timer]:
         found = await self._all(

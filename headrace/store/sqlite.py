@@ -143,7 +143,9 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    async def commit(self, transitions: list[Transition], sent: Sequence[int] = ()) -> Committed:
+    async def commit(
+        self, transitions: list[Transition], sent: Sequence[int] = (), held_until_ms: int = 0
+    ) -> Committed:
         db = self.db
         now = int(time.time() * 1000)
         try:
@@ -152,7 +154,11 @@ class SqliteStore:
             raise InfraError(f"sqlite: {e}") from e
         try:
             applied = self._write_runs(transitions)
-            outbox_ids = self._write_details(applied, now)
+            self._write_details(applied)
+            outbox_ids = self._write_outbox([m for t in applied for m in t.messages], None, now)
+            local_ids = self._write_outbox(
+                [m for t in applied for m in t.local], held_until_ms, now
+            )
             if sent:
                 db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _ranges(sent))
             db.execute("COMMIT")
@@ -164,7 +170,7 @@ class SqliteStore:
         for t in applied:
             t.state.version += 1
         conflicts = {t.state.run_id for t in transitions} - {t.state.run_id for t in applied}
-        return Committed(conflicts, outbox_ids)
+        return Committed(conflicts, outbox_ids, local_ids)
 
     def _write_runs(self, transitions: list[Transition]) -> list[Transition]:
         """Write the run rows; the transitions whose version check passed."""
@@ -194,10 +200,9 @@ class SqliteStore:
         cur = self.db.execute(_RUN_UPDATE, _update_values(t))
         return cur.rowcount == 1
 
-    def _write_details(self, applied: list[Transition], now: int) -> list[int]:
+    def _write_details(self, applied: list[Transition]) -> None:
         db = self.db
         events, nodes, timers, fired, ended = [], [], [], [], []
-        messages: list[Message] = []
         for t in applied:
             s = t.state
             events += [
@@ -206,7 +211,6 @@ class SqliteStore:
             nodes += [
                 rows.node_values(s.run_id, nid, s.nodes[nid]) for nid in rows.touched(t.events)
             ]
-            messages += t.messages
             timers += [
                 (s.run_id, tm.timer_id, tm.due_at_ms, encode(tm).decode()) for tm in t.timers
             ]
@@ -223,15 +227,16 @@ class SqliteStore:
             timers,
         )
         db.executemany("DELETE FROM timers WHERE run_id = ?", ended)
-        return self._write_outbox(messages, now) if messages else []
 
-    def _write_outbox(self, messages: list[Message], now: int) -> list[int]:
+    def _write_outbox(self, messages: list[Message], held_until: int | None, now: int) -> list[int]:
+        if not messages:
+            return []
         first = self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
         self.db.executemany(
-            "INSERT INTO outbox (id, topic, key, payload, headers, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outbox (id, topic, key, payload, headers, held_until, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (first + i, m.topic, m.key, m.payload, rows.dumps(m.headers), now)
+                (first + i, m.topic, m.key, m.payload, rows.dumps(m.headers), held_until, now)
                 for i, m in enumerate(messages)
             ],
         )
@@ -267,9 +272,7 @@ class SqliteStore:
     async def set_flag(
         self, name: str, value: bool | int, who: str, why: str, now_ms: int
     ) -> FlagChange:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             row = db.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
             db.execute(
                 "INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) "
@@ -280,10 +283,6 @@ class SqliteStore:
                 "INSERT INTO flag_changes (name, old, new, who, why, at) VALUES (?, ?, ?, ?, ?, ?)",
                 (name, row[0] if row else None, json.dumps(value), who, why, now_ms),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return FlagChange(name, json.loads(row[0]) if row else None, value, who, why, now_ms)
 
     async def flag_history(self, name: str | None, limit: int) -> list[FlagChange]:
@@ -441,24 +440,28 @@ class SqliteStore:
 
     # --- outbox and timers ---
 
-    async def pending_outbox(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:
+    async def pending_outbox(
+        self, created_before_ms: int, now_ms: int, limit: int
+    ) -> list[OutboxEntry]:
         cur = self.db.execute(
-            "SELECT id, topic, key, payload, headers FROM outbox "
-            "WHERE created_at < ? ORDER BY id LIMIT ?",
-            (created_before_ms, limit),
+            "SELECT id, topic, key, payload, headers FROM outbox WHERE "
+            "(held_until IS NULL AND created_at < ?) OR held_until <= ? ORDER BY id LIMIT ?",
+            (created_before_ms, now_ms, limit),
         )
         return [OutboxEntry(r[0], Message(r[1], r[2], bytes(r[3]), rows.loads(r[4]))) for r in cur]
 
     async def outbox_sent(self, ids: list[int]) -> None:
-        if not ids:
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _ranges(ids))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        if ids:
+            with self._transaction() as db:
+                db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _ranges(ids))
+
+    async def hold_outbox(self, ids: list[int], until_ms: int) -> None:
+        if ids:
+            with self._transaction() as db:
+                db.executemany(
+                    "UPDATE outbox SET held_until = ? WHERE id BETWEEN ? AND ?",
+                    [(until_ms, *r) for r in _ranges(ids)],
+                )
 
     async def due_timers(self, now_ms: int, limit: int) -> list[Timer]:
         cur = self.db.execute(

@@ -14,6 +14,8 @@ from headrace.errors import NodeError
 
 _calls: dict[str, int] = {}
 _gates: dict[str, threading.Event] = {}
+_running: dict[str, int] = {}
+_peaks: dict[str, int] = {}
 
 
 async def noop(**kwargs: Any) -> None:
@@ -91,6 +93,22 @@ async def counted_sleep(key: str, seconds: float) -> dict[str, Any]:
 
 def calls(key: str) -> int:
     return _calls.get(key, 0)
+
+
+async def crowded_sleep(key: str, seconds: float, **kwargs: Any) -> dict[str, Any]:
+    """Sleep, keeping the most calls for `key` that ever ran at once in this process (see
+    `peak`)."""
+    _running[key] = _running.get(key, 0) + 1
+    _peaks[key] = max(_peaks.get(key, 0), _running[key])
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        _running[key] -= 1
+    return {"key": key}
+
+
+def peak(key: str) -> int:
+    return _peaks.get(key, 0)
 
 
 async def marked_sleep(marks: str, name: str, seconds: float) -> dict[str, Any]:

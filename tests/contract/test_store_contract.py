@@ -108,6 +108,12 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def later() -> tuple[int, int]:
+    """`pending_outbox`'s times for every row a second from now, but those held longer."""
+    t = now_ms() + 1_000
+    return t, t
+
+
 # --- workflows ---
 
 
@@ -170,7 +176,7 @@ async def test_two_writers_from_one_version_exactly_one_applies(store: Store) ->
     await same(store, winner)
     events = await store.read_events(state.run_id, 0, 100)
     assert [e.seq for e in events] == list(range(1, winner.seq + 1))
-    outbox = await store.pending_outbox(now_ms() + 1_000, 100)
+    outbox = await store.pending_outbox(*later(), 100)
     assert len(outbox) == 1 + len(results[0].outbox_ids) + len(results[1].outbox_ids)
 
 
@@ -233,13 +239,13 @@ async def test_events_are_unique_per_run_and_read_in_pages(store: Store) -> None
     assert first.type == "RunStarted" and first.at_ms == 1_000 and b'"seq":1' in first.data
     # A transition that passes the version check but repeats a stored seq writes nothing.
     # (SqliteStore lets sqlite3.IntegrityError through; PostgresStore raises InfraError.)
-    outbox = await store.pending_outbox(now_ms() + 1_000, 100)
+    outbox = await store.pending_outbox(*later(), 100)
     again = SignalReceived(seq=1, at_ms=9, name="x")
     with pytest.raises((InfraError, sqlite3.IntegrityError)):
         await store.commit([Transition(state, [again], [Message("t", "k", b"x")])])
     assert state.version == 2
     await same(store, state)
-    assert await store.pending_outbox(now_ms() + 1_000, 100) == outbox
+    assert await store.pending_outbox(*later(), 100) == outbox
     assert len(await store.read_events(state.run_id, 0, 100)) == state.seq
 
 
@@ -364,7 +370,7 @@ async def test_unknown_run_ids(store: Store) -> None:
     ghost.version = 1  # an update of a run that was never created: refused, nothing written
     assert (await store.commit([step(ghost, d)])).conflicts == {ghost.run_id}
     assert await store.read_events(ghost.run_id, 0, 10) == []
-    assert await store.pending_outbox(now_ms() + 1_000, 10) == []
+    assert await store.pending_outbox(*later(), 10) == []
 
 
 # --- outbox and timers ---
@@ -437,19 +443,46 @@ async def test_outbox_rows_wait_until_marked_sent(store: Store) -> None:
     before = now_ms() - 1
     ids = (await store.commit([t])).outbox_ids
     assert len(ids) == len(t.messages) == 2 and len(set(ids)) == 2
-    assert await store.pending_outbox(before, 10) == []
-    pending = await store.pending_outbox(now_ms() + 1_000, 10)
+    assert await store.pending_outbox(before, before, 10) == []
+    pending = await store.pending_outbox(*later(), 10)
     assert [p.id for p in pending] == sorted(ids)
     assert [p.message for p in pending] == t.messages
-    assert len(await store.pending_outbox(now_ms() + 1_000, 1)) == 1
+    assert len(await store.pending_outbox(*later(), 1)) == 1
     d2 = decide(state, Complete("a", 1, 5, 6))
     third = (await store.commit([step(state, d2)], sent=[ids[0]])).outbox_ids
-    left = await store.pending_outbox(now_ms() + 1_000, 10)
+    left = await store.pending_outbox(*later(), 10)
     assert [p.id for p in left] == sorted([ids[1], *third])
     await store.outbox_sent([ids[1], *third])
     await store.outbox_sent([])
-    assert await store.pending_outbox(now_ms() + 1_000, 10) == []
+    assert await store.pending_outbox(*later(), 10) == []
     assert (await store.commit([], sent=[12345])).conflicts == set()
+
+
+async def test_local_jobs_rows_are_held_until_their_time(store: Store) -> None:
+    plan = await register(store)
+    a, b = await started(store, plan), await started(store, plan)
+    stale = await store.load_run(b.run_id)
+    await complete(store, b, "a")  # moves b's version under `stale`
+    ta = step(a, decide(a, Complete("a", 1, 5, 6, output=1)))  # schedules m[0]
+    ta.local, ta.messages = ta.messages, [Message("t.x", a.run_id, b"published")]
+    tb = step(stale, decide(stale, Cancel(at_ms=6)))
+    tb.local = [Message("node.jobs.normal", b.run_id, b"refused")]
+    held_until = now_ms() + 60_000
+    result = await store.commit([ta, tb], held_until_ms=held_until)
+    assert result.conflicts == {b.run_id}  # its local job was not written either
+    assert len(result.outbox_ids) == 1 and len(result.local_ids) == len(ta.local) == 1
+    assert result.outbox_ids[0] < result.local_ids[0]
+    pending = await store.pending_outbox(*later(), 10)
+    assert [p.message.payload for p in pending if p.id in result.local_ids] == []
+    at_the_end = await store.pending_outbox(held_until + 1, held_until, 10)
+    assert [p.message for p in at_the_end if p.id in result.local_ids] == ta.local
+    await store.hold_outbox(result.local_ids, held_until + 60_000)  # a heartbeat
+    assert len(await store.pending_outbox(held_until + 1, held_until, 10)) == len(at_the_end) - 1
+    await store.hold_outbox(result.local_ids, 0)  # handed back
+    assert [p.id for p in await store.pending_outbox(*later(), 10)] == sorted(
+        [p.id for p in pending] + result.local_ids
+    )
+    await store.hold_outbox([], 1)  # nothing to do
 
 
 def timer(state: RunState, node_id: str, due_at_ms: int, attempt: int = 1) -> Timer:

@@ -4,11 +4,13 @@ workers and a relay; workers and coordinators SIGKILLed while runs flow; nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 import redis
@@ -90,11 +92,15 @@ def test_sigkill_a_worker_and_a_coordinator_while_runs_flow(cluster: ProcessClus
 def test_serve_all_sigkilled_between_a_local_result_and_its_acknowledgement(
     cluster: ProcessCluster, crash_at: str
 ) -> None:
-    # Two `serve all` processes: each applies its own workers' results without the bus. One
-    # dies holding results it took (not committed), or committed ones whose jobs it had not
-    # acknowledged yet: the jobs are redelivered to the other, and each run completes once.
-    cluster.start("all-1", "all", "--port", str(free_port()), HEADRACE_CRASH_AT=crash_at)
-    cluster.start("all-2", "all", "--port", str(cluster.port))  # the API the test talks to
+    # Two `serve all` processes: each applies its own workers' results without the bus (and
+    # takes every job from the bus: local jobs are the next test's). One dies holding
+    # results it took (not committed), or committed ones whose jobs it had not acknowledged
+    # yet: the jobs are redelivered to the other, and each run completes once.
+    bus_jobs = {"HEADRACE_LOCAL_JOBS": "false"}
+    cluster.start(
+        "all-1", "all", "--port", str(free_port()), HEADRACE_CRASH_AT=crash_at, **bus_jobs
+    )
+    cluster.start("all-2", "all", "--port", str(cluster.port), **bus_jobs)  # the test's API
     cluster.wait_healthy()
     with httpx.Client(base_url=cluster.url, timeout=10) as client:
         assert client.post("/v1/workflows", content=SPEC).status_code == 201
@@ -110,3 +116,59 @@ def test_serve_all_sigkilled_between_a_local_result_and_its_acknowledgement(
         wait_all(client, run_ids, cluster)
     assert held_jobs(cluster, "worker-all-1") == 0  # redelivered and done
     asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids, {"count": 4}))
+
+
+def healthy(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def held_rows(db_url: str) -> set[int]:
+    """Ids of the outbox rows held by a process running their jobs itself."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        return {r[0] for r in await conn.fetch("SELECT id FROM outbox WHERE held_until > 0")}
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("crash_at", [None, "after_commit:20", "after_execute:12"])
+def test_serve_all_sigkilled_while_it_runs_its_own_jobs(
+    cluster: ProcessCluster, crash_at: str | None
+) -> None:
+    # all-1 starts the runs, so it runs their jobs itself (no bus) and holds their outbox
+    # rows. It dies (SIGKILLed from outside, or at a crash point: between a commit and the
+    # start of its local jobs, or after a job ran and before its result was handed over):
+    # once the holds lapse, the relay of all-2 sends the jobs to the bus, and every run
+    # completes once.
+    db_url = cluster.env["HEADRACE_DATABASE_URL"]
+    api_1 = free_port()
+    crash = {"HEADRACE_CRASH_AT": crash_at} if crash_at else {}
+    cluster.start("all-1", "all", "--port", str(api_1), **crash)
+    cluster.start("all-2", "all", "--port", str(cluster.port))
+    cluster.wait_healthy()
+    run_ids: list[str] = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{api_1}", timeout=10) as client:
+        deadline = time.monotonic() + 60
+        while not healthy(client):
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.05)
+        assert client.post("/v1/workflows", content=SPEC).status_code == 201
+        while cluster.procs["all-1"].poll() is None:
+            assert time.monotonic() < deadline, "all-1 never died"
+            with contextlib.suppress(httpx.HTTPError):  # it may die while answering
+                run_ids += start_runs(client, 2)
+            if crash_at is None and asyncio.run(held_rows(db_url)):
+                cluster.kill("all-1")  # while it holds local jobs
+            time.sleep(0.05)
+    assert cluster.procs["all-1"].returncode == -signal.SIGKILL
+    held = asyncio.run(held_rows(db_url))
+    assert held, "all-1 died holding no local job"
+    with httpx.Client(base_url=cluster.url, timeout=10) as client:
+        run_ids += start_runs(client, 5)
+        wait_all(client, run_ids, cluster)
+    assert not held & asyncio.run(held_rows(db_url))  # sent by all-2's relay
+    assert "relay republished" in cluster.log("all-2")
+    asyncio.run(check_runs(db_url, run_ids, {"count": 4}))

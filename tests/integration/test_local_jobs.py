@@ -1,0 +1,80 @@
+"""Local jobs: a process that is both coordinator and worker runs the jobs it schedules on its
+own worker, without the bus, within the same bounded slots as the jobs it reads from the bus;
+their outbox rows go once their results are in. (Crash tests: test_cluster.py, test_leases.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from conftest import make_settings
+
+from headrace.services.runtime import Embedded
+from headrace.spec import parse_workflow, plan_of
+from headrace.testing import tasks
+
+CHAIN = {
+    "name": "chain",
+    "nodes": {
+        "a": {"task": "headrace.testing.tasks.noop"},
+        "b": {"task": "headrace.testing.tasks.noop", "needs": ["a"]},
+        "c": {"task": "headrace.testing.tasks.noop", "needs": ["b"]},
+    },
+}
+
+
+async def run(rt: Embedded, spec: dict[str, Any]) -> None:
+    ir = parse_workflow(spec)
+    await rt.register(ir, "")
+    run_id = await rt.start(plan_of(ir), {})
+    assert (await rt.wait(run_id, timeout_s=60)).status == "completed"
+
+
+def dispatched(rt: Embedded) -> dict[str, int]:
+    return {via: n for (via,), n in rt.metrics.jobs_dispatched.counts.items()}
+
+
+async def outbox_empties(rt: Embedded) -> None:
+    deadline = time.monotonic() + 30  # rows are deleted in batches, 0.5 s after the first
+    far = 2**62
+    while await rt.store.pending_outbox(far, far, 10):
+        assert time.monotonic() < deadline, "outbox rows left behind"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_process_runs_the_jobs_it_schedules_itself(tmp_path: Path) -> None:
+    async with Embedded(make_settings(tmp_path)) as rt:
+        await run(rt, CHAIN)
+        assert dispatched(rt) == {"local": 3}
+        await outbox_empties(rt)
+
+
+async def test_local_jobs_off_sends_every_job_through_the_bus(tmp_path: Path) -> None:
+    async with Embedded(make_settings(tmp_path, local_jobs=False)) as rt:
+        await run(rt, CHAIN)
+        assert dispatched(rt) == {"bus": 3}
+        await outbox_empties(rt)
+
+
+async def test_local_and_bus_jobs_share_the_worker_slots(tmp_path: Path) -> None:
+    key = uuid.uuid4().hex
+    fan = {
+        "name": "fan",
+        "nodes": {
+            "m": {
+                "map": "${{ [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] }}",
+                "task": "headrace.testing.tasks.crowded_sleep",
+                "with": {"key": key, "seconds": 0.05, "i": "${{ item }}"},
+            }
+        },
+    }
+    async with Embedded(make_settings(tmp_path, worker_concurrency=3)) as rt:
+        await run(rt, fan)
+        assert tasks.peak(key) <= 3  # never more at once than the worker's slots
+        ways = dispatched(rt)
+        assert ways.get("local", 0) > 0 and ways.get("bus", 0) > 0, ways
+        assert sum(ways.values()) == 12
+        await outbox_empties(rt)
