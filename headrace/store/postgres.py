@@ -331,6 +331,13 @@ def _sqlalchemy_url(url: str) -> str:
     return f"postgresql+psycopg://{rest}"
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection goes back to the pool as it is: the store never changes a pooled
+    connection's session (no SET, LISTEN, advisory lock or cursor), and asyncpg rolls back
+    a transaction left open before calling this. Its default reset (RESET ALL, UNLISTEN *,
+    ...) cost a round trip on every release."""
+
+
 def _infra(e: BaseException) -> InfraError:
     return InfraError(f"postgres: {type(e).__name__}: {e}")
 
@@ -362,7 +369,7 @@ class PostgresStore:
             await asyncio.to_thread(upgrade, _sqlalchemy_url(self.url))
         try:
             self._pool = await asyncpg.create_pool(
-                **args, min_size=self.min_size, max_size=self.max_size
+                **args, min_size=self.min_size, max_size=self.max_size, reset=_keep_session
             )
         except _DRIVER_ERRORS as e:
             raise _infra(e) from e
