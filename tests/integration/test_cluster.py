@@ -172,3 +172,49 @@ def test_serve_all_sigkilled_while_it_runs_its_own_jobs(
     assert not held & asyncio.run(held_rows(db_url))  # sent by all-2's relay
     assert "relay republished" in cluster.log("all-2")
     asyncio.run(check_runs(db_url, run_ids, {"count": 4}))
+
+
+def test_serve_all_stopped_gracefully_hands_its_local_jobs_back(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    # all-1 runs long local jobs when it gets SIGTERM: after its grace it stops them and
+    # releases their outbox rows, so all-2's relay sends them on at once, not after the lease
+    # (60 s here, longer than the test may take).
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec = f"""
+name: long
+inputs: {{name: {{type: string}}}}
+nodes:
+  a: {{task: headrace.testing.tasks.marked_sleep,
+      with: {{marks: "{marks}", name: "${{{{ inputs.name }}}}", seconds: 2}}}}
+"""
+    api_1 = free_port()
+    graceful = {"HEADRACE_SHUTDOWN_GRACE_S": "0.2", "HEADRACE_LEASE_S": "60"}
+    cluster.start("all-1", "all", "--port", str(api_1), **graceful)
+    cluster.start("all-2", "all", "--port", str(cluster.port))
+    cluster.wait_healthy()
+    db_url = cluster.env["HEADRACE_DATABASE_URL"]
+    with httpx.Client(base_url=f"http://127.0.0.1:{api_1}", timeout=10) as client:
+        deadline = time.monotonic() + 60
+        while not healthy(client):
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.05)
+        assert client.post("/v1/workflows", content=spec).status_code == 201
+        run_ids = [
+            client.post(
+                "/v1/runs", json={"workflow_tag": "long", "inputs": {"name": f"r{i}"}}
+            ).json()["run_id"]
+            for i in range(3)
+        ]
+    while len(list(marks.iterdir())) < 3:  # all three run in all-1
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.05)
+    assert len(asyncio.run(held_rows(db_url))) == 3
+    cluster.procs["all-1"].send_signal(signal.SIGTERM)
+    assert cluster.procs["all-1"].wait(20) in (0, -signal.SIGTERM)
+    with httpx.Client(base_url=cluster.url, timeout=10) as client:
+        wait_all(client, run_ids, cluster, timeout_s=30)
+    for i in range(3):  # begun in all-1, run again in all-2
+        assert len(list(marks.glob(f"r{i}.*"))) == 2, sorted(p.name for p in marks.iterdir())
+    asyncio.run(check_runs(db_url, run_ids, {}))
