@@ -73,6 +73,8 @@ class Driver:
     ) -> None:
         self.crash = crash
         self.local_jobs = local_jobs
+        if local_jobs is not None:
+            local_jobs.mark_sent = self._mark_sent
         self.store = store
         self.bus = bus
         self.hub = hub
@@ -370,7 +372,8 @@ class Driver:
                 if messages:
                     self._mark_sent(committed.outbox_ids)
                     jobs = sum(m.topic in JOB_LANES for m in messages)
-                    self.metrics.jobs_dispatched.inc("bus", by=jobs)
+                    if jobs:
+                        self.metrics.jobs_dispatched.inc("bus", by=jobs)
         if any(t.timers for t in transitions):
             self.timers_changed.set()
         self.metrics.observe(transitions)

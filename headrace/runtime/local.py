@@ -21,7 +21,7 @@ A graceful stop releases the holds of the jobs it hands back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -98,10 +98,14 @@ class Slots(Protocol):
 
 
 class LocalJobs:
+    """Where the driver and the worker of one process meet: each sets its side."""
+
     def __init__(self, store: Store, lease_s: float) -> None:
         self.store = store
         self.lease_s = lease_s
         self.worker: Slots | None = None  # set by the worker of this process
+        # set by the driver: deletes outbox rows, in its batches of published ones
+        self.mark_sent: Callable[[list[int]], None] | None = None
 
     # --- the driver's side ---
 
@@ -135,7 +139,8 @@ class LocalJobs:
         """Hand these jobs back: the relay may send them to the bus now."""
         await self.store.hold_outbox([j.outbox_id for j in jobs], 0)
 
-    async def done(self, jobs: Sequence[LocalJob]) -> None:
+    def done(self, jobs: Sequence[LocalJob]) -> None:
         """These jobs ended with nothing to commit (cancelled), or their results went to
         the bus: their rows are no longer needed."""
-        await self.store.outbox_sent([j.outbox_id for j in jobs])
+        assert self.mark_sent is not None
+        self.mark_sent([j.outbox_id for j in jobs])

@@ -230,22 +230,22 @@ class Worker:
         for delivery, reason in poison:
             if isinstance(delivery, LocalJob):
                 await self.bus.publish([dead_letter_message(GROUP, delivery, reason)])
-                await self._local_jobs.done([delivery])
+                self._local_jobs.done([delivery])
             else:
                 await self.bus.dead_letter(GROUP, delivery, reason)
         results, self.results = self.results, []
         acks, self.acks = self.acks, []
+        from_bus, local = split(acks)
         try:
-            from_bus, local = split(acks)
             if results or from_bus:
                 await self.bus.publish_and_ack(results, GROUP, from_bus)
-            if local:  # after their results (if any) are on the bus
-                await self._local_jobs.done(local)
         except InfraError:  # the bus is down: keep them for the next flush, not lose them
             self.results[:0] = results
             self.acks[:0] = acks
             self.flush_needed.set()
             raise
+        if local:  # after their results (if any) are on the bus
+            self._local_jobs.done(local)
 
     @property
     def _local_jobs(self) -> LocalJobs:

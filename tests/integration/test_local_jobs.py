@@ -12,6 +12,8 @@ from typing import Any
 
 from conftest import make_settings
 
+from headrace.engine import Cancel
+from headrace.runtime.clock import now_ms
 from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
 from headrace.testing import tasks
@@ -77,4 +79,33 @@ async def test_local_and_bus_jobs_share_the_worker_slots(tmp_path: Path) -> None
         ways = dispatched(rt)
         assert ways.get("local", 0) > 0 and ways.get("bus", 0) > 0, ways
         assert sum(ways.values()) == 12
+        await outbox_empties(rt)
+
+
+async def test_local_jobs_with_their_results_through_the_bus(tmp_path: Path) -> None:
+    async with Embedded(make_settings(tmp_path, local_results=False)) as rt:
+        await run(rt, CHAIN)
+        assert dispatched(rt) == {"local": 3}
+        await outbox_empties(rt)  # each row went once its result was on the bus
+
+
+async def test_a_cancelled_local_job_leaves_no_outbox_row(tmp_path: Path) -> None:
+    long = {
+        "name": "long",
+        "nodes": {"a": {"task": "headrace.testing.tasks.sleep", "with": {"seconds": 30}}},
+    }
+    async with Embedded(make_settings(tmp_path, lease_s=60)) as rt:  # no lapsed hold
+        ir = parse_workflow(long)
+        await rt.register(ir, "")
+        run_id = await rt.start(plan_of(ir), {})
+        deadline = time.monotonic() + 30
+        while not rt.worker.running:  # the job runs here
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await rt.driver.apply([(run_id, Cancel(at_ms=now_ms()))])
+        assert (await rt.wait(run_id, timeout_s=30)).status == "cancelled"
+        while rt.worker.running:  # told to stop through the bus's cancels
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert dispatched(rt) == {"local": 1}
         await outbox_empties(rt)
