@@ -80,7 +80,10 @@ def split(deliveries: Sequence[Delivery]) -> tuple[list[Delivery], list[LocalJob
     bus: list[Delivery] = []
     local: list[LocalJob] = []
     for d in deliveries:
-        (local if isinstance(d, LocalJob) else bus).append(d)  # type: ignore[arg-type]
+        if isinstance(d, LocalJob):
+            local.append(d)
+        else:
+            bus.append(d)
     return bus, local
 
 
