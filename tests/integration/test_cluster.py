@@ -118,11 +118,22 @@ def test_serve_all_sigkilled_between_a_local_result_and_its_acknowledgement(
     asyncio.run(check_runs(cluster.env["HEADRACE_DATABASE_URL"], run_ids, {"count": 4}))
 
 
-def healthy(client: httpx.Client) -> bool:
-    try:
-        return client.get("/healthz").status_code == 200
-    except httpx.HTTPError:
-        return False
+def two_serve_all(cluster: ProcessCluster, **env_1: str) -> str:
+    """`serve all` as all-1 (with `env_1`; the URL of its API is returned) and as all-2
+    (the cluster's API), both answering."""
+    api_1 = f"http://127.0.0.1:{free_port()}"
+    cluster.start("all-1", "all", "--port", api_1.rpartition(":")[2], **env_1)
+    cluster.start("all-2", "all", "--port", str(cluster.port))
+    cluster.wait_healthy()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{api_1}/healthz", timeout=1).status_code == 200:
+                return api_1
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.05)
 
 
 async def held_rows(db_url: str) -> set[int]:
@@ -144,17 +155,10 @@ def test_serve_all_sigkilled_while_it_runs_its_own_jobs(
     # once the holds lapse, the relay of all-2 sends the jobs to the bus, and every run
     # completes once.
     db_url = cluster.env["HEADRACE_DATABASE_URL"]
-    api_1 = free_port()
-    crash = {"HEADRACE_CRASH_AT": crash_at} if crash_at else {}
-    cluster.start("all-1", "all", "--port", str(api_1), **crash)
-    cluster.start("all-2", "all", "--port", str(cluster.port))
-    cluster.wait_healthy()
+    api_1 = two_serve_all(cluster, **({"HEADRACE_CRASH_AT": crash_at} if crash_at else {}))
     run_ids: list[str] = []
-    with httpx.Client(base_url=f"http://127.0.0.1:{api_1}", timeout=10) as client:
+    with httpx.Client(base_url=api_1, timeout=10) as client:
         deadline = time.monotonic() + 60
-        while not healthy(client):
-            assert time.monotonic() < deadline, cluster.logs()
-            time.sleep(0.05)
         assert client.post("/v1/workflows", content=SPEC).status_code == 201
         while cluster.procs["all-1"].poll() is None:
             assert time.monotonic() < deadline, "all-1 never died"
@@ -189,17 +193,11 @@ nodes:
   a: {{task: headrace.testing.tasks.marked_sleep,
       with: {{marks: "{marks}", name: "${{{{ inputs.name }}}}", seconds: 2}}}}
 """
-    api_1 = free_port()
     graceful = {"HEADRACE_SHUTDOWN_GRACE_S": "0.2", "HEADRACE_LEASE_S": "60"}
-    cluster.start("all-1", "all", "--port", str(api_1), **graceful)
-    cluster.start("all-2", "all", "--port", str(cluster.port))
-    cluster.wait_healthy()
+    api_1 = two_serve_all(cluster, **graceful)
     db_url = cluster.env["HEADRACE_DATABASE_URL"]
-    with httpx.Client(base_url=f"http://127.0.0.1:{api_1}", timeout=10) as client:
-        deadline = time.monotonic() + 60
-        while not healthy(client):
-            assert time.monotonic() < deadline, cluster.logs()
-            time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=api_1, timeout=10) as client:
         assert client.post("/v1/workflows", content=spec).status_code == 201
         run_ids = [
             client.post(
