@@ -142,17 +142,12 @@ class Worker:
 
     async def _execute(self, job: Job, delivery: Delivery) -> None:
         started = now_ms()
-        notice = asyncio.get_running_loop().call_later(
-            self.started_notice_s, self._send_started, job, started, delivery
-        )
         try:
-            result = await self._attempt(job, started)
+            result = await self._attempt(job, started, delivery)
         except asyncio.CancelledError:
             if not self.handing_back:
                 self._send(None, delivery)  # the run ended: nothing to report
             raise
-        finally:
-            notice.cancel()
         self.crash.reached("after_execute")
         if self.local is not None:
             self.local.put(result, delivery)
@@ -173,7 +168,7 @@ class Worker:
         else:
             self._send(reply(delivery, encode(started)), None)
 
-    async def _attempt(self, job: Job, started: int) -> Finished:
+    async def _attempt(self, job: Job, started: int, delivery: Delivery) -> Finished:
         executor = self.executors.get(job.kind)
         error: ErrorInfo | None = None
         outcome = Outcome(None)
@@ -182,8 +177,7 @@ class Worker:
                 raise NodeError(
                     "unknown_kind", f"this worker cannot run {job.kind!r} nodes", retryable=False
                 )
-            async with asyncio.timeout(job.timeout_ms / 1000):
-                outcome = await executor(job)
+            outcome = await self._timed(executor, job, started, delivery)
         except TimeoutError:
             error = ErrorInfo("timeout", f"attempt timed out after {job.timeout_ms} ms", True)
         except NodeError as e:
@@ -202,6 +196,28 @@ class Worker:
             cost_cents=outcome.cost_cents,
         )
         return self._scrub(job, result)
+
+    async def _timed(
+        self, executor: NodeExecutor, job: Job, started: int, delivery: Delivery
+    ) -> Outcome:
+        """`executor(job)` within the job's timeout. A job has one timer until its started
+        notice is due (most end sooner): then it sends the notice and arms the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + job.timeout_ms / 1000
+        async with asyncio.timeout(None) as limit:
+            due = min(loop.time() + self.started_notice_s, deadline)
+            timer = loop.call_at(due, self._running_long, limit, deadline, job, started, delivery)
+            try:
+                return await executor(job)
+            finally:
+                timer.cancel()
+
+    def _running_long(
+        self, limit: asyncio.Timeout, deadline: float, job: Job, started: int, delivery: Delivery
+    ) -> None:
+        limit.reschedule(deadline)  # past already: it times out at once
+        if asyncio.get_running_loop().time() < deadline:
+            self._send_started(job, started, delivery)
 
     def _scrub(self, job: Job, result: Finished) -> Finished:
         """Remove the secrets a job used (and their encoded forms) from its output and error."""

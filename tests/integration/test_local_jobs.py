@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import make_settings
 
 from headrace.engine import Cancel
@@ -109,3 +110,27 @@ async def test_a_cancelled_local_job_leaves_no_outbox_row(tmp_path: Path) -> Non
             await asyncio.sleep(0.01)
         assert dispatched(rt) == {"local": 1}
         await outbox_empties(rt)
+
+
+@pytest.mark.parametrize("local_jobs", [True, False], ids=["local", "bus"])
+async def test_a_long_job_is_seen_running_before_it_ends(tmp_path: Path, local_jobs: bool) -> None:
+    # A job past the worker's started-notice delay (0.5 s) says so: its node shows running
+    # (with its start time) while it runs; a quick job never sends the notice.
+    spec = {
+        "name": "long",
+        "nodes": {"a": {"task": "headrace.testing.tasks.sleep", "with": {"seconds": 2}}},
+    }
+    async with Embedded(make_settings(tmp_path, local_jobs=local_jobs)) as rt:
+        ir = parse_workflow(spec)
+        await rt.register(ir, "")
+        run_id = await rt.start(plan_of(ir), {})
+        deadline = time.monotonic() + 30
+        while True:
+            record, nodes = await rt.store.get_run(run_id)
+            assert record.status == "running", "the job ended before it was seen running"
+            if nodes[0].status == "running":
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert nodes[0].started_at_ms is not None
+        assert (await rt.wait(run_id, timeout_s=30)).status == "completed"
