@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from headrace.events import RUN_TERMINAL
 from headrace.runtime.hub import Hub
 from headrace.store import Store, StoredEvent
 
@@ -25,8 +26,8 @@ async def follow_events(
                 return
         if batch:
             continue
-        record, _ = await store.get_run(run_id)
-        if record.status in ("completed", "failed", "cancelled") and record.seq <= seq:
+        record = await store.get_run_record(run_id)
+        if record.status in RUN_TERMINAL and record.seq <= seq:
             return
         if await hub.wait(run_id, seq, min(idle_s, 1.0)) <= seq:
             yield None

@@ -70,8 +70,10 @@ class Driver:
         cache_size: int = 10_000,
         crash: CrashPoints = NO_CRASH,
         local_jobs: LocalJobs | None = None,
+        holder: str | None = None,
     ) -> None:
         self.crash = crash
+        self.holder = holder  # the outbox rows this driver writes are this process's
         self.local_jobs = local_jobs
         if local_jobs is not None:
             local_jobs.mark_sent = self._mark_sent
@@ -85,6 +87,7 @@ class Driver:
         self.timers_changed = asyncio.Event()
         self._starting: list[tuple[Transition, asyncio.Future[bool]]] = []
         self._sent: list[int] = []
+        self._unsent: list[int] = []  # rows a failed publish leaves to the relay
         self._sent_flush: asyncio.Task[None] | None = None
         self._start_flusher: asyncio.Task[None] | None = None
         self._publishing: set[asyncio.Task[None]] = set()
@@ -94,10 +97,9 @@ class Driver:
         if len(self._sent) >= SENT_BATCH:
             sent, self._sent = self._sent, []
         local = self._keep_local(transitions)
-        held_until = self.local_jobs.held_until_ms() if self.local_jobs else 0
         started = time.perf_counter()
         try:
-            committed = await self.store.commit(transitions, sent, held_until)
+            committed = await self.store.commit(transitions, sent, self.holder)
         except BaseException:
             self._sent = sent + self._sent
             if self.local_jobs:
@@ -138,24 +140,37 @@ class Driver:
     def _mark_sent(self, ids: list[int]) -> None:
         """Published outbox rows (and those of local jobs done) are deleted in batches: by a
         commit once SENT_BATCH are waiting, else SENT_FLUSH_S after the first (a delete in
-        every commit was a tenth of a one-transition commit's server time). The relay only
-        sweeps rows older than its grace and not held, so they are never sent twice."""
-        if not ids:
-            return
-        self._sent += ids
+        every commit was a tenth of a one-transition commit's server time). The rows are
+        this process's, which no relay sends while it lives, so they are never sent twice."""
+        if ids:
+            self._sent += ids
+            self._flush_soon()
+
+    def _leave_to_relay(self, ids: list[int]) -> None:
+        """Rows this process could not publish (the bus is down): released to any relay."""
+        if ids:
+            self._unsent += ids
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if self._sent_flush is None or self._sent_flush.done():
             self._sent_flush = asyncio.create_task(self._flush_sent())
 
     async def _flush_sent(self) -> None:
         await asyncio.sleep(SENT_FLUSH_S)
-        if self._sent:
-            async with self.lock:
-                sent, self._sent = self._sent, []
-                try:
-                    await self.store.outbox_sent(sent)
-                except BaseException:
-                    self._sent = sent + self._sent  # the next commit or flush tries again
-                    raise
+        async with self.lock:
+            await self._flush_outbox()
+
+    async def _flush_outbox(self) -> None:
+        sent, self._sent = self._sent, []
+        unsent, self._unsent = self._unsent, []
+        try:
+            await self.store.outbox_sent(sent)
+            await self.store.release_outbox(unsent)
+        except BaseException:  # the next commit or flush tries again
+            self._sent = sent + self._sent
+            self._unsent = unsent + self._unsent
+            raise
 
     async def start_run(
         self,
@@ -234,11 +249,16 @@ class Driver:
         await self.bus.ack(group, from_bus)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Let the publishes of new runs end; what is left after `timeout_s` is cancelled
-        (its rows stay in the outbox for the relay)."""
+        """Before a stop: let the publishes of new runs end (what is left after `timeout_s`
+        is cancelled), then delete the rows published and release the rest, so nothing this
+        process published is sent again once it is gone."""
         if self._publishing:
             await asyncio.wait(self._publishing, timeout=timeout_s)
         await cancel_all(list(self._publishing))
+        if self._sent_flush is not None:
+            await cancel_all([self._sent_flush])
+        async with self.lock:
+            await self._flush_outbox()
 
     async def apply(
         self,
@@ -368,15 +388,24 @@ class Driver:
                     await self.bus.publish(messages)
             except InfraError as e:  # committed, so accepted: the relay sends them later
                 log.warning("publish failed, %d messages left to the relay: %s", len(messages), e)
+                self._leave_to_relay(committed.outbox_ids)
             else:
                 if messages:
-                    self._mark_sent(committed.outbox_ids)
+                    self._mark_sent(self._done_with(messages, committed.outbox_ids))
                     jobs = sum(m.topic in JOB_LANES for m in messages)
                     if jobs:
                         self.metrics.jobs_dispatched.inc("bus", by=jobs)
         if any(t.timers for t in transitions):
             self.timers_changed.set()
         self.metrics.observe(transitions)
+
+    def _done_with(self, messages: list[Message], ids: list[int]) -> list[int]:
+        """The rows of published messages that may go. A bus that forgets on restart keeps
+        no job: its row stays until the commit that ends the job's attempt, and if this
+        process dies first, the relay of any other sends it again."""
+        if self.bus.durable:
+            return ids
+        return [i for m, i in zip(messages, ids, strict=True) if m.topic not in JOB_LANES]
 
     async def republish_in_flight(
         self, run_ids: list[str] | None = None, unstarted_before_ms: int | None = None

@@ -11,11 +11,11 @@ worker dies before sending its result).
 **Jobs** (`LocalJobs`): a job the driver of this process schedules while its own worker has
 a free slot is handed to that worker, not published (Temporal's eager activity dispatch does
 the same). Its outbox row is written by the commit that scheduled it, as for any message,
-but *held*: the relay leaves it alone until `held_until`, which the worker's heartbeats push
-on while the job runs. Once the job's result is committed (or the job ended without one),
-the row is deleted like a published one. If the process dies, the hold lapses after the
-lease and the relay of any process sends the job to the bus (it runs again: at-least-once).
-A graceful stop releases the holds of the jobs it hands back.
+and stays this process's while the process is alive (its heartbeat says so, see
+runtime/relay.py): no relay sends it. The commit of the job's result (or the one that
+cancelled it) deletes the row. If the process dies, its lease lapses and the relay of any
+process sends the job to the bus (it runs again: at-least-once). A graceful stop releases
+the rows of the jobs it hands back.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Protocol
 
 from headrace.bus import Delivery
 from headrace.events import Message, Result
-from headrace.runtime.clock import now_ms
 from headrace.store import Store
 
 
@@ -103,9 +102,8 @@ class Slots(Protocol):
 class LocalJobs:
     """Where the driver and the worker of one process meet: each sets its side."""
 
-    def __init__(self, store: Store, lease_s: float) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.lease_s = lease_s
         self.worker: Slots | None = None  # set by the worker of this process
         # set by the driver: deletes outbox rows, in its batches of published ones
         self.mark_sent: Callable[[list[int]], None] | None = None
@@ -120,10 +118,6 @@ class LocalJobs:
         if self.worker is not None and count:
             self.worker.unreserve(count)
 
-    def held_until_ms(self) -> int:
-        """Until when a row written now is held: a lease from now."""
-        return now_ms() + int(self.lease_s * 1000)
-
     def start(self, jobs: Sequence[Message], outbox_ids: Sequence[int]) -> None:
         """Run committed jobs (their slots reserved) on the worker of this process."""
         assert self.worker is not None
@@ -134,13 +128,9 @@ class LocalJobs:
 
     # --- the worker's side ---
 
-    async def renew(self, jobs: Sequence[LocalJob]) -> None:
-        """Heartbeat: these jobs still run here; hold their rows for another lease."""
-        await self.store.hold_outbox([j.outbox_id for j in jobs], self.held_until_ms())
-
     async def release(self, jobs: Sequence[LocalJob]) -> None:
         """Hand these jobs back: the relay may send them to the bus now."""
-        await self.store.hold_outbox([j.outbox_id for j in jobs], 0)
+        await self.store.release_outbox([j.outbox_id for j in jobs])
 
     def done(self, jobs: Sequence[LocalJob]) -> None:
         """These jobs ended with nothing to commit (cancelled), or their results went to

@@ -1,10 +1,14 @@
-"""The relay: publishes outbox rows that a crash left between commit and publish, and sends
-again the jobs a bus lost.
+"""The relay: publishes outbox rows that a dead process left, and sends again the jobs a bus
+lost.
 
-Not on the hot path: the process that commits publishes right away. The relay only sweeps
-rows older than `grace_s`, so it never races a healthy committer, and leaves alone the rows
-of jobs a live process runs itself (held, and renewed by its heartbeats): once a hold lapses,
-its process is presumed dead and the job goes to the bus.
+Not on the hot path: the process that commits publishes right away. Every outbox row belongs
+to the process that wrote it (its *holder*), which says it is alive in the store each
+heartbeat (`Liveness`). The relay takes only rows whose holder stopped saying so (it died),
+or released them (a graceful stop, a publish that failed): so it never races a live
+committer, however long its commit or its publish takes, nor a job a live process runs
+itself. A process on this host whose pid is gone is dead at once, without waiting out its
+lease. Of a job row, the relay sends only a job whose attempt is still open (the store
+deletes the others in the same query): a job whose attempt ended is never sent again.
 
 A bus can lose a message it acknowledged (a Redis failover, a Kafka broker whose storage
 came back behind what it acknowledged). A lost job leaves its attempt scheduled and never
@@ -18,15 +22,66 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Awaitable, Callable
 
 from headrace.bus import Bus
 from headrace.runtime.clock import now_ms
-from headrace.store import Store
+from headrace.store import Holder, Store
 
 log = logging.getLogger(__name__)
 
 Redispatch = Callable[[list[str], int], Awaitable[int]]  # (run ids, unstarted before ms)
+
+
+# When this process began (as near as its imports): a holder of this pid that started
+# before is a predecessor that had the same pid (a restarted container's pid 1).
+_PROCESS_BEGAN_MS = now_ms()
+
+
+def this_process(name: str) -> Holder:
+    """A holder for this process: a new id at every start."""
+    return Holder(uuid.uuid4().hex, name, socket.gethostname(), os.getpid(), now_ms())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def seems_alive(h: Holder, me: Holder) -> bool:
+    """Whether a holder whose lease has not lapsed may still be running: not if it was on
+    this host and its pid is gone, or is this process's and it began before this process."""
+    if h.host != me.host:
+        return True
+    if h.pid == me.pid:
+        return h.started_at_ms >= _PROCESS_BEGAN_MS
+    return _pid_alive(h.pid)
+
+
+class Liveness:
+    """This process's heartbeat in the store: while it beats, its outbox rows are its own."""
+
+    def __init__(self, store: Store, holder: Holder, *, lease_s: float, every_s: float) -> None:
+        self.store = store
+        self.holder = holder
+        self.lease_s = lease_s
+        self.every_s = every_s
+
+    async def beat(self) -> None:
+        await self.store.beat(self.holder, now_ms() + int(self.lease_s * 1000))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            await self.beat()
 
 
 class Relay:
@@ -35,8 +90,8 @@ class Relay:
         store: Store,
         bus: Bus,
         redispatch: Redispatch,
+        me: Holder,
         *,
-        grace_s: float = 5.0,
         every_s: float = 1.0,
         redispatch_s: float = 300.0,
         batch_size: int = 1000,
@@ -44,19 +99,23 @@ class Relay:
         self.store = store
         self.bus = bus
         self.redispatch = redispatch
-        self.grace_s = grace_s
+        self.me = me
         self.every_s = every_s
         self.redispatch_s = redispatch_s
         self.batch_size = batch_size
 
-    async def sweep(self, older_than_s: float | None = None) -> int:
-        """Publish leftover rows created more than `older_than_s` ago and not held (by a
-        process running their job itself, see runtime/local.py); return how many."""
-        age_ms = int(1000 * (self.grace_s if older_than_s is None else older_than_s))
+    async def live(self) -> list[str]:
+        """Ids of the holders alive now (this process among them)."""
+        found = await self.store.live_holders(now_ms())
+        return [h.id for h in found if seems_alive(h, self.me)] + [self.me.id]
+
+    async def sweep(self) -> int:
+        """Publish the rows of dead holders (and released ones) whose message is still due;
+        return how many."""
+        live = await self.live()
         count = 0
         while True:
-            now = now_ms()
-            rows = await self.store.pending_outbox(now - age_ms, now, self.batch_size)
+            rows = await self.store.pending_outbox(live, self.batch_size)
             if not rows:
                 return count
             await self.bus.publish([r.message for r in rows])
@@ -76,7 +135,7 @@ class Relay:
         while True:
             swept = await self.sweep()
             if swept:
-                log.warning("relay republished %d outbox messages left by a crash", swept)
+                log.warning("relay republished %d outbox messages of stopped processes", swept)
             if loop.time() >= next_redispatch:
                 next_redispatch = loop.time() + self.redispatch_s
                 sent = await self.resend_unstarted()

@@ -5,7 +5,11 @@ after its result is on the bus (or, handed to the coordinator of the same proces
 so a worker that dies mid-job leaves the job to be redelivered. A job that runs longer than
 `started_notice_s` sends a `Started` notice, so a quick job costs one result message, not two.
 In a process that is also coordinator, jobs it schedules may come from it directly
-(runtime/local.py): they take the same slots, and their heartbeats renew their outbox holds.
+(runtime/local.py): they take the same slots.
+
+A bus may deliver a job late: redelivered after its attempt ended elsewhere, or sent again by
+a relay. Before running what it read from the bus, the worker asks the store (`fence`, one
+query per read) which of those attempts are still open, and drops the others unrun.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -38,9 +42,12 @@ from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.local import LocalJob, LocalJobs, LocalResults, split
 from headrace.runtime.supervise import cancel_all, run_all
 from headrace.spec import resolve_secrets, secret_names
+from headrace.store import AttemptKey
 
 log = logging.getLogger(__name__)
 GROUP = WORKERS
+# which of these attempts are still open (Store.open_attempts)
+Fence = Callable[[Sequence[AttemptKey]], Awaitable[set[AttemptKey]]]
 
 
 class Worker:
@@ -57,7 +64,9 @@ class Worker:
         crash: CrashPoints = NO_CRASH,
         local: LocalResults | None = None,
         local_jobs: LocalJobs | None = None,
+        fence: Fence | None = None,
     ) -> None:
+        self.fence = fence
         self.local = local  # the coordinator of this process, when it has one
         self.local_jobs = local_jobs
         if local_jobs is not None:
@@ -101,8 +110,27 @@ class Worker:
             finally:
                 self.asking = 0
             self.free -= len(deliveries)
-            for delivery in deliveries:
-                self._start(delivery)
+            for delivery, job in await self._fenced(deliveries):
+                self._start(delivery, job)
+
+    async def _fenced(self, deliveries: list[Delivery]) -> list[tuple[Delivery, Job]]:
+        """The jobs of `deliveries` whose attempt is still open; the others are dropped
+        (acknowledged, never run). If the store cannot tell, all run (at-least-once)."""
+        jobs = [(d, job) for d in deliveries if (job := self._decode(d)) is not None]
+        if self.fence is None or not jobs:
+            return jobs
+        try:
+            open_ = await self.fence([_key(job) for _, job in jobs])
+        except InfraError as e:
+            log.warning("the store cannot tell which jobs are stale, running all: %s", e)
+            return jobs
+        stale = [d for d, job in jobs if _key(job) not in open_]
+        if stale:
+            log.info("dropped %d jobs whose attempt has ended", len(stale))
+            for d in stale:
+                self._release()
+                self._send(None, d)
+        return [(d, job) for d, job in jobs if _key(job) in open_]
 
     def reserve(self, wanted: int) -> int:
         granted = max(0, min(wanted, self.free - self.asking)) if self.accepting else 0
@@ -114,18 +142,29 @@ class Worker:
         self.slot_freed.set()
 
     def start_local(self, job: LocalJob) -> None:
-        self._start(job)
+        decoded = self._decode(job)
+        if decoded is not None:
+            self._start(job, decoded)
 
-    def _start(self, delivery: Delivery) -> None:
+    def _decode(self, delivery: Delivery) -> Job | None:
+        """The job; None for a poison message (sent to the dead-letter topic)."""
         try:
-            job = decode_job(delivery.message.payload)
+            return decode_job(delivery.message.payload)
         except msgspec.DecodeError as e:
             log.error("undecodable job %s goes to the dead-letter topic: %s", delivery.id, e)
             self._release()
             self._poison.append((delivery, f"undecodable job: {e}"))
             self.flush_needed.set()
+            return None
+
+    def _start(self, delivery: Delivery, job: Job) -> None:
+        key = _key(job)
+        running = self.held.get(key)
+        if running is not None:  # a second copy of an attempt this worker runs
+            self._release()
+            if running.id != delivery.id:  # another message: the running one will report
+                self._send(None, delivery)
             return
-        key = (job.run_id, job.node_id, job.attempt)
         task = asyncio.create_task(self._execute(job, delivery))
         self.running[key] = task
         self.held[key] = delivery
@@ -285,15 +324,14 @@ class Worker:
             log.warning("results not applied before the stop; their jobs run again elsewhere")
 
     async def _heartbeat(self) -> None:
-        """Renew the lease of every job still running, so the bus does not hand it to
-        another worker; a worker that dies stops renewing and its jobs are redelivered."""
+        """Renew the lease of every job from the bus still running, so the bus does not hand
+        it to another worker; a worker that dies stops renewing and its jobs are redelivered.
+        (Local jobs are this process's while it beats, see runtime/relay.py.)"""
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            from_bus, local = split(list(self.held.values()))
+            from_bus, _ = split(list(self.held.values()))
             if from_bus:
                 await self.bus.touch(GROUP, self.name, from_bus)
-            if local:
-                await self._local_jobs.renew(local)
 
     async def _take_cancels(self) -> None:
         group = f"cancels-{self.name}"  # a group per worker: every worker sees every cancel
@@ -333,6 +371,10 @@ def _basic_tokens(auth: Any, secrets: Mapping[str, str]) -> list[str]:
         return []
     pair = f"{plain['username']}:{plain['password']}".encode()
     return [base64.b64encode(pair).decode()]
+
+
+def _key(job: Job) -> AttemptKey:
+    return (job.run_id, job.node_id, job.attempt)
 
 
 def reply(job: Delivery, payload: bytes) -> Message:

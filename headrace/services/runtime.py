@@ -19,7 +19,7 @@ import httpx
 from headrace.bus import Bus, MemoryBus
 from headrace.bus.topics import JOB_LANES
 from headrace.config import Settings
-from headrace.errors import InputError
+from headrace.errors import InfraError, InputError
 from headrace.flags import FlagWatcher
 from headrace.flags import initial as initial_flags
 from headrace.migration.figures import FigureReporter
@@ -34,7 +34,7 @@ from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
 from headrace.runtime.local import LocalJobs, LocalResults
 from headrace.runtime.metrics import Metrics
-from headrace.runtime.relay import Relay
+from headrace.runtime.relay import Liveness, Relay, this_process
 from headrace.runtime.supervise import Supervised, cancel_all
 from headrace.runtime.worker import Worker
 from headrace.services.adapters import build_bus, build_store
@@ -82,11 +82,19 @@ class Runtime:
         crash = CrashPoints(settings.crash_at)
         both = {"coordinator", "worker"} <= set(roles)
         local = LocalResults() if both and settings.local_results else None
-        local_jobs = (
-            LocalJobs(self.store, settings.lease_s) if both and settings.local_jobs else None
+        local_jobs = LocalJobs(self.store) if both and settings.local_jobs else None
+        self.holder = this_process(settings.process_name)
+        self.liveness = Liveness(
+            self.store, self.holder, lease_s=settings.lease_s, every_s=settings.heartbeat_s
         )
         self.driver = Driver(
-            self.store, self.bus, self.hub, self.metrics, crash=crash, local_jobs=local_jobs
+            self.store,
+            self.bus,
+            self.hub,
+            self.metrics,
+            crash=crash,
+            local_jobs=local_jobs,
+            holder=self.holder.id,
         )
         self.secrets = settings.all_secrets()
         self.tasks = TaskRegistry(settings.task_modules if "worker" in roles else [])
@@ -113,11 +121,13 @@ class Runtime:
             crash=crash,
             local=local,
             local_jobs=local_jobs,
+            fence=self.store.open_attempts,
         )
         self.relay = Relay(
             self.store,
             self.bus,
             self.driver.republish_in_flight,
+            self.holder,
             redispatch_s=settings.redispatch_s,
         )
         self.migration = Migration(
@@ -143,8 +153,12 @@ class Runtime:
     async def __aenter__(self) -> Self:
         tune_gc()
         await self.store.open()
+        await self.liveness.beat()
         await self.recover()
-        self.loops = [Supervised("flags", self.flags.run)]
+        self.loops = [
+            Supervised("flags", self.flags.run),
+            Supervised("liveness", self.liveness.run),
+        ]
         reads = [getattr(self.bus, "figures", None)]  # the migrating bus reports figures
         if "shadow" in self.roles:
             shadow = Shadow(
@@ -181,25 +195,21 @@ class Runtime:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await cancel_all(self._tasks)
-        await self.driver.drain()
+        try:
+            await self.driver.drain()
+            await self.store.leave(self.holder.id)
+        except InfraError as e:  # its rows go to a relay once its lease lapses
+            log.warning("the outbox was not handed back before the stop: %s", e)
         await self.http.aclose()
         await self.bus.close()
         await self.store.close()
 
     async def recover(self) -> None:
-        """Publish what a previous process left: outbox rows, and (if the bus forgets on
-        restart) the jobs of every attempt still in flight."""
-        alone = set(self.roles) == set(ROLES)  # nobody else publishes: nothing is in flight
-        swept = (
-            await self.relay.sweep(older_than_s=0 if alone else None)
-            if "relay" in self.roles
-            else 0
-        )
-        republished = 0
-        if alone and not self.bus.durable:
-            republished = await self.driver.republish_in_flight()
-        if swept or republished:
-            log.info("recovered %d outbox messages and %d in-flight jobs", swept, republished)
+        """Publish what a process that died left in the outbox (see runtime/relay.py)."""
+        if "relay" in self.roles:
+            swept = await self.relay.sweep()
+            if swept:
+                log.info("recovered %d outbox messages", swept)
 
     def check_failed(self) -> None:
         """Raise the error of a loop that died (a bug), rather than hang."""

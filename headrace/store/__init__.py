@@ -1,8 +1,10 @@
 """The Store seam and its adapters: SQLite (embedded) and Postgres (the cluster)."""
 
 from headrace.store.base import (
+    AttemptKey,
     Committed,
     FlagChange,
+    Holder,
     NodeRecord,
     OutboxEntry,
     RunRecord,
@@ -13,8 +15,10 @@ from headrace.store.base import (
 )
 
 __all__ = [
+    "AttemptKey",
     "Committed",
     "FlagChange",
+    "Holder",
     "NodeRecord",
     "OutboxEntry",
     "RunRecord",

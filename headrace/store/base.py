@@ -7,7 +7,7 @@ applied exactly once whatever the interleaving of writers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ class Transition:
     fired: list[Timer] = field(default_factory=list)  # timers this step consumed
     new: bool = False  # a run being created (inserted, not updated)
     idempotency_key: str | None = None
-    # jobs the committing process runs on its own worker: outbox rows held, not published
+    # jobs the committing process runs on its own worker: written to the outbox, not published
     local: list[Message] = field(default_factory=list)
 
 
@@ -52,6 +52,20 @@ class Committed:
     conflicts: set[str]
     outbox_ids: list[int]
     local_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A process that writes the outbox: the rows it wrote are its own while it is alive."""
+
+    id: str  # unique per process start
+    name: str
+    host: str
+    pid: int
+    started_at_ms: int
+
+
+AttemptKey = tuple[str, str, int]  # (run id, node id, attempt)
 
 
 @dataclass(frozen=True)
@@ -134,13 +148,15 @@ class Store(Protocol):
         """The run id created under this idempotency key, if any."""
 
     async def commit(
-        self, transitions: list[Transition], sent: Sequence[int] = (), held_until_ms: int = 0
+        self, transitions: list[Transition], sent: Sequence[int] = (), holder: str | None = None
     ) -> Committed:
         """Apply all transitions in one transaction, except those whose run version had moved
         (a new run whose idempotency key exists counts as such): they are reported in
-        `conflicts` and nothing of them is written. The same transaction deletes the `sent`
-        outbox rows (published since), which saves a transaction per batch. The outbox rows
-        of `local` jobs are held until `held_until_ms`."""
+        `conflicts` and nothing of them is written. Outbox rows (of `messages` and `local`
+        jobs) are written as `holder`'s, a job's row with its attempt. The same transaction
+        deletes the `sent` outbox rows (published since), which saves a transaction per
+        batch, and the job rows of every attempt the transitions end (completed, failed,
+        retrying, cancelled): a job whose attempt ended is never sent again."""
 
     async def run_version(self, run_id: str) -> int:
         """The committed version of a run (NotFound for an unknown id)."""
@@ -210,17 +226,28 @@ class Store(Protocol):
         """Ids of runs not yet ended with an attempt scheduled before the given time and
         not started: their job may have been lost by the bus."""
 
-    async def pending_outbox(
-        self, created_before_ms: int, now_ms: int, limit: int
-    ) -> list[OutboxEntry]:
-        """What a crash left unpublished: rows created before `created_before_ms`, except
-        held ones, which are due once their hold ended (at `now_ms` or before). Oldest
-        first."""
+    async def pending_outbox(self, live: Collection[str], limit: int) -> list[OutboxEntry]:
+        """What a dead process left unpublished: rows released, or whose holder is not in
+        `live`, oldest first. Job rows among them whose attempt is no longer scheduled or
+        running are deleted in the same transaction, never returned."""
 
     async def outbox_sent(self, ids: list[int]) -> None: ...
 
-    async def hold_outbox(self, ids: list[int], until_ms: int) -> None:
-        """Hold these outbox rows until `until_ms` (0: release them to the relay now)."""
+    async def release_outbox(self, ids: list[int]) -> None:
+        """Hand these rows to any relay now (their holder will not publish them)."""
+
+    async def beat(self, holder: Holder, alive_until_ms: int) -> None:
+        """Say that `holder` is alive until `alive_until_ms` (its rows stay its own)."""
+
+    async def live_holders(self, now_ms: int) -> list[Holder]:
+        """The processes whose last beat said they are alive at `now_ms`."""
+
+    async def leave(self, holder: str) -> None:
+        """A graceful stop: release every row of `holder` and forget it."""
+
+    async def open_attempts(self, keys: Sequence[AttemptKey]) -> set[AttemptKey]:
+        """Those of `keys` whose node is still scheduled or running that attempt (a job of
+        any other is stale: its attempt ended, or a later one superseded it)."""
 
     async def due_timers(self, now_ms: int, limit: int) -> list[Timer]: ...
 

@@ -27,7 +27,7 @@ import functools
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -41,8 +41,10 @@ from headrace.events import RUN_TERMINAL, Message, Timer, encode
 from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_json
 from headrace.store import rows
 from headrace.store.base import (
+    AttemptKey,
     Committed,
     FlagChange,
+    Holder,
     NodeRecord,
     OutboxEntry,
     RunRecord,
@@ -103,8 +105,10 @@ _OUTBOX_TYPES = {
     "key": _TEXT,
     "payload": "bytea",
     "headers": _TEXT,
-    "held_until": _BIGINT,
+    "node_id": _TEXT,
+    "attempt": _INT,
 }
+_ENDED_TYPES = {"run_id": _TEXT, "node_id": _TEXT, "attempt": _INT}
 _TABLES = {
     "u": _UPDATE_TYPES,
     "n": _INSERT_TYPES,
@@ -113,6 +117,7 @@ _TABLES = {
     "t": _TIMER_TYPES,
     "f": _FIRED_TYPES,
     "o": _OUTBOX_TYPES,
+    "d": _ENDED_TYPES,
 }
 
 
@@ -203,11 +208,20 @@ _PARTS = (
     DELETE FROM outbox WHERE id = ANY(%(sent)b::bigint[])""",
     ),
     (
+        "done",
+        "d",
+        f"""
+    DELETE FROM outbox USING {_rows("d")}
+    WHERE outbox.key = d.run_id AND outbox.node_id = d.node_id AND outbox.attempt = d.attempt
+    AND d.run_id {_APPLIED}""",
+    ),
+    (
         "ob",
         "o",
         f"""
-    INSERT INTO outbox (topic, key, payload, headers, held_until, created_at)
-    SELECT o.topic, o.key, o.payload, o.headers, o.held_until, %(now)b::bigint
+    INSERT INTO outbox (topic, key, payload, headers, node_id, attempt, holder, created_at)
+    SELECT o.topic, o.key, o.payload, o.headers, o.node_id, o.attempt, %(holder)b::text,
+        %(now)b::bigint
     FROM {_rows("o", ordinality=True)} WHERE o.run_id {_APPLIED} ORDER BY o.i
     RETURNING id""",
     ),
@@ -217,7 +231,7 @@ _PARTS = (
 @functools.cache
 def _commit_statement(present: frozenset[str]) -> tuple[str, tuple[str, ...]]:
     """The commit for a batch whose non-empty parameters are `present` (of "u", "n", "e",
-    "nd", "f", "ended", "t", "sent", "o"), and its parameter names in order. The version
+    "nd", "f", "ended", "t", "sent", "d", "o"), and its parameter names in order. The version
     checks (`upd`, `ins`) decide which runs apply (`ok`); every other part joins on them."""
     parts = [(name, cte) for name, need, cte in _PARTS if need in present]
     checks = [name for name, _ in parts if name in ("upd", "ins")]
@@ -247,13 +261,13 @@ _JSON = msgspec.json.Encoder()
 
 
 def _commit_params(
-    transitions: list[Transition], sent: Sequence[int], held_until: int, now: int
+    transitions: list[Transition], sent: Sequence[int], holder: str | None, now: int
 ) -> dict[str, Any]:
     """The parameters of the commit, only those with rows (see `_commit_statement`): each
     table's rows as one JSON array of arrays. A run's timers are written so the statement
     never touches a row twice: an ended run's timers are all deleted (none inserted), a timer
     both fired and set again is upserted only. The outbox rows of every transition's
-    messages come before those of the local jobs (held until `held_until`)."""
+    messages come before those of the local jobs."""
     tables: dict[str, list[tuple[Any, ...]]] = {alias: [] for alias in _TABLES}
     ended: list[str] = []
     local: list[tuple[Any, ...]] = []
@@ -275,10 +289,9 @@ def _commit_params(
                 tables["t"].append((s.run_id, tid, tm.due_at_ms, encode(tm).decode()))
             for tid in {tm.timer_id for tm in t.fired} - timers.keys():
                 tables["f"].append((s.run_id, tid))
-        for m in t.messages:
-            tables["o"].append((s.run_id, m.topic, m.key, m.payload, rows.dumps(m.headers), None))
-        for m in t.local:
-            local.append((s.run_id, m.topic, m.key, m.payload, rows.dumps(m.headers), held_until))
+        tables["d"] += rows.ended_attempts(t)
+        tables["o"] += [_outbox_row(s.run_id, m) for m in t.messages]
+        local += [_outbox_row(s.run_id, m) for m in t.local]
     tables["o"] += local
     params: dict[str, Any] = {a: _JSON.encode(r).decode() for a, r in tables.items() if r}
     if ended:
@@ -286,7 +299,34 @@ def _commit_params(
     if sent:
         params["sent"] = list(sent)
     params["now"] = now
+    params["holder"] = holder
     return params
+
+
+def _outbox_row(run_id: str, m: Message) -> tuple[Any, ...]:
+    node_id, attempt = rows.job_ref(m)
+    return (run_id, m.topic, m.key, m.payload, rows.dumps(m.headers), node_id, attempt)
+
+
+# Rows of dead (or released) holders, oldest first; the stale job rows among them (their
+# attempt is no longer open) are deleted, not returned.
+_PENDING_OUTBOX = f"""
+WITH due AS (
+    SELECT o.id, o.topic, o.key, o.payload, o.headers, o.node_id IS NULL OR EXISTS (
+        SELECT 1 FROM node_states n WHERE n.run_id = o.key AND n.node_id = o.node_id
+        AND n.attempt = o.attempt AND n.status IN {rows.OPEN_ATTEMPT}) AS open
+    FROM outbox o WHERE o.holder IS NULL OR o.holder <> ALL($1::text[])
+    ORDER BY o.id LIMIT $2
+), stale AS (
+    DELETE FROM outbox WHERE id IN (SELECT id FROM due WHERE NOT open)
+)
+SELECT id, topic, key, payload, headers FROM due WHERE open ORDER BY id"""
+
+_OPEN_ATTEMPTS = f"""
+SELECT n.run_id, n.node_id, n.attempt
+FROM unnest($1::text[], $2::text[], $3::int[]) AS k(run_id, node_id, attempt)
+JOIN node_states n ON n.run_id = k.run_id AND n.node_id = k.node_id AND n.attempt = k.attempt
+WHERE n.status IN {rows.OPEN_ATTEMPT}"""
 
 
 def connect_args(url: str) -> dict[str, Any]:
@@ -493,7 +533,7 @@ class PostgresStore:
         return None if row is None else str(row[0])
 
     async def commit(
-        self, transitions: list[Transition], sent: Sequence[int] = (), held_until_ms: int = 0
+        self, transitions: list[Transition], sent: Sequence[int] = (), holder: str | None = None
     ) -> Committed:
         # A run is written once per commit: a second transition of it would be checked
         # against the version its first one moved, so it is refused, as it would be in turn.
@@ -503,7 +543,7 @@ class PostgresStore:
             if t.state.run_id not in seen:
                 seen.add(t.state.run_id)
                 todo.append(t)
-        params = _commit_params(todo, sent, held_until_ms, int(time.time() * 1000))
+        params = _commit_params(todo, sent, holder, int(time.time() * 1000))
         sql, names = _commit_statement(frozenset(params))
         async with self._writer() as conn:  # prepared once, by asyncpg's statement cache
             row = await conn.fetchrow(sql, *(params[n] for n in names))
@@ -719,16 +759,8 @@ class PostgresStore:
 
     # --- outbox and timers ---
 
-    async def pending_outbox(
-        self, created_before_ms: int, now_ms: int, limit: int
-    ) -> list[OutboxEntry]:
-        found = await self._all(
-            "SELECT id, topic, key, payload, headers FROM outbox WHERE "
-            "(held_until IS NULL AND created_at < $1) OR held_until <= $2 ORDER BY id LIMIT $3",
-            created_before_ms,
-            now_ms,
-            limit,
-        )
+    async def pending_outbox(self, live: Collection[str], limit: int) -> list[OutboxEntry]:
+        found = await self._all(_PENDING_OUTBOX, list(live), limit)
         return [
             OutboxEntry(r[0], Message(r[1], r[2], bytes(r[3]), rows.loads(r[4]))) for r in found
         ]
@@ -738,12 +770,40 @@ class PostgresStore:
             async with self._conn() as conn:
                 await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
 
-    async def hold_outbox(self, ids: list[int], until_ms: int) -> None:
+    async def release_outbox(self, ids: list[int]) -> None:
         if ids:
             async with self._conn() as conn:
                 await conn.execute(
-                    "UPDATE outbox SET held_until = $1 WHERE id = ANY($2::bigint[])", until_ms, ids
+                    "UPDATE outbox SET holder = NULL WHERE id = ANY($1::bigint[])", ids
                 )
+
+    async def beat(self, holder: Holder, alive_until_ms: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO processes (holder, name, host, pid, started_at, alive_until) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (holder) DO UPDATE "
+                "SET alive_until = excluded.alive_until",
+                holder.id, holder.name, holder.host, holder.pid, holder.started_at_ms,
+                alive_until_ms,
+            )  # fmt: skip
+
+    async def live_holders(self, now_ms: int) -> list[Holder]:
+        found = await self._all(
+            "SELECT holder, name, host, pid, started_at FROM processes WHERE alive_until >= $1",
+            now_ms,
+        )
+        return [Holder(*r) for r in found]
+
+    async def leave(self, holder: str) -> None:
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("UPDATE outbox SET holder = NULL WHERE holder = $1", holder)
+            await conn.execute("DELETE FROM processes WHERE holder = $1", holder)
+
+    async def open_attempts(self, keys: Sequence[AttemptKey]) -> set[AttemptKey]:
+        if not keys:
+            return set()
+        found = await self._all(_OPEN_ATTEMPTS, *(list(k) for k in zip(*keys, strict=True)))
+        return {(r[0], r[1], r[2]) for r in found}
 
     async def due_timers(self, now_ms: int, limit: int) -> list[Timer]:
         found = await self._all(

@@ -8,9 +8,21 @@ from typing import Any
 
 import msgspec
 
+from headrace.bus.topics import JOB_LANES
 from headrace.engine import NodeState, RunState, split_child
 from headrace.errors import InputError
-from headrace.events import NODE_DONE, NODE_TERMINAL, ErrorInfo, Event, Timer
+from headrace.events import (
+    NODE_DONE,
+    NODE_TERMINAL,
+    ErrorInfo,
+    Event,
+    Message,
+    NodeCancelled,
+    NodeCompleted,
+    NodeFailed,
+    NodeRetrying,
+    Timer,
+)
 from headrace.spec import Plan, decode_ir
 from headrace.store.base import FlagChange, NodeRecord, RunRecord, Transition, WorkflowRecord
 
@@ -18,6 +30,43 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 _err_dec = msgspec.json.Decoder(ErrorInfo)
 _timer_dec = msgspec.json.Decoder(Timer)
+
+
+class _JobRef(msgspec.Struct):
+    node_id: str
+    attempt: int
+
+
+_job_ref_dec = msgspec.json.Decoder(_JobRef)
+# SQL: the statuses of a node whose current attempt may still run (its job is not stale)
+OPEN_ATTEMPT = "('scheduled', 'running')"
+
+
+def job_ref(m: Message) -> tuple[str | None, int | None]:
+    """(node id, attempt) of a job message; (None, None) for any other."""
+    if m.topic not in JOB_LANES:
+        return None, None
+    ref = _job_ref_dec.decode(m.payload)
+    return ref.node_id, ref.attempt
+
+
+def outbox_values(run_id: str, m: Message, holder: str | None, now: int) -> tuple[Any, ...]:
+    """The values of an outbox row: topic, key, payload, headers, holder, node_id, attempt,
+    created_at."""
+    node_id, attempt = job_ref(m)
+    return (m.topic, m.key, m.payload, dumps(m.headers), holder, node_id, attempt, now)
+
+
+def ended_attempts(t: Transition) -> list[tuple[str, str, int]]:
+    """(run id, node id, attempt) of every attempt the transition's events end."""
+    s = t.state
+    out = []
+    for e in t.events:
+        if isinstance(e, NodeCompleted | NodeFailed | NodeRetrying):
+            out.append((s.run_id, e.node_id, e.attempt))
+        elif isinstance(e, NodeCancelled):
+            out.append((s.run_id, e.node_id, s.nodes[e.node_id].attempt))
+    return out
 
 
 def dumps(value: Any) -> str:

@@ -11,7 +11,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,10 @@ from headrace.events import RUN_TERMINAL, Message, Timer, encode
 from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_json
 from headrace.store import rows
 from headrace.store.base import (
+    AttemptKey,
     Committed,
     FlagChange,
+    Holder,
     NodeRecord,
     OutboxEntry,
     RunRecord,
@@ -37,6 +39,13 @@ _NODE_UPSERT = (
     f"INSERT INTO node_states ({', '.join(rows.NODE_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(rows.NODE_COLUMNS))}) ON CONFLICT (run_id, node_id) DO UPDATE "
     "SET " + ", ".join(f"{c} = excluded.{c}" for c in rows.NODE_COLUMNS[4:])
+)
+# the job rows of an attempt that ended: never to be sent again
+_DELETE_JOBS = "DELETE FROM outbox WHERE key = ? AND node_id = ? AND attempt = ?"
+# whether outbox row `o`'s job is of its node's current, still open attempt
+_OPEN_ATTEMPT = (
+    "SELECT 1 FROM node_states n WHERE n.run_id = o.key AND n.node_id = o.node_id "
+    f"AND n.attempt = o.attempt AND n.status IN {rows.OPEN_ATTEMPT}"
 )
 _RUN_UPDATE = (
     "UPDATE runs SET "
@@ -144,7 +153,7 @@ class SqliteStore:
         return None if row is None else str(row[0])
 
     async def commit(
-        self, transitions: list[Transition], sent: Sequence[int] = (), held_until_ms: int = 0
+        self, transitions: list[Transition], sent: Sequence[int] = (), holder: str | None = None
     ) -> Committed:
         db = self.db
         now = int(time.time() * 1000)
@@ -155,10 +164,8 @@ class SqliteStore:
         try:
             applied = self._write_runs(transitions)
             self._write_details(applied)
-            outbox_ids = self._write_outbox([m for t in applied for m in t.messages], None, now)
-            local_ids = self._write_outbox(
-                [m for t in applied for m in t.local], held_until_ms, now
-            )
+            outbox_ids = self._write_outbox(applied, "messages", holder, now)
+            local_ids = self._write_outbox(applied, "local", holder, now)
             if sent:
                 db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _ranges(sent))
             db.execute("COMMIT")
@@ -227,20 +234,30 @@ class SqliteStore:
             timers,
         )
         db.executemany("DELETE FROM timers WHERE run_id = ?", ended)
+        db.executemany(_DELETE_JOBS, [a for t in applied for a in rows.ended_attempts(t)])
 
-    def _write_outbox(self, messages: list[Message], held_until: int | None, now: int) -> list[int]:
-        if not messages:
+    def _write_outbox(
+        self, applied: list[Transition], which: str, holder: str | None, now: int
+    ) -> list[int]:
+        """Write the `messages` (or `local` jobs) of the transitions; their ids. Ids come from
+        the table's AUTOINCREMENT sequence (never reused), so they are known without a read
+        back: this transaction holds the write lock."""
+        values = [
+            rows.outbox_values(t.state.run_id, m, holder, now)
+            for t in applied
+            for m in getattr(t, which)
+        ]
+        if not values:
             return []
-        first = self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
+        first = self.db.execute(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0) + 1"
+        ).fetchone()[0]
         self.db.executemany(
-            "INSERT INTO outbox (id, topic, key, payload, headers, held_until, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (first + i, m.topic, m.key, m.payload, rows.dumps(m.headers), held_until, now)
-                for i, m in enumerate(messages)
-            ],
+            "INSERT INTO outbox (id, topic, key, payload, headers, holder, node_id, attempt, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(first + i, *v) for i, v in enumerate(values)],
         )
-        return list(range(first, first + len(messages)))
+        return list(range(first, first + len(values)))
 
     async def run_version(self, run_id: str) -> int:
         row = self.db.execute("SELECT version FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -440,28 +457,67 @@ class SqliteStore:
 
     # --- outbox and timers ---
 
-    async def pending_outbox(
-        self, created_before_ms: int, now_ms: int, limit: int
-    ) -> list[OutboxEntry]:
-        cur = self.db.execute(
-            "SELECT id, topic, key, payload, headers FROM outbox WHERE "
-            "(held_until IS NULL AND created_at < ?) OR held_until <= ? ORDER BY id LIMIT ?",
-            (created_before_ms, now_ms, limit),
-        )
-        return [OutboxEntry(r[0], Message(r[1], r[2], bytes(r[3]), rows.loads(r[4]))) for r in cur]
+    async def pending_outbox(self, live: Collection[str], limit: int) -> list[OutboxEntry]:
+        with self._transaction() as db:
+            marks = ",".join("?" * len(live))
+            found = db.execute(
+                "SELECT o.id, o.topic, o.key, o.payload, o.headers, o.node_id IS NULL OR "
+                f"EXISTS ({_OPEN_ATTEMPT}) FROM outbox o WHERE o.holder IS NULL "
+                f"OR o.holder NOT IN ({marks}) ORDER BY o.id LIMIT ?",
+                (*live, limit),
+            ).fetchall()
+            stale = [(r[0],) for r in found if not r[5]]
+            db.executemany("DELETE FROM outbox WHERE id = ?", stale)
+        return [
+            OutboxEntry(r[0], Message(r[1], r[2], bytes(r[3]), rows.loads(r[4])))
+            for r in found
+            if r[5]
+        ]
 
     async def outbox_sent(self, ids: list[int]) -> None:
         if ids:
             with self._transaction() as db:
                 db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _ranges(ids))
 
-    async def hold_outbox(self, ids: list[int], until_ms: int) -> None:
+    async def release_outbox(self, ids: list[int]) -> None:
         if ids:
             with self._transaction() as db:
                 db.executemany(
-                    "UPDATE outbox SET held_until = ? WHERE id BETWEEN ? AND ?",
-                    [(until_ms, *r) for r in _ranges(ids)],
+                    "UPDATE outbox SET holder = NULL WHERE id BETWEEN ? AND ?", _ranges(ids)
                 )
+
+    async def beat(self, holder: Holder, alive_until_ms: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO processes (holder, name, host, pid, started_at, alive_until) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (holder) DO UPDATE "
+                "SET alive_until = excluded.alive_until",
+                (*_holder_values(holder), alive_until_ms),
+            )
+
+    async def live_holders(self, now_ms: int) -> list[Holder]:
+        found = self.db.execute(
+            "SELECT holder, name, host, pid, started_at FROM processes WHERE alive_until >= ?",
+            (now_ms,),
+        )
+        return [Holder(*r) for r in found]
+
+    async def leave(self, holder: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE outbox SET holder = NULL WHERE holder = ?", (holder,))
+            db.execute("DELETE FROM processes WHERE holder = ?", (holder,))
+
+    async def open_attempts(self, keys: Sequence[AttemptKey]) -> set[AttemptKey]:
+        found = set()
+        for key in keys:  # in-process SQLite: a query per key costs no round trip
+            row = self.db.execute(
+                "SELECT 1 FROM node_states WHERE run_id = ? AND node_id = ? AND attempt = ? "
+                f"AND status IN {rows.OPEN_ATTEMPT}",
+                key,
+            ).fetchone()
+            if row is not None:
+                found.add(key)
+        return found
 
     async def due_timers(self, now_ms: int, limit: int) -> list[Timer]:
         cur = self.db.execute(
@@ -472,6 +528,10 @@ class SqliteStore:
     async def next_timer_at(self) -> int | None:
         row = self.db.execute("SELECT MIN(due_at) FROM timers").fetchone()
         return None if row[0] is None else int(row[0])
+
+
+def _holder_values(h: Holder) -> tuple[str, str, str, int, int]:
+    return (h.id, h.name, h.host, h.pid, h.started_at_ms)
 
 
 def _update_values(t: Transition) -> tuple[Any, ...]:

@@ -24,12 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine_properties import Checker, workflows
 
+from headrace.bus.topics import jobs_topic
 from headrace.engine import Cancel, Complete, MarkStarted, RunState, Start, decide, new_run
 from headrace.engine.decide import Decision
 from headrace.errors import Conflict, InfraError, InputError, NotFound
-from headrace.events import Message, SignalReceived, Timer
+from headrace.events import Job, Message, SignalReceived, Timer, decode_job, encode
 from headrace.spec import Plan, canonical_json, parse_workflow, plan_of
-from headrace.store import Store, Transition
+from headrace.store import Holder, Store, Transition
 from headrace.store.migrate import HEAD, head
 from headrace.store.postgres import PostgresStore
 from headrace.store.sqlite import SqliteStore
@@ -85,8 +86,22 @@ def start(plan: Plan, *, at_ms: int = 1_000, **inputs: Any) -> tuple[RunState, D
 
 
 def step(state: RunState, d: Decision, *, new: bool = False, key: str | None = None) -> Transition:
-    messages = [Message("node.jobs.normal", state.run_id, j.node_id.encode()) for j in d.jobs]
+    messages = [Message(jobs_topic(j.priority), state.run_id, encode(j)) for j in d.jobs]
     return Transition(state, d.events, messages, d.timers, new=new, idempotency_key=key)
+
+
+def job_message(state: RunState, node_id: str, attempt: int) -> Message:
+    job = Job(
+        run_id=state.run_id,
+        node_id=node_id,
+        attempt=attempt,
+        kind="task",
+        priority="normal",
+        timeout_ms=1000,
+        scheduled_at_ms=1,
+        idempotency_key="k",
+    )
+    return Message(jobs_topic("normal"), state.run_id, encode(job))
 
 
 async def started(store: Store, plan: Plan, **kw: Any) -> RunState:
@@ -108,10 +123,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def later() -> tuple[int, int]:
-    """`pending_outbox`'s times for every row a second from now, but those held longer."""
-    t = now_ms() + 1_000
-    return t, t
+async def pending(store: Store, live: list[str] | None = None, limit: int = 100) -> list[Any]:
+    """What a relay would send now, with `live` holders alive (default: none)."""
+    return await store.pending_outbox(live or [], limit)
 
 
 # --- workflows ---
@@ -176,8 +190,8 @@ async def test_two_writers_from_one_version_exactly_one_applies(store: Store) ->
     await same(store, winner)
     events = await store.read_events(state.run_id, 0, 100)
     assert [e.seq for e in events] == list(range(1, winner.seq + 1))
-    outbox = await store.pending_outbox(*later(), 100)
-    assert len(outbox) == 1 + len(results[0].outbox_ids) + len(results[1].outbox_ids)
+    outbox = await pending(store)  # a's job row went with the attempt either ended
+    assert len(outbox) == len(results[0].outbox_ids) + len(results[1].outbox_ids)
 
 
 async def test_a_stale_update_among_others_is_refused_alone(store: Store) -> None:
@@ -239,13 +253,13 @@ async def test_events_are_unique_per_run_and_read_in_pages(store: Store) -> None
     assert first.type == "RunStarted" and first.at_ms == 1_000 and b'"seq":1' in first.data
     # A transition that passes the version check but repeats a stored seq writes nothing.
     # (SqliteStore lets sqlite3.IntegrityError through; PostgresStore raises InfraError.)
-    outbox = await store.pending_outbox(*later(), 100)
+    outbox = await pending(store)
     again = SignalReceived(seq=1, at_ms=9, name="x")
     with pytest.raises((InfraError, sqlite3.IntegrityError)):
         await store.commit([Transition(state, [again], [Message("t", "k", b"x")])])
     assert state.version == 2
     await same(store, state)
-    assert await store.pending_outbox(*later(), 100) == outbox
+    assert await pending(store) == outbox
     assert len(await store.read_events(state.run_id, 0, 100)) == state.seq
 
 
@@ -370,7 +384,7 @@ async def test_unknown_run_ids(store: Store) -> None:
     ghost.version = 1  # an update of a run that was never created: refused, nothing written
     assert (await store.commit([step(ghost, d)])).conflicts == {ghost.run_id}
     assert await store.read_events(ghost.run_id, 0, 10) == []
-    assert await store.pending_outbox(*later(), 10) == []
+    assert await pending(store) == []
 
 
 # --- outbox and timers ---
@@ -440,49 +454,91 @@ async def test_outbox_rows_wait_until_marked_sent(store: Store) -> None:
     extra = [Message("t.x", state.run_id, bytes(range(256)), {"content-type": "a/b"})]
     t = step(state, d, new=True)
     t.messages += extra
-    before = now_ms() - 1
     ids = (await store.commit([t])).outbox_ids
     assert len(ids) == len(t.messages) == 2 and len(set(ids)) == 2
-    assert await store.pending_outbox(before, before, 10) == []
-    pending = await store.pending_outbox(*later(), 10)
-    assert [p.id for p in pending] == sorted(ids)
-    assert [p.message for p in pending] == t.messages
-    assert len(await store.pending_outbox(*later(), 1)) == 1
-    d2 = decide(state, Complete("a", 1, 5, 6))
-    third = (await store.commit([step(state, d2)], sent=[ids[0]])).outbox_ids
-    left = await store.pending_outbox(*later(), 10)
-    assert [p.id for p in left] == sorted([ids[1], *third])
-    await store.outbox_sent([ids[1], *third])
+    found = await pending(store)
+    assert [p.id for p in found] == sorted(ids)
+    assert [p.message for p in found] == t.messages
+    assert len(await pending(store, limit=1)) == 1
+    d2 = decide(state, Complete("a", 1, 5, 6))  # ends a's attempt: its job row goes too
+    third = (await store.commit([step(state, d2)], sent=[ids[1]])).outbox_ids
+    assert [p.id for p in await pending(store)] == sorted(third)
+    await store.outbox_sent(third)
     await store.outbox_sent([])
-    assert await store.pending_outbox(*later(), 10) == []
+    assert await pending(store) == []
     assert (await store.commit([], sent=[12345])).conflicts == set()
 
 
-async def test_local_jobs_rows_are_held_until_their_time(store: Store) -> None:
+async def test_outbox_rows_are_their_holders_while_it_lives(store: Store) -> None:
     plan = await register(store)
     a, b = await started(store, plan), await started(store, plan)
+    for row in await pending(store):  # written without a holder: any relay's
+        await store.outbox_sent([row.id])
     stale = await store.load_run(b.run_id)
     await complete(store, b, "a")  # moves b's version under `stale`
+    for row in await pending(store):
+        await store.outbox_sent([row.id])
     ta = step(a, decide(a, Complete("a", 1, 5, 6, output=1)))  # schedules m[0]
     ta.local, ta.messages = ta.messages, [Message("t.x", a.run_id, b"published")]
     tb = step(stale, decide(stale, Cancel(at_ms=6)))
-    tb.local = [Message("node.jobs.normal", b.run_id, b"refused")]
-    held_until = now_ms() + 60_000
-    result = await store.commit([ta, tb], held_until_ms=held_until)
+    tb.local = [job_message(stale, "m[0]", 1)]
+    result = await store.commit([ta, tb], holder="h1")
     assert result.conflicts == {b.run_id}  # its local job was not written either
     assert len(result.outbox_ids) == 1 and len(result.local_ids) == len(ta.local) == 1
     assert result.outbox_ids[0] < result.local_ids[0]
-    pending = await store.pending_outbox(*later(), 10)
-    assert [p.message.payload for p in pending if p.id in result.local_ids] == []
-    at_the_end = await store.pending_outbox(held_until + 1, held_until, 10)
-    assert [p.message for p in at_the_end if p.id in result.local_ids] == ta.local
-    await store.hold_outbox(result.local_ids, held_until + 60_000)  # a heartbeat
-    assert len(await store.pending_outbox(held_until + 1, held_until, 10)) == len(at_the_end) - 1
-    await store.hold_outbox(result.local_ids, 0)  # handed back
-    assert [p.id for p in await store.pending_outbox(*later(), 10)] == sorted(
-        [p.id for p in pending] + result.local_ids
-    )
-    await store.hold_outbox([], 1)  # nothing to do
+    mine = sorted(result.outbox_ids + result.local_ids)
+    assert await pending(store, ["h1", "h2"]) == []  # h1 lives: its rows are its own
+    assert [p.id for p in await pending(store, ["h2"])] == mine  # h1 died
+    await store.release_outbox(result.local_ids)  # h1 hands its local job back
+    assert [p.id for p in await pending(store, ["h1"])] == result.local_ids
+    await store.release_outbox([])  # nothing to do
+    await store.leave("h1")  # a graceful stop releases the rest
+    assert [p.id for p in await pending(store, ["h1"])] == mine
+
+
+async def test_the_job_of_an_ended_attempt_is_never_pending(store: Store) -> None:
+    plan = await register(store)
+    state = await started(store, plan, xs=[1, 2])
+    first = [p.message for p in await pending(store)]
+    assert len(first) == 1  # a's job
+    await complete(store, state, "a")  # deletes a's job row: its attempt ended
+    jobs = [decode_job(p.message.payload) for p in await pending(store)]
+    assert [(j.node_id, j.attempt) for j in jobs] == [("m[0]", 1), ("m[1]", 1)]
+    cancel = Message("node.cancels", state.run_id, b"{}")
+    superseded = job_message(state, "m[0]", 7)  # not the node's attempt
+    done = job_message(state, "a", 1)  # a completed
+    t = Transition(state, [], [cancel, superseded, done])
+    ids = (await store.commit([t])).outbox_ids
+    found = await pending(store)
+    assert ids[0] in {p.id for p in found} and not {ids[1], ids[2]} & {p.id for p in found}
+    assert {ids[1], ids[2]}.isdisjoint(p.id for p in await pending(store))  # deleted
+    assert len(await pending(store)) == len(found)
+
+
+async def test_open_attempts_are_those_still_scheduled_or_running(store: Store) -> None:
+    plan = await register(store)
+    state = await started(store, plan, xs=[1])
+    run = state.run_id
+    assert await store.open_attempts([]) == set()
+    assert await store.open_attempts([(run, "a", 1), (run, "a", 2), (run, "z", 1)]) == {
+        (run, "a", 1)
+    }
+    await complete(store, state, "a")
+    keys = [(run, "a", 1), (run, "m[0]", 1), ("no-such-run", "a", 1)]
+    assert await store.open_attempts(keys) == {(run, "m[0]", 1)}
+
+
+async def test_processes_beat_and_leave(store: Store) -> None:
+    one = Holder("h1", "api-1", "host-a", 11, 100)
+    two = Holder("h2", "worker-1", "host-b", 12, 200)
+    await store.beat(one, 5_000)
+    await store.beat(two, 9_000)
+    await store.beat(one, 7_000)  # renewed
+    assert sorted(await store.live_holders(6_000), key=lambda h: h.id) == [one, two]
+    assert await store.live_holders(8_000) == [two]
+    await store.leave("h2")
+    assert await store.live_holders(0) == [one]
+    await store.leave("nobody")
 
 
 def timer(state: RunState, node_id: str, due_at_ms: int, attempt: int = 1) -> Timer:

@@ -137,10 +137,13 @@ def two_serve_all(cluster: ProcessCluster, **env_1: str) -> str:
 
 
 async def held_rows(db_url: str) -> set[int]:
-    """Ids of the outbox rows held by a process running their jobs itself."""
+    """Ids of the job rows of the outbox that a process holds (it runs the jobs itself)."""
     conn = await asyncpg.connect(db_url)
     try:
-        return {r[0] for r in await conn.fetch("SELECT id FROM outbox WHERE held_until > 0")}
+        found = await conn.fetch(
+            "SELECT id FROM outbox WHERE holder IS NOT NULL AND node_id IS NOT NULL"
+        )
+        return {r[0] for r in found}
     finally:
         await conn.close()
 
@@ -152,7 +155,7 @@ def test_serve_all_sigkilled_while_it_runs_its_own_jobs(
     # all-1 starts the runs, so it runs their jobs itself (no bus) and holds their outbox
     # rows. It dies (SIGKILLed from outside, or at a crash point: between a commit and the
     # start of its local jobs, or after a job ran and before its result was handed over):
-    # once the holds lapse, the relay of all-2 sends the jobs to the bus, and every run
+    # once its lease lapses, the relay of all-2 sends the jobs to the bus, and every run
     # completes once.
     db_url = cluster.env["HEADRACE_DATABASE_URL"]
     api_1 = two_serve_all(cluster, **({"HEADRACE_CRASH_AT": crash_at} if crash_at else {}))

@@ -136,7 +136,7 @@ def test_crash_point_then_restart_finishes_every_run_once(dev: Dev, crash_at: st
         with contextlib.suppress(httpx.HTTPError):  # the crash can hit while accepting runs
             run_ids = start_runs(client, 30)
     assert dev.proc is not None and dev.proc.wait(30) == -signal.SIGKILL
-    dev.start()  # recovery: outbox sweep and in-flight jobs republished
+    dev.start()  # recovery: the relay sends the jobs its dead predecessor held
     with httpx.Client(base_url=dev.url, timeout=10) as client:
         run_ids = start_runs(client, 30)  # same keys: accepted runs are found, none doubled
         assert len(client.get("/v1/runs", params={"limit": 100}).json()["items"]) == 30
