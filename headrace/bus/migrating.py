@@ -42,13 +42,15 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from headrace.bus.base import Bus, Delivery, publish_then_ack
-from headrace.bus.kafka import KafkaBus
-from headrace.bus.redis import RedisBus
 from headrace.errors import InfraError
 from headrace.events import Message
+
+if TYPE_CHECKING:  # imported by services/adapters.py, only when configured
+    from headrace.bus.kafka import KafkaBus
+    from headrace.bus.redis import RedisBus
 
 log = logging.getLogger(__name__)
 

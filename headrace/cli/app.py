@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from headrace.cli.client import flags_app, migrate_app, runs_app, workflows_app
 from headrace.cli.output import UNAVAILABLE, err, fail
@@ -110,7 +111,7 @@ def _print_result(console: Console, summary: dict[str, Any]) -> None:
     style = "green" if summary["status"] == "completed" else "red"
     console.print(f"[{style}]{summary['status']}[/]")
     if summary.get("error"):
-        console.print(f"error: {summary['error']['message']}", highlight=False)
+        console.print(f"error: {escape(summary['error']['message'])}", highlight=False)
     if summary["outputs"] is not None:
         console.print_json(json.dumps(summary["outputs"]))
 

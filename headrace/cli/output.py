@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -16,7 +17,7 @@ UNAVAILABLE = 3  # exit code: the store or the bus could not be reached (2: bad 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print `message` on stderr; the caller raises the returned Exit."""
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 

@@ -84,7 +84,12 @@ def build_redis(settings: Settings) -> RedisBus:
 
 
 def build_kafka(url: str, settings: Settings, field: str = "HEADRACE_KAFKA_URL") -> KafkaBus:
-    from headrace.bus.kafka import KafkaBus
+    try:
+        from headrace.bus.kafka import KafkaBus
+    except ModuleNotFoundError as e:  # confluent-kafka: an extra
+        raise InputError(
+            field, f"the Kafka bus needs the kafka extra: pip install 'headrace[kafka]' ({e})"
+        ) from None
 
     bootstrap = url.removeprefix("kafka://").strip("/")
     if not url.startswith("kafka://") or not bootstrap:
