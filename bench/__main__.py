@@ -1,7 +1,7 @@
 """`python -m bench [WORKLOAD ...]`: each workload 3 times, each time in a fresh process and
 a fresh SQLite file; prints one JSON line per workload with the median and the peak memory.
 
-    python -m bench            # W1 W2 W2-large W3 W-map-10k
+    python -m bench            # every workload (bench/workloads.py, bench/large.py)
     python -m bench W2 --repeat 5
 """
 
@@ -15,8 +15,25 @@ import subprocess
 import sys
 import tempfile
 
-WORKLOADS = ["W1", "W2", "W2-large", "W3", "W-map-10k", "W4"]
+WORKLOADS = [
+    "W1",
+    "W2",
+    "W2-large",
+    "W3",
+    "W-map-10k",
+    "W4",
+    "W-chain-20k",
+    "W-chain-20k-watched",
+    "W-map-200k",
+    "W-map-200k-watched",
+    "W-stream",
+]
 KEY = {
+    "W-chain-20k": "ms_per_node",
+    "W-chain-20k-watched": "ms_per_node",
+    "W-map-200k": "us_per_child",
+    "W-map-200k-watched": "us_per_child",
+    "W-stream": "close_p99_ms",
     "W4": "dispatch_p99_ms",
     "W1": "ms_per_node",
     "W2": "nodes_per_s",

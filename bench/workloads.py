@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import cluster
+from bench import cluster, large
 from headrace.config import Settings
 from headrace.runtime.clock import now_ms
 from headrace.services import loop
@@ -212,7 +212,47 @@ def measure(name: str, db: Path) -> dict[str, Any]:
         }
     if name == "W4":
         return loop.run(_steady(db, nodes_per_s=1000, seconds=W4_SECONDS))
+    if name.startswith(("W-chain-20k", "W-map-200k", "W-stream")):
+        return _large_workload(name, db)
     raise SystemExit(f"unknown workload {name}")
+
+
+def _large_workload(name: str, db: Path) -> dict[str, Any]:
+    watched = name.endswith("-watched")
+    if name.startswith("W-chain-20k"):
+        seconds = loop.run(_large(db, chain(20_000), watched))
+        return {
+            "nodes": 20_000,
+            "seconds": round(seconds, 2),
+            "ms_per_node": round(seconds / 20, 3),
+        }
+    if name.startswith("W-map-200k"):
+        seconds = loop.run(_large(db, fan(200_000), watched))
+        return {
+            "width": 200_000,
+            "makespan_s": round(seconds, 2),
+            "us_per_child": round(seconds * 5, 1),
+        }
+    delays = sorted(loop.run(_streams(db)))
+    return {
+        "runs": len(delays),
+        "close_p50_ms": round(delays[len(delays) // 2] * 1000, 1),
+        "close_p99_ms": round(delays[len(delays) * 99 // 100] * 1000, 1),
+        "close_max_ms": round(delays[-1] * 1000, 1),
+    }
+
+
+async def _large(db: Path, spec: dict[str, Any], watched: bool) -> float:
+    inputs = spec.pop("_inputs", {})
+    with contextlib.ExitStack() as stack:
+        async with _runtime(_settings(db, stack)) as rt:
+            return await large.one_large_run(rt, spec, inputs, watched)
+
+
+async def _streams(db: Path) -> list[float]:
+    with contextlib.ExitStack() as stack:
+        async with _runtime(_settings(db, stack)) as rt:
+            return await large.stream_close_delays(rt)
 
 
 W4_SECONDS = float(os.environ.get("W4_SECONDS", "30"))

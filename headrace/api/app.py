@@ -253,21 +253,18 @@ def create_app(backend: Backend) -> FastAPI:
 
     @app.get("/v1/runs/{run_id}/events")
     async def run_events(
-        request: Request,
         run_id: str,
         after: int | None = Query(None, ge=0),
         last_event_id: str | None = Header(None),
     ) -> StreamingResponse:
         """Server-Sent Events: replay after `after` (or Last-Event-ID), then live."""
         rid = _run_id(run_id)
-        await store.get_run(rid)
+        await store.get_run_record(rid)
         start = after if after is not None else _last_event_id(last_event_id)
 
-        async def stream() -> AsyncIterator[bytes]:
-            async for event in follow_events(store, backend.hub, rid, start):
-                if await request.is_disconnected():
-                    return
-                yield b": keep-alive\n\n" if event is None else sse(event)
+        async def stream() -> AsyncIterator[bytes]:  # Starlette stops it on a disconnect
+            async for batch in follow_events(store, backend.hub, rid, start):
+                yield sse(batch)
 
         return StreamingResponse(
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -278,15 +275,15 @@ def create_app(backend: Backend) -> FastAPI:
         """The same events over WebSocket: one JSON message per event, then close."""
         try:
             rid = _run_id(run_id)
-            await store.get_run(rid)
+            await store.get_run_record(rid)
         except NotFound:  # accepted first: a close before it is an HTTP 403 to the client
             await websocket.accept()
             await websocket.close(code=4404, reason="run not found")
             return
         await websocket.accept()
         try:
-            async for event in follow_events(store, backend.hub, rid, after):
-                if event is not None:
+            async for batch in follow_events(store, backend.hub, rid, after):
+                for event in batch:
                     await websocket.send_text(
                         json.dumps(
                             {"seq": event.seq, "type": event.type, "data": json.loads(event.data)}

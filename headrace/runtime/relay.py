@@ -59,7 +59,7 @@ def _pid_alive(pid: int) -> bool:
 def seems_alive(h: Holder, me: Holder) -> bool:
     """Whether a holder whose lease has not lapsed may still be running: not if it was on
     this host and its pid is gone, or is this process's and it began before this process."""
-    if h.host != me.host:
+    if h.id == me.id or h.host != me.host:
         return True
     if h.pid == me.pid:
         return h.started_at_ms >= _PROCESS_BEGAN_MS
@@ -104,23 +104,27 @@ class Relay:
         self.redispatch_s = redispatch_s
         self.batch_size = batch_size
 
-    async def live(self) -> list[str]:
-        """Ids of the holders alive now (this process among them)."""
-        found = await self.store.live_holders(now_ms())
-        return [h.id for h in found if seems_alive(h, self.me)] + [self.me.id]
+    async def dead(self) -> list[str]:
+        """Ids of the holders that are gone: their lease lapsed, or they seem dead."""
+        now = now_ms()
+        return [
+            h.id
+            for h, alive_until in await self.store.holders()
+            if alive_until < now or not seems_alive(h, self.me)
+        ]
 
     async def sweep(self) -> int:
-        """Publish the rows of dead holders (and released ones) whose message is still due;
-        return how many."""
-        live = await self.live()
+        """Publish the rows of dead holders (and released ones) whose message is still due,
+        then forget those holders; return how many."""
+        dead = await self.dead()
         count = 0
-        while True:
-            rows = await self.store.pending_outbox(live, self.batch_size)
-            if not rows:
-                return count
+        while rows := await self.store.pending_outbox(dead, self.batch_size):
             await self.bus.publish([r.message for r in rows])
             await self.store.outbox_sent([r.id for r in rows])
             count += len(rows)
+        for holder in dead:
+            await self.store.forget(holder)
+        return count
 
     async def resend_unstarted(self) -> int:
         """Publish again the jobs of attempts scheduled more than `redispatch_s` ago and not

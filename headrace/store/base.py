@@ -226,10 +226,10 @@ class Store(Protocol):
         """Ids of runs not yet ended with an attempt scheduled before the given time and
         not started: their job may have been lost by the bus."""
 
-    async def pending_outbox(self, live: Collection[str], limit: int) -> list[OutboxEntry]:
-        """What a dead process left unpublished: rows released, or whose holder is not in
-        `live`, oldest first. Job rows among them whose attempt is no longer scheduled or
-        running are deleted in the same transaction, never returned."""
+    async def pending_outbox(self, dead: Collection[str], limit: int) -> list[OutboxEntry]:
+        """What a dead process left unpublished: rows released, or held by one of `dead`,
+        oldest first. Job rows among them whose attempt is no longer scheduled or running
+        are deleted in the same transaction, never returned."""
 
     async def outbox_sent(self, ids: list[int]) -> None: ...
 
@@ -239,11 +239,15 @@ class Store(Protocol):
     async def beat(self, holder: Holder, alive_until_ms: int) -> None:
         """Say that `holder` is alive until `alive_until_ms` (its rows stay its own)."""
 
-    async def live_holders(self, now_ms: int) -> list[Holder]:
-        """The processes whose last beat said they are alive at `now_ms`."""
+    async def holders(self) -> list[tuple[Holder, int]]:
+        """Every process that beat and has not left or been forgotten, with the time its
+        last beat said it is alive until."""
 
     async def leave(self, holder: str) -> None:
         """A graceful stop: release every row of `holder` and forget it."""
+
+    async def forget(self, holder: str) -> None:
+        """Forget a dead holder, unless it still holds rows."""
 
     async def open_attempts(self, keys: Sequence[AttemptKey]) -> set[AttemptKey]:
         """Those of `keys` whose node is still scheduled or running that attempt (a job of

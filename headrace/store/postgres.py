@@ -308,14 +308,14 @@ def _outbox_row(run_id: str, m: Message) -> tuple[Any, ...]:
     return (run_id, m.topic, m.key, m.payload, rows.dumps(m.headers), node_id, attempt)
 
 
-# Rows of dead (or released) holders, oldest first; the stale job rows among them (their
+# Rows of dead holders (or released), oldest first; the stale job rows among them (their
 # attempt is no longer open) are deleted, not returned.
 _PENDING_OUTBOX = f"""
 WITH due AS (
     SELECT o.id, o.topic, o.key, o.payload, o.headers, o.node_id IS NULL OR EXISTS (
         SELECT 1 FROM node_states n WHERE n.run_id = o.key AND n.node_id = o.node_id
         AND n.attempt = o.attempt AND n.status IN {rows.OPEN_ATTEMPT}) AS open
-    FROM outbox o WHERE o.holder IS NULL OR o.holder <> ALL($1::text[])
+    FROM outbox o WHERE o.holder IS NULL OR o.holder = ANY($1::text[])
     ORDER BY o.id LIMIT $2
 ), stale AS (
     DELETE FROM outbox WHERE id IN (SELECT id FROM due WHERE NOT open)
@@ -759,8 +759,8 @@ class PostgresStore:
 
     # --- outbox and timers ---
 
-    async def pending_outbox(self, live: Collection[str], limit: int) -> list[OutboxEntry]:
-        found = await self._all(_PENDING_OUTBOX, list(live), limit)
+    async def pending_outbox(self, dead: Collection[str], limit: int) -> list[OutboxEntry]:
+        found = await self._all(_PENDING_OUTBOX, list(dead), limit)
         return [
             OutboxEntry(r[0], Message(r[1], r[2], bytes(r[3]), rows.loads(r[4]))) for r in found
         ]
@@ -787,17 +787,24 @@ class PostgresStore:
                 alive_until_ms,
             )  # fmt: skip
 
-    async def live_holders(self, now_ms: int) -> list[Holder]:
+    async def holders(self) -> list[tuple[Holder, int]]:
         found = await self._all(
-            "SELECT holder, name, host, pid, started_at FROM processes WHERE alive_until >= $1",
-            now_ms,
+            "SELECT holder, name, host, pid, started_at, alive_until FROM processes"
         )
-        return [Holder(*r) for r in found]
+        return [(Holder(*r[:5]), r[5]) for r in found]
 
     async def leave(self, holder: str) -> None:
         async with self._conn() as conn, conn.transaction():
             await conn.execute("UPDATE outbox SET holder = NULL WHERE holder = $1", holder)
             await conn.execute("DELETE FROM processes WHERE holder = $1", holder)
+
+    async def forget(self, holder: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "DELETE FROM processes WHERE holder = $1 "
+                "AND NOT EXISTS (SELECT 1 FROM outbox WHERE holder = $1)",
+                holder,
+            )
 
     async def open_attempts(self, keys: Sequence[AttemptKey]) -> set[AttemptKey]:
         if not keys:

@@ -457,14 +457,14 @@ class SqliteStore:
 
     # --- outbox and timers ---
 
-    async def pending_outbox(self, live: Collection[str], limit: int) -> list[OutboxEntry]:
+    async def pending_outbox(self, dead: Collection[str], limit: int) -> list[OutboxEntry]:
         with self._transaction() as db:
-            marks = ",".join("?" * len(live))
+            marks = ",".join("?" * len(dead))
             found = db.execute(
                 "SELECT o.id, o.topic, o.key, o.payload, o.headers, o.node_id IS NULL OR "
                 f"EXISTS ({_OPEN_ATTEMPT}) FROM outbox o WHERE o.holder IS NULL "
-                f"OR o.holder NOT IN ({marks}) ORDER BY o.id LIMIT ?",
-                (*live, limit),
+                f"OR o.holder IN ({marks}) ORDER BY o.id LIMIT ?",
+                (*dead, limit),
             ).fetchall()
             stale = [(r[0],) for r in found if not r[5]]
             db.executemany("DELETE FROM outbox WHERE id = ?", stale)
@@ -495,29 +495,42 @@ class SqliteStore:
                 (*_holder_values(holder), alive_until_ms),
             )
 
-    async def live_holders(self, now_ms: int) -> list[Holder]:
+    async def holders(self) -> list[tuple[Holder, int]]:
         found = self.db.execute(
-            "SELECT holder, name, host, pid, started_at FROM processes WHERE alive_until >= ?",
-            (now_ms,),
+            "SELECT holder, name, host, pid, started_at, alive_until FROM processes"
         )
-        return [Holder(*r) for r in found]
+        return [(Holder(*r[:5]), r[5]) for r in found]
 
     async def leave(self, holder: str) -> None:
         with self._transaction() as db:
             db.execute("UPDATE outbox SET holder = NULL WHERE holder = ?", (holder,))
             db.execute("DELETE FROM processes WHERE holder = ?", (holder,))
 
+    async def forget(self, holder: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM processes WHERE holder = ? "
+                "AND NOT EXISTS (SELECT 1 FROM outbox WHERE holder = ?)",
+                (holder, holder),
+            )
+
     async def open_attempts(self, keys: Sequence[AttemptKey]) -> set[AttemptKey]:
-        found = set()
-        for key in keys:  # in-process SQLite: a query per key costs no round trip
-            row = self.db.execute(
-                "SELECT 1 FROM node_states WHERE run_id = ? AND node_id = ? AND attempt = ? "
-                f"AND status IN {rows.OPEN_ATTEMPT}",
-                key,
-            ).fetchone()
-            if row is not None:
-                found.add(key)
-        return found
+        by_run: dict[str, list[str]] = {}
+        for run_id, node_id, _ in keys:
+            by_run.setdefault(run_id, []).append(node_id)
+        found: set[tuple[Any, ...]] = set()
+        for run_id, nodes in by_run.items():  # a query per run (and 500 nodes): indexed
+            for i in range(0, len(nodes), 500):
+                part = nodes[i : i + 500]
+                found.update(
+                    (run_id, *r)
+                    for r in self.db.execute(
+                        "SELECT node_id, attempt FROM node_states WHERE run_id = ? AND node_id "
+                        f"IN ({','.join('?' * len(part))}) AND status IN {rows.OPEN_ATTEMPT}",
+                        (run_id, *part),
+                    )
+                )
+        return {k for k in keys if k in found}
 
     async def due_timers(self, now_ms: int, limit: int) -> list[Timer]:
         cur = self.db.execute(

@@ -123,9 +123,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def pending(store: Store, live: list[str] | None = None, limit: int = 100) -> list[Any]:
-    """What a relay would send now, with `live` holders alive (default: none)."""
-    return await store.pending_outbox(live or [], limit)
+async def pending(store: Store, dead: list[str] | None = None, limit: int = 100) -> list[Any]:
+    """What a relay would send now, with `dead` holders dead (default: none)."""
+    return await store.pending_outbox(dead or [], limit)
 
 
 # --- workflows ---
@@ -487,13 +487,13 @@ async def test_outbox_rows_are_their_holders_while_it_lives(store: Store) -> Non
     assert len(result.outbox_ids) == 1 and len(result.local_ids) == len(ta.local) == 1
     assert result.outbox_ids[0] < result.local_ids[0]
     mine = sorted(result.outbox_ids + result.local_ids)
-    assert await pending(store, ["h1", "h2"]) == []  # h1 lives: its rows are its own
-    assert [p.id for p in await pending(store, ["h2"])] == mine  # h1 died
+    assert await pending(store, ["h2"]) == []  # h1 lives: its rows are its own
+    assert [p.id for p in await pending(store, ["h1", "h2"])] == mine  # h1 died
     await store.release_outbox(result.local_ids)  # h1 hands its local job back
-    assert [p.id for p in await pending(store, ["h1"])] == result.local_ids
+    assert [p.id for p in await pending(store)] == result.local_ids
     await store.release_outbox([])  # nothing to do
     await store.leave("h1")  # a graceful stop releases the rest
-    assert [p.id for p in await pending(store, ["h1"])] == mine
+    assert [p.id for p in await pending(store)] == mine
 
 
 async def test_the_job_of_an_ended_attempt_is_never_pending(store: Store) -> None:
@@ -528,17 +528,25 @@ async def test_open_attempts_are_those_still_scheduled_or_running(store: Store) 
     assert await store.open_attempts(keys) == {(run, "m[0]", 1)}
 
 
-async def test_processes_beat_and_leave(store: Store) -> None:
+async def test_processes_beat_leave_and_are_forgotten(store: Store) -> None:
     one = Holder("h1", "api-1", "host-a", 11, 100)
     two = Holder("h2", "worker-1", "host-b", 12, 200)
     await store.beat(one, 5_000)
     await store.beat(two, 9_000)
     await store.beat(one, 7_000)  # renewed
-    assert sorted(await store.live_holders(6_000), key=lambda h: h.id) == [one, two]
-    assert await store.live_holders(8_000) == [two]
+    assert sorted(await store.holders(), key=lambda h: h[0].id) == [(one, 7_000), (two, 9_000)]
     await store.leave("h2")
-    assert await store.live_holders(0) == [one]
+    assert await store.holders() == [(one, 7_000)]
     await store.leave("nobody")
+    plan = await register(store)
+    state, d = start(plan)
+    await store.commit([step(state, d, new=True)], holder="h1")
+    await store.forget("h1")  # it still holds a row
+    assert await store.holders() == [(one, 7_000)]
+    for row in await pending(store, ["h1"]):
+        await store.outbox_sent([row.id])
+    await store.forget("h1")
+    assert await store.holders() == []
 
 
 def timer(state: RunState, node_id: str, due_at_ms: int, attempt: int = 1) -> Timer:

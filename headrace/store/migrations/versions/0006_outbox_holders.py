@@ -3,7 +3,8 @@
 - `processes`: every process that writes the outbox says it is alive (`alive_until`, ms,
   renewed by its heartbeat). The relay takes only rows whose holder is gone (or released
   them), so rows of a live process are never sent twice, however old they are.
-- `outbox.holder`: the process that wrote the row (NULL: released to any relay).
+- `outbox.holder`: the process that wrote the row (NULL: released to any relay); indexed, so
+  a relay reads the rows of the dead, not every row of the living.
 - `outbox.node_id`, `outbox.attempt`: a job row's attempt. The relay never sends a job
   whose attempt has ended, and the commit that ends an attempt deletes its job rows.
 - `outbox.held_until` goes: holds are now the holder's liveness.
@@ -44,9 +45,11 @@ def upgrade() -> None:
         batch.add_column(sa.Column("node_id", sa.String(200), nullable=True))
         batch.add_column(sa.Column("attempt", sa.Integer, nullable=True))
     op.create_index("outbox_by_attempt", "outbox", ["key", "node_id", "attempt"])
+    op.create_index("outbox_by_holder", "outbox", ["holder"])
 
 
 def downgrade() -> None:
+    op.drop_index("outbox_by_holder", "outbox")
     op.drop_index("outbox_by_attempt", "outbox")
     with op.batch_alter_table("outbox") as batch:
         batch.drop_column("attempt")
