@@ -110,8 +110,8 @@ def _json_object(text: str | bytes) -> dict[str, Any] | None:
         return None
     try:
         doc = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return None  # YAML's flow style, or bad JSON: the YAML loader says where
+    except (msgspec.DecodeError, RecursionError):
+        return None  # YAML's flow style, bad JSON or too deep: the YAML loader says where
     return doc if isinstance(doc, dict) else None
 
 

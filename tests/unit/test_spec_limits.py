@@ -106,6 +106,12 @@ def test_a_spec_at_the_depth_limit_is_accepted() -> None:
     assert parse_workflow(f"name: w\nnodes:\n  a: {{task: m.f, with: {{x: {value}}}}}\n")
 
 
+@pytest.mark.parametrize("text", ['{"x": ' + "[" * 5000 + "]" * 5000 + "}", "x: " + "[" * 5000])
+def test_a_document_nested_past_the_parsers_is_refused(text: str) -> None:
+    error = refused(text)
+    assert error.path == "" and "exceeded maximum nesting depth" in error.message
+
+
 def test_a_date_stays_text() -> None:
     # JSON has no dates: a YAML date is kept as written (and the IR is the one JSON gives)
     ir = parse_workflow("name: w\nnodes:\n  a: {task: m.f, with: {day: 2024-01-31}}\n")
