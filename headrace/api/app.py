@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
@@ -17,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from headrace.api import views
-from headrace.api.limits import BodyLimit
+from headrace.api.limits import BodyLimit, check_signal, check_tag, parse_off_loop, plan_off_loop
 from headrace.api.problems import on_headrace_error, on_http_error, on_validation_error, problem
 from headrace.api.streams import follow_events, sse
 from headrace.config import Settings
@@ -32,10 +31,9 @@ from headrace.runtime.clock import now_ms
 from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
 from headrace.runtime.metrics import Metrics
-from headrace.spec import Plan, WorkflowIR, parse_workflow
+from headrace.spec import Plan, WorkflowIR
 from headrace.store import Store, WorkflowRecord
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
 RunStatusFilter = Literal["pending", "running", "completed", "failed", "cancelled"]
 
 
@@ -113,7 +111,7 @@ def create_app(backend: Backend) -> FastAPI:
             source = raw.decode()
         except UnicodeDecodeError:
             return problem(400, "the body must be UTF-8 YAML or JSON")
-        ir = parse_workflow(source)
+        ir = await parse_off_loop(source)
         record, created = await backend.register(ir, source)
         return JSONResponse(views.workflow_view(record), status_code=201 if created else 200)
 
@@ -123,6 +121,7 @@ def create_app(backend: Backend) -> FastAPI:
 
     @app.get("/v1/workflows/{tag}")
     async def get_workflow(tag: str) -> dict[str, Any]:
+        check_tag(tag)
         record = await store.get_workflow(tag)
         return {**views.workflow_view(record), "ir": msgspec.to_builtins(record.ir)}
 
@@ -187,7 +186,7 @@ def create_app(backend: Backend) -> FastAPI:
             if existing is not None:
                 record = await store.get_run_record(existing)
                 return JSONResponse({"run_id": existing, "status": record.status})
-        plan = await backend.plan(body.workflow_tag)
+        plan = await plan_off_loop(store, body.workflow_tag)
         run_id, created = await backend.begin(plan, body.inputs, idempotency_key)
         record = await store.get_run_record(run_id)
         view = {"run_id": run_id, "status": record.status}
@@ -200,6 +199,8 @@ def create_app(backend: Backend) -> FastAPI:
         limit: int = Query(50, ge=1, le=1000),
         cursor: str | None = None,
     ) -> dict[str, Any]:
+        if workflow is not None:
+            check_tag(workflow, "workflow")
         items, next_cursor = await store.list_runs(status, workflow, limit, cursor)
         return {"items": [views.run_item(r) for r in items], "next_cursor": next_cursor}
 
@@ -241,10 +242,9 @@ def create_app(backend: Backend) -> FastAPI:
     async def signal_run(run_id: str, name: str, body: SignalBody | None = None) -> Any:
         """Deliver a signal; kept for a `wait` not yet reached. 409 once the run has ended."""
         rid = _run_id(run_id)
-        if not _NAME.match(name):
-            raise InputError("name", "a signal name is letters, digits, '_' or '-'")
-        record, _ = await store.get_run(rid)
         payload = body.payload if body is not None else None
+        check_signal(name, payload)
+        record, _ = await store.get_run(rid)
         if record.status not in RUN_TERMINAL:
             applied = await backend.driver.apply([(rid, Signal(name, payload, now_ms()))])
             if applied and applied[0][1].decision.events:

@@ -1,13 +1,66 @@
-"""Request body limit: a body over the limit gets 413 after the server has drained it, so the
-client reads the answer instead of a reset connection."""
+"""Limits on what a request may carry, and the work it may make the event loop do.
+
+A body over the limit gets 413 after the server has drained it, so the client reads the
+answer instead of a reset connection. A value the store could not hold and give back (see
+`headrace.spec.values`) is refused with 422 naming where it is. Parsing and planning a
+workflow runs on a worker thread: a 1 MB spec costs seconds of CPU, and the loop serves the
+API, the coordinator and the worker of the process meanwhile.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from headrace.api.problems import PROBLEM
+from headrace.errors import InputError, NotFound
+from headrace.spec import MAX_VERSION, Plan, WorkflowIR, parse_workflow, plan_of
+from headrace.spec.values import join_path, json_problem
+from headrace.store import Store
+
+_SIGNAL = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,99}")  # fullmatch: `$` passes a final newline
+_VERSION = re.compile(r"[0-9]{1,10}")
+
+
+async def parse_off_loop(source: str) -> WorkflowIR:
+    """Parse and check a workflow, and compile its plan, on a worker thread."""
+    return await asyncio.to_thread(_parse_and_plan, source)
+
+
+def _parse_and_plan(source: str) -> WorkflowIR:
+    ir = parse_workflow(source)
+    plan_of(ir)  # cached: the first run of it does not compile it on the loop
+    return ir
+
+
+async def plan_off_loop(store: Store, tag: str) -> Plan:
+    """The plan of the workflow `tag`, compiled (if this process has not yet) on a thread."""
+    check_tag(tag)
+    record = await store.get_workflow(tag)
+    return await asyncio.to_thread(plan_of, record.ir)
+
+
+def check_tag(tag: str, field: str | None = None) -> None:
+    """A `name@version` whose version no workflow can have: NotFound, or InputError at
+    `field` for a filter. (The store's column holds versions up to MAX_VERSION.)"""
+    _, at, version = tag.partition("@")
+    if at and not (_VERSION.fullmatch(version) and 1 <= int(version) <= MAX_VERSION):
+        if field is None:
+            raise NotFound("workflow", tag)
+        raise InputError(field, f"a version is a whole number from 1 to {MAX_VERSION}")
+
+
+def check_signal(name: str, payload: Any) -> None:
+    """InputError unless `name` is a signal name and `payload` can be stored as JSON."""
+    if not _SIGNAL.fullmatch(name):
+        raise InputError("name", "a signal name is letters, digits, '_' or '-'")
+    problem = json_problem(payload)
+    if problem is not None:
+        raise InputError(join_path("payload", problem[0]), problem[1])
 
 
 class BodyLimit:

@@ -18,7 +18,7 @@ import msgspec
 from headrace.envs import Limits, LocalJob, run_local
 from headrace.errors import NodeError
 from headrace.events import Job
-from headrace.nodes.base import Outcome
+from headrace.nodes.base import Outcome, check_output
 from headrace.spec import resolve_secrets
 
 _PASSED = ("PATH", "HOME", "LANG")
@@ -58,7 +58,9 @@ class AgentExecutor:
             limits=Limits(config.get("memory_bytes"), config.get("cpu_seconds")),
         )
         result = await run_local(local)
-        return Outcome(_parse(result.stdout), _cost(result.stderr_tail))
+        output = _parse(result.stdout)
+        check_output(output, "the agent")
+        return Outcome(output, _cost(result.stderr_tail))
 
 
 def _text(value: Any) -> str:

@@ -10,7 +10,7 @@ import msgspec
 
 from headrace.errors import NodeError
 from headrace.events import Job
-from headrace.nodes.base import Outcome
+from headrace.nodes.base import Outcome, check_output
 from headrace.nodes.http import HttpRequest, call_http
 from headrace.spec import resolve_secrets
 
@@ -28,6 +28,7 @@ class HttpExecutor:
             idempotency_key=job.idempotency_key,
             timeout_s=job.timeout_ms / 1000,
         )
+        check_output(output, "the HTTP call")
         return Outcome(output)
 
     def request(self, config: Mapping[str, Any]) -> HttpRequest:

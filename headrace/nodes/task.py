@@ -22,7 +22,7 @@ import msgspec
 
 from headrace.errors import InputError, NodeError
 from headrace.events import Job
-from headrace.nodes.base import Outcome
+from headrace.nodes.base import Outcome, check_output
 
 
 class TaskRegistry:
@@ -125,9 +125,6 @@ def _defined_in(fn: Any, module_name: str) -> bool:
 
 
 def _json_safe(name: str, value: Any) -> Any:
-    try:
-        return msgspec.json.decode(msgspec.json.encode(value))
-    except (TypeError, msgspec.EncodeError) as e:
-        raise NodeError(
-            "bad_output", f"{name} returned a value that is not JSON: {e}", retryable=False
-        ) from None
+    """The output as stored: plain JSON (a tuple becomes a list); NodeError if not JSON."""
+    check_output(value, name)
+    return msgspec.json.decode(msgspec.json.encode(value))

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import msgspec
 
 from headrace.bus import Bus, MemoryBus
 from headrace.bus.topics import JOB_LANES
@@ -230,7 +231,7 @@ class Runtime:
         self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
     ) -> tuple[str, bool]:
         """`start`, saying whether this call created the run (False: the key's run)."""
-        plan.validate_inputs(inputs)
+        await validate_inputs(plan, inputs)
         state, created = await self.driver.start_run(
             plan, with_defaults(plan, inputs), self.settings.vars, idempotency_key
         )
@@ -251,6 +252,23 @@ class Runtime:
                 raise TimeoutError(f"run {run_id} still {record.status}")
             self.check_failed()
             await self.hub.wait_end(run_id, 1.0)
+
+
+# Inputs up to this size (as JSON) are checked on the loop: a few milliseconds at most. A
+# megabyte takes jsonschema about a second, which would stall every run of the process.
+INLINE_INPUTS_BYTES = 16_384
+
+
+async def validate_inputs(plan: Plan, inputs: dict[str, Any]) -> None:
+    """`plan.validate_inputs`, on a worker thread when the inputs are large."""
+    try:
+        inline = len(msgspec.json.encode(inputs)) <= INLINE_INPUTS_BYTES
+    except Exception:  # not JSON (validate_inputs names where), or nested past recursion
+        inline = False
+    if inline:
+        plan.validate_inputs(inputs)
+    else:
+        await asyncio.to_thread(plan.validate_inputs, inputs)
 
 
 class Embedded(Runtime):

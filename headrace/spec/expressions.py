@@ -17,16 +17,15 @@ import ast
 import json
 import math
 import operator
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from headrace.errors import HeadraceError
 
 Evaluator = Callable[[Mapping[str, Any]], Any]
 
-_MARK = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
 _LITERAL_NAMES: dict[str, Any] = {"null": None, "true": True, "false": False}
 
 
@@ -277,9 +276,10 @@ class _Compiler:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.refs: set[Ref] = set()  # what it reads, with the key where it is literal
 
     def fail(self, message: str) -> ExprError:
-        return ExprError(f"{message} in `{self.source}`")
+        return ExprError(f"{message} in `{_clip(self.source)}`")
 
     def compile(self, node: ast.AST) -> Evaluator:
         method = getattr(self, "_" + type(node).__name__, None)
@@ -294,11 +294,13 @@ class _Compiler:
             raise self.fail(f"literal {value!r} is not allowed")
         return lambda ctx: value
 
-    def _Name(self, node: ast.Name) -> Evaluator:
+    def _Name(self, node: ast.Name, key: str | None = None) -> Evaluator:
+        """A name read alone, or (with `key`) as the base of `name.key` or `name['key']`."""
         name = node.id
         if name in _LITERAL_NAMES:
             literal = _LITERAL_NAMES[name]
             return lambda ctx: literal
+        self.refs.add(Ref(name, key))
 
         def read(ctx: Mapping[str, Any]) -> Any:
             try:
@@ -309,19 +311,26 @@ class _Compiler:
         return read
 
     def _Attribute(self, node: ast.Attribute) -> Evaluator:
-        if isinstance(node.value, ast.Name) and node.value.id == "secrets":
-            secret = SecretRef(node.attr)
-            return lambda ctx: secret
-        inner = self.compile(node.value)
         attr = node.attr
+        if isinstance(node.value, ast.Name) and node.value.id == "secrets":
+            self.refs.add(Ref("secrets", attr))
+            secret = SecretRef(attr)
+            return lambda ctx: secret
+        inner = self._base(node.value, attr)
         return lambda ctx: _get_field(inner(ctx), attr)
 
     def _Subscript(self, node: ast.Subscript) -> Evaluator:
         if isinstance(node.slice, ast.Slice):
             raise self.fail("slices are not allowed")
-        inner = self.compile(node.value)
+        literal = node.slice.value if isinstance(node.slice, ast.Constant) else None
+        inner = self._base(node.value, literal if isinstance(literal, str) else None)
         index = self.compile(node.slice)
         return lambda ctx: _get_field(inner(ctx), index(ctx))
+
+    def _base(self, node: ast.expr, key: str | None) -> Evaluator:
+        if isinstance(node, ast.Name):
+            return self._Name(node, key)
+        return self.compile(node)
 
     def _BinOp(self, node: ast.BinOp) -> Evaluator:
         op = _BINOPS.get(type(node.op))
@@ -423,17 +432,22 @@ class _Compiler:
         return call
 
 
+@lru_cache(maxsize=32768)
 def compile_expr(source: str) -> Expr:
-    """Compile the text between `${{` and `}}`; raises ExprError if it is not allowed."""
+    """Compile the text between `${{` and `}}`; raises ExprError if it is not allowed.
+
+    Cached: a workflow's expressions are compiled when it is checked and again for its plan,
+    and an `Expr` is never changed."""
     text = source.strip()
     if not text:
         raise ExprError("empty expression")
     try:
         tree = ast.parse(text, mode="eval")
-        inner = _Compiler(text).compile(tree.body)
+        compiler = _Compiler(text)
+        inner = compiler.compile(tree.body)
     except SyntaxError as e:
-        raise ExprError(f"syntax error in `{text}`: {e.msg}") from None
-    except RecursionError:
+        raise ExprError(f"syntax error in `{_clip(text)}`: {e.msg}") from None
+    except (RecursionError, MemoryError):  # the parser's own stack gives MemoryError
         raise ExprError(f"expression is nested too deeply: `{text[:80]}`") from None
 
     def evaluate(ctx: Mapping[str, Any]) -> Any:
@@ -443,32 +457,9 @@ def compile_expr(source: str) -> Expr:
             raise
         except (TypeError, ValueError, ArithmeticError, RecursionError) as e:
             # e.g. an unhashable key ({[1]: 2}), int(1e999), a huge int / 3
-            raise ExprError(f"cannot evaluate `{text}`: {e}") from e
+            raise ExprError(f"cannot evaluate `{_clip(text)}`: {e}") from e
 
-    return Expr(text, _refs(tree), evaluate)
-
-
-def _refs(tree: ast.AST) -> frozenset[Ref]:
-    """The names an expression reads, with the key read from each where it is literal."""
-    refs: set[Ref] = set()
-    bases: set[int] = set()  # Name nodes that are not reads: bases of refs, called functions
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            bases.add(id(node.func))
-        base = getattr(node, "value", None)
-        if not isinstance(base, ast.Name):
-            continue
-        if isinstance(node, ast.Attribute):
-            refs.add(Ref(base.id, node.attr))
-            bases.add(id(base))
-        elif isinstance(node, ast.Subscript):
-            key = node.slice.value if isinstance(node.slice, ast.Constant) else None
-            refs.add(Ref(base.id, key if isinstance(key, str) else None))
-            bases.add(id(base))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and id(node) not in bases and node.id not in _LITERAL_NAMES:
-            refs.add(Ref(node.id, None))
-    return frozenset(refs)
+    return Expr(text, frozenset(compiler.refs), evaluate)
 
 
 def is_templated(value: Any) -> bool:
@@ -477,16 +468,33 @@ def is_templated(value: Any) -> bool:
 
 
 def split_template(text: str) -> Sequence[str | Expr]:
-    """Split text into literal pieces and compiled expressions."""
+    """Split text into literal pieces and compiled expressions.
+
+    A scan with `str.find`, linear in the text: each `${{` is closed by the first `}}` after
+    it, and one left open is an error at once (a lazy regex rescanned the rest of the text
+    for every open `${{`, which was quadratic).
+    """
     parts: list[str | Expr] = []
     pos = 0
-    for match in _MARK.finditer(text):
-        if match.start() > pos:
-            parts.append(text[pos : match.start()])
-        parts.append(compile_expr(match.group(1)))
-        pos = match.end()
+    while (start := text.find("${{", pos)) != -1:
+        end = text.find("}}", start + 3)
+        if end == -1:
+            raise ExprError(f"unclosed `${{{{` in {_excerpt(text, start)}")
+        if start > pos:
+            parts.append(text[pos:start])
+        parts.append(compile_expr(text[start + 3 : end]))
+        pos = end + 2
     if pos < len(text):
         parts.append(text[pos:])
-    if "${{" in "".join(p for p in parts if isinstance(p, str)):
-        raise ExprError(f"unclosed `${{{{` in {text!r}")
     return parts
+
+
+def _clip(source: str) -> str:
+    return source if len(source) <= 200 else source[:200] + "..."
+
+
+def _excerpt(text: str, at: int) -> str:
+    """`text` quoted, or the part of it from `at` when it is long."""
+    if len(text) <= 80:
+        return repr(text)
+    return f"{text[at : at + 40]!r}... (at character {at})"

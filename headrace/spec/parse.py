@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from functools import lru_cache
+from typing import Any, ClassVar
 
-import jsonschema
+import msgspec
 import yaml
 
 from headrace.errors import SpecError
@@ -28,6 +29,8 @@ from headrace.spec.ir import (
     WorkflowIR,
 )
 from headrace.spec.memory import parse_memory_bytes
+from headrace.spec.schemas import check_input_schema
+from headrace.spec.values import join_path, json_problem
 
 BUILTIN_RETRY: dict[str, Any] = {
     "max_attempts": 3,
@@ -38,9 +41,11 @@ BUILTIN_RETRY: dict[str, Any] = {
 BUILTIN_TIMEOUT = "5m"
 BUILTIN_PRIORITY = "normal"
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
-_NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
-_SECRET_EXPR = re.compile(r"^secrets\.[A-Za-z_][A-Za-z0-9_]*$")
+# used with fullmatch: `$` alone also matches before a trailing newline
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
+_NODE_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,99}")
+_SECRET_EXPR = re.compile(r"secrets\.[A-Za-z_][A-Za-z0-9_]*")
+MAX_VERSION = 2**31 - 1  # the store's column is a 32-bit integer on Postgres
 _TOP_KEYS = {"name", "version", "description", "inputs", "defaults", "nodes", "outputs"}
 _COMMON_KEYS = {"needs", "when", "with", "retry", "timeout", "priority", "description"}
 _MAP_KEYS = {"map", "as", "max_concurrency"}
@@ -52,22 +57,38 @@ _ENVS = {"local"}
 ROOTS = frozenset({"inputs", "nodes", "vars"})
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without aliases: a few bytes of `*alias` could expand to millions of nodes."""
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when built with it
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(
-                None, None, "YAML aliases (*name) are not allowed", event.start_mark
+
+class _Loader(_Base):  # type: ignore[misc]
+    """Safe YAML without aliases, and dates left as text (JSON has no dates).
+
+    A few bytes of `*alias` could expand to millions of nodes. The C parser composes an
+    alias as the anchored node again, so the second time a node is constructed is an alias.
+    """
+
+    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != _TIMESTAMP]
+        for first, resolvers in _Base.yaml_implicit_resolvers.items()
+    }
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        if node in self.constructed_objects or node in self.recursive_objects:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                "YAML aliases (*name) are not allowed: this anchored node is reused",
+                node.start_mark,
             )
-        return super().compose_node(parent, index)
+        return super().construct_object(node, deep)
 
 
 def load_text(text: str | bytes) -> dict[str, Any]:
     """Parse YAML (JSON is YAML too) into a mapping."""
+    doc = _json_object(text)
     try:
-        doc = yaml.load(text, Loader=_NoAliasLoader)
+        doc = yaml.load(text, Loader=_Loader) if doc is None else doc
     except RecursionError:
         raise SpecError("", "the document is nested too deeply") from None
     except yaml.YAMLError as e:
@@ -80,14 +101,33 @@ def load_text(text: str | bytes) -> dict[str, Any]:
     return doc
 
 
+def _json_object(text: str | bytes) -> dict[str, Any] | None:
+    """A JSON object parsed by msgspec (in C, strict: no NaN), or None to parse it as YAML.
+
+    A megabyte of JSON takes msgspec milliseconds and the YAML loader seconds."""
+    head = text.lstrip()[:1]
+    if head not in ("{", b"{"):
+        return None
+    try:
+        doc = msgspec.json.decode(text)
+    except (msgspec.DecodeError, RecursionError):
+        return None  # YAML's flow style, bad JSON or too deep: the YAML loader says where
+    return doc if isinstance(doc, dict) else None
+
+
 def parse_workflow(source: str | bytes | Mapping[str, Any]) -> WorkflowIR:
     """Validate a workflow and build its IR; raises SpecError naming the bad field."""
     doc = dict(source) if isinstance(source, Mapping) else load_text(source)
+    problem = json_problem(doc)
+    if problem is not None:
+        raise SpecError(join_path("", problem[0]), problem[1])
     _check_keys(doc, _TOP_KEYS, "")
     name = _parse_name(doc.get("name"))
     version = doc.get("version", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise SpecError("version", f"must be a whole number >= 1, got {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise SpecError(
+            "version", f"must be a whole number from 1 to {MAX_VERSION}, got {version!r}"
+        )
     inputs = _parse_inputs(doc.get("inputs", {}))
     defaults = _parse_defaults(doc.get("defaults", {}))
     raw_nodes = doc.get("nodes")
@@ -142,7 +182,7 @@ class _Context:
                         path,
                         "secrets may only be used in http headers and auth and in agent env_vars",
                     )
-                if not _SECRET_EXPR.match(expr.source):
+                if not _SECRET_EXPR.fullmatch(expr.source):
                     raise SpecError(
                         path, f"write a secret as `secrets.NAME` alone, not `{expr.source}`"
                     )
@@ -184,7 +224,7 @@ def _expressions(raw: Any, path: str) -> Iterable[tuple[str, Expr]]:
 
 
 def _parse_name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SpecError(
             "name",
             f"must be lower-case letters, digits, '.', '_' or '-' (at most 100), got {name!r}",
@@ -197,12 +237,11 @@ def _parse_inputs(raw: Any) -> dict[str, Any]:
         raise SpecError("inputs", "must be a mapping of input name -> JSON Schema")
     for key, schema in raw.items():
         path = f"inputs.{key}"
-        if not isinstance(schema, dict):
-            raise SpecError(path, "must be a JSON Schema such as {type: string}")
-        try:
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except jsonschema.SchemaError as e:
-            raise SpecError(path, f"invalid JSON Schema: {e.message}") from None
+        if not _NODE_ID.fullmatch(key):
+            raise SpecError(
+                path, "an input name is letters, digits, '_' or '-', starting with a letter"
+            )
+        check_input_schema(schema, path)
     return {str(k): v for k, v in raw.items()}
 
 
@@ -227,7 +266,7 @@ def _parse_defaults(raw: Any) -> dict[str, Any]:
 
 def _parse_node(nid: str, raw: Any, defaults: dict[str, Any], ctx: _Context) -> Node:
     path = f"nodes.{nid}"
-    if not _NODE_ID.match(nid):
+    if not _NODE_ID.fullmatch(nid):
         raise SpecError(path, "a node id is letters, digits, '_' or '-', starting with a letter")
     if not isinstance(raw, dict):
         raise SpecError(path, "must be a mapping")
@@ -326,7 +365,7 @@ def _parse_map(raw: dict[str, Any], path: str, ctx: _Context, nid: str) -> MapSp
     item_name = raw.get("as", "item")
     if (
         not isinstance(item_name, str)
-        or not _NODE_ID.match(item_name)
+        or not _NODE_ID.fullmatch(item_name)
         or item_name in ROOTS | {"secrets"}
     ):
         raise SpecError(
@@ -450,7 +489,7 @@ def _parse_wait(raw: Any, path: str) -> WaitSpec:
         raise SpecError(path, "must be a mapping with signal (and timeout)")
     _check_keys(raw, _WAIT_KEYS, path)
     signal = raw.get("signal")
-    if not isinstance(signal, str) or not _NODE_ID.match(signal):
+    if not isinstance(signal, str) or not _NODE_ID.fullmatch(signal):
         raise SpecError(f"{path}.signal", f"must be a signal name, got {signal!r}")
     timeout = raw.get("timeout")
     return WaitSpec(signal, None if timeout is None else _duration(timeout, f"{path}.timeout"))
@@ -483,9 +522,12 @@ def _parse_priority(value: Any, path: str) -> Any:
 
 def _duration(value: Any, path: str) -> int:
     try:
-        return parse_duration_ms(value)
+        return _duration_text(value) if isinstance(value, str) else parse_duration_ms(value)
     except ValueError as e:
         raise SpecError(path, str(e)) from None
+
+
+_duration_text = lru_cache(maxsize=1024)(parse_duration_ms)  # every node repeats the defaults
 
 
 def _mapping(raw: dict[str, Any], key: str, path: str) -> dict[str, Any]:

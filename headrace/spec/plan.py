@@ -5,17 +5,20 @@ Built once per `ir_hash` in each process and shared by every run of that workflo
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-import jsonschema
+from jsonschema.protocols import Validator
 
 from headrace.errors import InputError
 from headrace.spec.expressions import compile_expr
 from headrace.spec.ir import Node, WorkflowIR, canonical_json, decode_ir, ir_hash
+from headrace.spec.schemas import InputValidator
 from headrace.spec.templates import Template, compile_template
+from headrace.spec.values import join_path, json_problem
 
 
 @dataclass
@@ -39,16 +42,20 @@ class Plan:
     order: list[str]  # topological, ties by id: how nodes are listed to people
     outputs: Template
     input_schema: dict[str, Any]
-    input_validator: jsonschema.Draft202012Validator
+    input_validator: Validator
 
     @property
     def tag(self) -> str:
         return self.ir.tag
 
     def validate_inputs(self, inputs: Any) -> None:
-        """Raise InputError naming the first input that does not match its schema."""
+        """Raise InputError naming the first input that does not match its schema, or that
+        could not be stored and read back (see `spec.values`)."""
         if not isinstance(inputs, dict):
             raise InputError("inputs", "must be an object")
+        problem = json_problem(inputs)
+        if problem is not None:
+            raise InputError(join_path("inputs", problem[0]), problem[1])
         validator = self.input_validator
         if validator.is_valid(inputs):
             return
@@ -56,10 +63,11 @@ class Plan:
         if errors:
             err = errors[0]
             path = ".".join(["inputs", *(str(p) for p in err.absolute_path)])
-            if err.validator == "additionalProperties":
+            top = not err.absolute_path  # the inputs object itself, not a value inside one
+            if top and err.validator == "additionalProperties":
                 extra = sorted(set(inputs) - set(self.ir.inputs))
                 raise InputError(f"inputs.{extra[0]}", "is not an input of this workflow")
-            if err.validator == "required":
+            if top and err.validator == "required":
                 missing = sorted(set(self.input_schema["required"]) - set(inputs))
                 raise InputError(f"inputs.{missing[0]}", "is required")
             raise InputError(path, err.message)
@@ -112,7 +120,7 @@ def build_plan(ir: WorkflowIR) -> Plan:
         order=_topological(ir),
         outputs=compile_template(ir.outputs),
         input_schema=schema,
-        input_validator=jsonschema.Draft202012Validator(schema),
+        input_validator=InputValidator(schema),
     )
 
 
@@ -122,16 +130,15 @@ def _topological(ir: WorkflowIR) -> list[str]:
     for n in ir.nodes:
         for dep in n.needs:
             dependents[dep].append(n.id)
-    ready = sorted(nid for nid, count in remaining.items() if count == 0)
+    ready = sorted(nid for nid, count in remaining.items() if count == 0)  # a sorted list is a heap
     order: list[str] = []
     while ready:
-        nid = ready.pop(0)
+        nid = heapq.heappop(ready)
         order.append(nid)
         for dep in dependents[nid]:
             remaining[dep] -= 1
             if remaining[dep] == 0:
-                ready.append(dep)
-        ready.sort()
+                heapq.heappush(ready, dep)
     return order
 
 

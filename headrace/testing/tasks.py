@@ -117,3 +117,20 @@ async def marked_sleep(marks: str, name: str, seconds: float) -> dict[str, Any]:
     Path(marks, f"{name}.{os.getpid()}").touch()
     await asyncio.sleep(seconds)
     return {"name": name}
+
+
+def not_json(kind: str) -> Any:
+    """A value a node output cannot be: `nan`, `inf`, `set`, `object`, `deep` (300 levels)
+    or `surrogate`; anything else gives a plain JSON value."""
+    deep: list[Any] = []
+    for _ in range(299):
+        deep = [deep]
+    values: dict[str, Any] = {
+        "nan": {"ratio": float("nan")},
+        "inf": {"ratio": [1.0, float("inf")]},
+        "set": {"tags": {"a"}},
+        "object": {"when": object()},
+        "deep": deep,
+        "surrogate": {"text": "\ud800"},
+    }
+    return values.get(kind, {"ratio": 0.5})

@@ -20,6 +20,8 @@ ALLOWED = {
     "math",
     "operator",
     "re",
+    "re2",  # RE2 for user patterns: linear time, no I/O
+    "heapq",
     "typing",
     "keyword",
     "jsonschema",

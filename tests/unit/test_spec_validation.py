@@ -77,7 +77,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("upper-case name", wf({"a": task()}, name="Order"), "name", "lower-case"),
     ("name with space", wf({"a": task()}, name="a b"), "name", "lower-case"),
     ("name not text", wf({"a": task()}, name=5), "name", "got 5"),
-    ("version 0", wf({"a": task()}, version=0), "version", ">= 1, got 0"),
+    ("version 0", wf({"a": task()}, version=0), "version", "from 1 to 2147483647, got 0"),
     ("version text", wf({"a": task()}, version="1"), "version", "got '1'"),
     ("version bool", wf({"a": task()}, version=True), "version", "got True"),
     ("version float", wf({"a": task()}, version=1.5), "version", "got 1.5"),
