@@ -181,17 +181,19 @@ def create_app(backend: Backend) -> FastAPI:
     async def start_run(
         body: StartRun, idempotency_key: str | None = Header(None, max_length=200)
     ) -> Any:
-        """Start a run. The same Idempotency-Key gives the same run (200), never a second."""
+        """Start a run. The same Idempotency-Key with the same request gives the same run
+        (200), never a second; with another workflow or other inputs, 422."""
+        tag = body.workflow_tag
         if idempotency_key is not None:
             existing = await store.run_for_key(idempotency_key)
-            if existing is not None:
-                record = await store.get_run_record(existing)
-                return JSONResponse({"run_id": existing, "status": record.status})
-        plan = await backend.plan(body.workflow_tag)
+            if existing is not None:  # "name" alone still means the key's run's version
+                stored = (await store.get_run_record(existing)).workflow_tag
+                tag = stored if stored.partition("@")[0] == tag else tag
+        plan = await backend.plan(tag)
         run_id, created = await backend.begin(plan, body.inputs, idempotency_key)
         record = await store.get_run_record(run_id)
         view = {"run_id": run_id, "status": record.status}
-        return view if created else JSONResponse(view)  # a concurrent request won: 200
+        return view if created else JSONResponse(view)  # the key's run: 200
 
     @app.get("/v1/runs")
     async def list_runs(
@@ -215,18 +217,16 @@ def create_app(backend: Backend) -> FastAPI:
         offset: int = Query(0, ge=0),
         limit: int = Query(100, ge=1, le=1000),
     ) -> dict[str, Any]:
-        """One node; for a map node, its children one page at a time."""
+        """One node; for a map node, its children one page at a time (each with its output)
+        instead of the map's whole output."""
         record, nodes = await store.get_run(_run_id(run_id))
         node = next((n for n in nodes if n.node_id == node_id), None)
         if node is None:
             raise NotFound("node", node_id)
-        view: dict[str, Any] = {"node_id": node_id, **views.node_view(node)}
-        if node.width is not None:
-            children = await store.list_children(record.run_id, node_id, offset, limit)
-            view["items"] = [views.child_view(c) for c in children]
-            more = offset + limit < (node.children or {}).get("total", node.width)
-            view["next_offset"] = offset + limit if more and children else None
-        return view
+        if node.width is None:
+            return {"node_id": node_id, **views.node_view(node)}
+        children = await store.list_children(record.run_id, node_id, offset, limit)
+        return views.map_page_view(node, children, offset, limit)
 
     @app.post("/v1/runs/{run_id}/cancel")
     async def cancel_run(run_id: str) -> dict[str, Any]:
@@ -239,17 +239,21 @@ def create_app(backend: Backend) -> FastAPI:
 
     @app.post("/v1/runs/{run_id}/signals/{name}", status_code=202)
     async def signal_run(run_id: str, name: str, body: SignalBody | None = None) -> Any:
-        """Deliver a signal; kept for a `wait` not yet reached. 409 once the run has ended."""
+        """Deliver a signal; kept for a `wait` not yet reached. 409 once the run has ended;
+        422 for a signal no `wait` of the workflow declares."""
         rid = _run_id(run_id)
         if not _NAME.match(name):
             raise InputError("name", "a signal name is letters, digits, '_' or '-'")
-        record, _ = await store.get_run(rid)
+        record = await store.get_run_record(rid)
+        ended = problem(409, f"run {rid} has ended ({record.status}); signals are refused")
+        if record.status in RUN_TERMINAL:
+            return ended
+        _check_signal(await store.get_workflow(record.workflow_tag), name)
         payload = body.payload if body is not None else None
-        if record.status not in RUN_TERMINAL:
-            applied = await backend.driver.apply([(rid, Signal(name, payload, now_ms()))])
-            if applied and applied[0][1].decision.events:
-                return {"run_id": rid, "signal": name, "accepted": True}
-        return problem(409, f"run {rid} has ended ({record.status}); signals are refused")
+        applied = await backend.driver.apply([(rid, Signal(name, payload, now_ms()))])
+        if applied and applied[0][1].decision.events:
+            return {"run_id": rid, "signal": name, "accepted": True}
+        return ended
 
     @app.get("/v1/runs/{run_id}/events")
     async def run_events(
@@ -297,6 +301,14 @@ def create_app(backend: Backend) -> FastAPI:
             return
 
     return app
+
+
+def _check_signal(workflow: WorkflowRecord, name: str) -> None:
+    """InputError unless a `wait` node of the workflow waits for signal `name`."""
+    waited = sorted({n.wait.signal for n in workflow.ir.nodes if n.wait is not None})
+    if name not in waited:
+        has = f"waits for: {', '.join(waited)}" if waited else "waits for no signal"
+        raise InputError("name", f"no wait node of {workflow.tag} waits for {name!r}; it {has}")
 
 
 def _run_id(text: str) -> str:
