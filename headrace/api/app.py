@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import msgspec
-from fastapi import FastAPI, Header, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import (
+    FastAPI,
+    Header,
+    Path,
+    Query,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
-from headrace.api import views
+from headrace.api import openapi, schemas, views
 from headrace.api.limits import BodyLimit
+from headrace.api.openapi import BODY, doc, text
 from headrace.api.problems import on_headrace_error, on_http_error, on_validation_error, problem
+from headrace.api.schemas import CURSOR_PATTERN, SIGNAL_NAME
 from headrace.api.streams import follow_events, sse
 from headrace.config import Settings
 from headrace.engine import Cancel, Signal
 from headrace.errors import HeadraceError, InputError, NotFound
-from headrace.events import RUN_TERMINAL
+from headrace.events import RUN_TERMINAL, RunStatus
 from headrace.flags import FLAGS, Flag, FlagWatcher
 from headrace.flags import parse as parse_flag
 from headrace.flags.definitions import flag
@@ -35,8 +45,18 @@ from headrace.runtime.metrics import Metrics
 from headrace.spec import Plan, WorkflowIR, parse_workflow
 from headrace.store import Store, WorkflowRecord
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
-RunStatusFilter = Literal["pending", "running", "completed", "failed", "cancelled"]
+PROMETHEUS = "text/plain"
+SSE = "text/event-stream"
+
+
+class _FlagName(StringConvertor):
+    """Flag names are upper case, so `/v1/flags/history` is never taken for one (a PUT to
+    it is a 405, not a flag named "history")."""
+
+    regex = "[A-Z][A-Z0-9_]*"
+
+
+register_url_convertor("flag", _FlagName())
 
 
 class Backend(Protocol):
@@ -59,53 +79,50 @@ class Backend(Protocol):
     async def plan(self, tag: str) -> Plan: ...
 
 
-class StartRun(BaseModel):
-    model_config = {"extra": "forbid"}
-    workflow_tag: str = Field(min_length=1, max_length=200)
-    inputs: dict[str, Any] = Field(default_factory=dict)
-
-
-class SetFlag(BaseModel):
-    model_config = {"extra": "forbid"}
-    value: Any = Field(description="true/false, or 0-100 for KAFKA_TRAFFIC_PERCENT")
-    why: str = Field(min_length=1, max_length=500)
-    who: str = Field("api", min_length=1, max_length=100)
-
-
-class MigrationMove(BaseModel):
-    model_config = {"extra": "forbid"}
-    why: str = Field(min_length=1, max_length=500)
-    who: str = Field("api", min_length=1, max_length=100)
-    force: bool = Field(False, description="advance even though checks fail")
-    to: str | None = Field(None, description="rollback: the step to go back to")
-
-
-class SignalBody(BaseModel):
-    model_config = {"extra": "forbid"}
-    payload: Any = None
-
-
 def create_app(backend: Backend) -> FastAPI:
     app = FastAPI(
         title="headrace",
         version="0.1.0",
-        description="Durable workflows: register, run, signal, watch.",
+        description="Durable workflows: register, run, signal, watch. Every error is "
+        "application/problem+json (the Problem schema).",
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=lambda route: route.name,  # operationId: the function
     )
     app.add_exception_handler(HeadraceError, on_headrace_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_middleware(BodyLimit, max_bytes=backend.settings.max_body_bytes)
-    store = backend.store
+    openapi.install(app)
+    _service_routes(app, backend)
+    _workflow_routes(app, backend)
+    _flag_routes(app, backend)
+    _migration_routes(app, backend)
+    _run_routes(app, backend)
+    _signal_routes(app, backend)
+    _stream_routes(app, backend)
+    return app
 
-    @app.get("/healthz")
+
+def _service_routes(app: FastAPI, backend: Backend) -> None:
+    @app.get("/healthz", **doc({200: schemas.Health}, store=False))
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics")
+    @app.get("/metrics", **text(PROMETHEUS, "Prometheus text format"))
     async def metrics() -> Response:
         return Response(generate_latest(backend.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/workflows", status_code=201)
+
+def _workflow_routes(app: FastAPI, backend: Backend) -> None:
+    store = backend.store
+
+    @app.post(
+        "/v1/workflows",
+        status_code=201,
+        openapi_extra=openapi.WORKFLOW_BODY,
+        **doc({201: schemas.Workflow, 200: schemas.Workflow}, 400, 409, 413, 422),
+    )
     async def register_workflow(request: Request) -> JSONResponse:
         """Register a workflow (YAML or JSON body). Identical content again: 200."""
         raw = await request.body()
@@ -117,23 +134,33 @@ def create_app(backend: Backend) -> FastAPI:
         record, created = await backend.register(ir, source)
         return JSONResponse(views.workflow_view(record), status_code=201 if created else 200)
 
-    @app.get("/v1/workflows")
+    @app.get("/v1/workflows", **doc({200: schemas.WorkflowList}))
     async def list_workflows() -> dict[str, Any]:
         return {"items": [views.workflow_view(w) for w in await store.list_workflows()]}
 
-    @app.get("/v1/workflows/{tag}")
-    async def get_workflow(tag: str) -> dict[str, Any]:
+    @app.get("/v1/workflows/{tag}", **doc({200: schemas.WorkflowDetail}, 404))
+    async def get_workflow(tag: str = Path(description="`name@version`, or `name`")) -> Any:
         record = await store.get_workflow(tag)
         return {**views.workflow_view(record), "ir": msgspec.to_builtins(record.ir)}
 
-    @app.get("/v1/flags")
+
+def _flag_routes(app: FastAPI, backend: Backend) -> None:
+    store = backend.store
+    names = schemas.FLAG_NAMES
+
+    def _flag(f: Flag, stored: dict[str, bool | int]) -> dict[str, Any]:
+        value = stored.get(f.name, backend.flags.initial[f.name])
+        return views.flag_view(f, value, f.name in stored)
+
+    @app.get("/v1/flags", **doc({200: schemas.FlagList}))
     async def list_flags() -> dict[str, Any]:
         stored = await store.stored_flags()
         return {"items": [_flag(f, stored) for f in FLAGS.values()]}
 
-    @app.get("/v1/flags/history")
+    @app.get("/v1/flags/history", **doc({200: schemas.FlagHistory}, 404, 422))
     async def flag_history(
-        name: str | None = None, limit: int = Query(50, ge=1, le=1000)
+        name: str | None = Query(None, json_schema_extra=names),
+        limit: int = Query(50, ge=1, le=1000),
     ) -> dict[str, Any]:
         """Changes, newest first: of flag `name`, or of every flag."""
         if name is not None:
@@ -141,12 +168,12 @@ def create_app(backend: Backend) -> FastAPI:
         changes = await store.flag_history(name, limit)
         return {"items": [views.flag_change_view(c) for c in changes]}
 
-    @app.get("/v1/flags/{name}")
-    async def get_flag(name: str) -> dict[str, Any]:
+    @app.get("/v1/flags/{name:flag}", **doc({200: schemas.Flag}, 404))
+    async def get_flag(name: str = Path(json_schema_extra=names)) -> dict[str, Any]:
         return _flag(flag(name), await store.stored_flags())
 
-    @app.put("/v1/flags/{name}")
-    async def set_flag(name: str, body: SetFlag) -> dict[str, Any]:
+    @app.put("/v1/flags/{name:flag}", **doc({200: schemas.FlagSet}, 404, *BODY))
+    async def set_flag(body: schemas.SetFlag, name: str = Path(json_schema_extra=names)) -> Any:
         """Set a flag (every process applies it within about a second), with an audit record."""
         value = parse_flag(name, body.value)
         change = await store.set_flag(name, value, body.who, body.why, now_ms())
@@ -154,32 +181,41 @@ def create_app(backend: Backend) -> FastAPI:
         view = _flag(flag(name), await store.stored_flags())
         return {**view, "change": views.flag_change_view(change)}
 
-    @app.get("/v1/migration")
+
+def _migration_routes(app: FastAPI, backend: Backend) -> None:
+    migration = backend.migration
+
+    @app.get("/v1/migration", **doc({200: schemas.MigrationStatus}))
     async def migration_status() -> dict[str, Any]:
         """The Redis → Kafka step the flags are at, and its checklist from live figures."""
-        return await backend.migration.status()
+        return await migration.status()
 
-    @app.post("/v1/migration/advance")
-    async def migration_advance(body: MigrationMove) -> dict[str, Any]:
+    @app.post("/v1/migration/advance", **doc({200: schemas.MigrationMoved}, 409, *BODY))
+    async def migration_advance(body: schemas.MigrationAdvance) -> dict[str, Any]:
         """One step forward; refused (409) while a check fails, unless `force`."""
-        if body.to is not None:
-            raise InputError("to", "advance moves one step: leave `to` out")
-        moved = await backend.migration.advance(body.who, body.why, body.force)
-        return {**moved, "status": await backend.migration.status()}
+        moved = await migration.advance(body.who, body.why, body.force)
+        return {**moved, "status": await migration.status()}
 
-    @app.post("/v1/migration/rollback")
-    async def migration_rollback(body: MigrationMove) -> dict[str, Any]:
+    @app.post("/v1/migration/rollback", **doc({200: schemas.MigrationMoved}, 409, *BODY))
+    async def migration_rollback(body: schemas.MigrationRollback) -> dict[str, Any]:
         """One step back (or back `to` a step); Kafka runs are re-pinned to Redis."""
-        moved = await backend.migration.rollback(body.who, body.why, body.to)
-        return {**moved, "status": await backend.migration.status()}
+        moved = await migration.rollback(body.who, body.why, body.to)
+        return {**moved, "status": await migration.status()}
 
-    def _flag(f: Flag, stored: dict[str, bool | int]) -> dict[str, Any]:
-        value = stored.get(f.name, backend.flags.initial[f.name])
-        return views.flag_view(f, value, f.name in stored)
 
-    @app.post("/v1/runs", status_code=201)
+RUN_ID = Path(json_schema_extra={"format": "uuid"}, description="a run id (UUID)")
+
+
+def _run_routes(app: FastAPI, backend: Backend) -> None:
+    store = backend.store
+    started = {201: schemas.RunStarted, 200: schemas.RunStarted}
+
+    @app.post("/v1/runs", status_code=201, **doc(started, 404, 409, *BODY))
     async def start_run(
-        body: StartRun, idempotency_key: str | None = Header(None, max_length=200)
+        body: schemas.StartRun,
+        idempotency_key: str | None = Header(
+            None, max_length=200, description="the same key and request: the same run (200)"
+        ),
     ) -> Any:
         """Start a run. The same Idempotency-Key with the same request gives the same run
         (200), never a second; with another workflow or other inputs, 422."""
@@ -195,25 +231,30 @@ def create_app(backend: Backend) -> FastAPI:
         view = {"run_id": run_id, "status": record.status}
         return view if created else JSONResponse(view)  # the key's run: 200
 
-    @app.get("/v1/runs")
+    @app.get("/v1/runs", **doc({200: schemas.RunPage}, 422))
     async def list_runs(
-        status: RunStatusFilter | None = None,
-        workflow: str | None = None,
+        status: RunStatus | None = None,
+        workflow: str | None = Query(None, description="`name` or `name@version`"),
         limit: int = Query(50, ge=1, le=1000),
-        cursor: str | None = None,
+        cursor: str | None = Query(
+            None, pattern=CURSOR_PATTERN, description="a `next_cursor` this API returned"
+        ),
     ) -> dict[str, Any]:
         items, next_cursor = await store.list_runs(status, workflow, limit, cursor)
         return {"items": [views.run_item(r) for r in items], "next_cursor": next_cursor}
 
-    @app.get("/v1/runs/{run_id}")
-    async def get_run(run_id: str) -> dict[str, Any]:
+    @app.get("/v1/runs/{run_id}", **doc({200: schemas.Run}, 404))
+    async def get_run(run_id: str = RUN_ID) -> dict[str, Any]:
         record, nodes = await store.get_run(_run_id(run_id))
         return views.run_view(record, nodes)
 
-    @app.get("/v1/runs/{run_id}/nodes/{node_id}")
+    @app.get(
+        "/v1/runs/{run_id}/nodes/{node_id}",
+        **doc({200: schemas.NodeAnswer | schemas.MapPage}, 404, 422),
+    )
     async def get_node(
-        run_id: str,
-        node_id: str,
+        run_id: str = RUN_ID,
+        node_id: str = Path(),
         offset: int = Query(0, ge=0),
         limit: int = Query(100, ge=1, le=1000),
     ) -> dict[str, Any]:
@@ -228,44 +269,62 @@ def create_app(backend: Backend) -> FastAPI:
         children = await store.list_children(record.run_id, node_id, offset, limit)
         return views.map_page_view(node, children, offset, limit)
 
-    @app.post("/v1/runs/{run_id}/cancel")
-    async def cancel_run(run_id: str) -> dict[str, Any]:
+    @app.post("/v1/runs/{run_id}/cancel", **doc({200: schemas.RunStarted}, 404))
+    async def cancel_run(run_id: str = RUN_ID) -> dict[str, Any]:
         """Cancel a run; cancelling a finished run changes nothing and answers 200 again."""
         rid = _run_id(run_id)
-        await store.get_run(rid)
+        await store.get_run_record(rid)
         await backend.driver.apply([(rid, Cancel(at_ms=now_ms()))])
-        record, _ = await store.get_run(rid)
-        return {"run_id": rid, "status": record.status}
+        return {"run_id": rid, "status": (await store.get_run_record(rid)).status}
 
-    @app.post("/v1/runs/{run_id}/signals/{name}", status_code=202)
-    async def signal_run(run_id: str, name: str, body: SignalBody | None = None) -> Any:
+
+def _signal_routes(app: FastAPI, backend: Backend) -> None:
+    store = backend.store
+
+    @app.post(
+        "/v1/runs/{run_id}/signals/{name}",
+        status_code=202,
+        **doc({202: schemas.SignalAccepted}, 404, 409, *BODY),
+    )
+    async def signal_run(
+        run_id: str = RUN_ID,
+        name: str = Path(pattern=SIGNAL_NAME, description="a signal a `wait` node waits for"),
+        body: schemas.SignalBody | None = None,
+    ) -> Any:
         """Deliver a signal; kept for a `wait` not yet reached. 409 once the run has ended;
         422 for a signal no `wait` of the workflow declares."""
         rid = _run_id(run_id)
-        if not _NAME.match(name):
-            raise InputError("name", "a signal name is letters, digits, '_' or '-'")
         record = await store.get_run_record(rid)
-        ended = problem(409, f"run {rid} has ended ({record.status}); signals are refused")
-        if record.status in RUN_TERMINAL:
-            return ended
-        _check_signal(await store.get_workflow(record.workflow_tag), name)
-        payload = body.payload if body is not None else None
-        applied = await backend.driver.apply([(rid, Signal(name, payload, now_ms()))])
-        if applied and applied[0][1].decision.events:
-            return {"run_id": rid, "signal": name, "accepted": True}
-        return ended
+        if record.status not in RUN_TERMINAL:
+            _check_signal(await store.get_workflow(record.workflow_tag), name)
+            payload = body.payload if body is not None else None
+            applied = await backend.driver.apply([(rid, Signal(name, payload, now_ms()))])
+            if applied and applied[0][1].decision.events:
+                return {"run_id": rid, "signal": name, "accepted": True}
+            record = await store.get_run_record(rid)
+        return problem(409, f"run {rid} has ended ({record.status}); signals are refused")
 
-    @app.get("/v1/runs/{run_id}/events")
+
+def _stream_routes(app: FastAPI, backend: Backend) -> None:
+    store = backend.store
+
+    @app.get(
+        "/v1/runs/{run_id}/events",
+        **text(SSE, "Server-Sent Events", 404, 422, schema=openapi.SSE_EVENT),
+    )
     async def run_events(
         request: Request,
-        run_id: str,
+        run_id: str = RUN_ID,
         after: int | None = Query(None, ge=0),
-        last_event_id: str | None = Header(None),
+        last_event_id: str | None = Header(
+            None, json_schema_extra=openapi.only_string("^[0-9]+$"), description="resume after it"
+        ),
     ) -> StreamingResponse:
         """Server-Sent Events: replay after `after` (or Last-Event-ID), then live."""
         rid = _run_id(run_id)
-        await store.get_run(rid)
-        start = after if after is not None else _last_event_id(last_event_id)
+        await store.get_run_record(rid)
+        resume = _last_event_id(last_event_id)  # checked even when `after` wins
+        start = after if after is not None else resume
 
         async def stream() -> AsyncIterator[bytes]:
             async for event in follow_events(store, backend.hub, rid, start):
@@ -273,16 +332,14 @@ def create_app(backend: Backend) -> FastAPI:
                     return
                 yield b": keep-alive\n\n" if event is None else sse(event)
 
-        return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        return StreamingResponse(stream(), media_type=SSE, headers={"Cache-Control": "no-cache"})
 
     @app.websocket("/v1/runs/{run_id}/stream")
     async def run_stream(websocket: WebSocket, run_id: str, after: int = 0) -> None:
         """The same events over WebSocket: one JSON message per event, then close."""
         try:
             rid = _run_id(run_id)
-            await store.get_run(rid)
+            await store.get_run_record(rid)
         except NotFound:  # accepted first: a close before it is an HTTP 403 to the client
             await websocket.accept()
             await websocket.close(code=4404, reason="run not found")
@@ -299,8 +356,6 @@ def create_app(backend: Backend) -> FastAPI:
             await websocket.close()
         except WebSocketDisconnect:
             return
-
-    return app
 
 
 def _check_signal(workflow: WorkflowRecord, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import Request
@@ -25,6 +26,16 @@ _TITLES = {
 }
 
 
+class ProblemResponse(JSONResponse):
+    """problem+json, escaped to ASCII: a detail may quote what the client sent, lone
+    surrogates included, which UTF-8 cannot carry."""
+
+    media_type = PROBLEM
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
 def problem(status: int, detail: str, path: str | None = None, **extra: Any) -> JSONResponse:
     body: dict[str, Any] = {
         "type": "about:blank",
@@ -35,7 +46,7 @@ def problem(status: int, detail: str, path: str | None = None, **extra: Any) -> 
     if path is not None:
         body["path"] = path
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return ProblemResponse(body, status_code=status)
 
 
 def from_error(e: HeadraceError) -> JSONResponse:
@@ -101,8 +112,8 @@ async def on_http_error(request: Request, e: Exception) -> JSONResponse:
     detail = e.detail if isinstance(e.detail, str) else str(e.detail)
     if e.status_code == 404 and detail == "Not Found":
         detail = f"no such endpoint: {request.method} {request.url.path}"
-    elif e.status_code == 400 and isinstance(e.__cause__, ValueError):
-        detail = f"the body is not valid JSON: it is not UTF-8 text ({e.__cause__})"
+    elif e.status_code == 400 and isinstance(e.__cause__, ValueError):  # as other bad JSON
+        return problem(422, f"the body is not valid JSON: it is not UTF-8 text ({e.__cause__})")
     elif e.status_code == 405:
         allow = ", ".join(allowed_methods(request))
         response = problem(405, f"{request.url.path} does not take {request.method}")
