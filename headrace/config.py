@@ -135,3 +135,9 @@ def load_settings(**overrides: Any) -> Settings:
         err = e.errors()[0]
         name = "HEADRACE_" + str(err["loc"][0]).upper() if err["loc"] else "HEADRACE_*"
         raise InputError(name, f"{err['msg']} (got {err.get('input')!r})") from None
+
+
+def over_body_limit(what: str, max_bytes: int) -> str:
+    """The one message for a request body (the API's 413) or run inputs (`headrace run`)
+    over HEADRACE_MAX_BODY_BYTES."""
+    return f"{what} is over the limit of {max_bytes} bytes (HEADRACE_MAX_BODY_BYTES)"

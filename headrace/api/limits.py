@@ -17,6 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from headrace.api.problems import PROBLEM
+from headrace.config import over_body_limit
 from headrace.errors import InputError, NotFound
 from headrace.spec import MAX_VERSION, Plan, WorkflowIR, parse_workflow, plan_of
 from headrace.spec.values import join_path, json_problem
@@ -75,7 +76,7 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._drain(receive)
-            await self._reject(send)
+            await self._reject(send, f"the request body ({int(declared)} bytes)")
             return
         body = bytearray()
         more = True
@@ -88,7 +89,7 @@ class BodyLimit:
             if len(body) > self.max_bytes:
                 if more:
                     await self._drain(receive)
-                await self._reject(send)
+                await self._reject(send, "the request body")
                 return
         await self.app(scope, _replay(bytes(body), receive), send)
 
@@ -98,13 +99,13 @@ class BodyLimit:
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 return
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, what: str) -> None:
         body = json.dumps(
             {
                 "type": "about:blank",
                 "title": "Content Too Large",
                 "status": 413,
-                "detail": f"the request body is over the {self.max_bytes} byte limit",
+                "detail": over_body_limit(what, self.max_bytes),
             }
         ).encode()
         await send(

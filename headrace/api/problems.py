@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 
 from headrace.errors import Conflict, HeadraceError, InfraError, InputError, NotFound, SpecError
 
@@ -18,9 +20,20 @@ _TITLES = {
     405: "Method Not Allowed",
     409: "Conflict",
     413: "Content Too Large",
+    415: "Unsupported Media Type",
     422: "Unprocessable Content",
     503: "Service Unavailable",
 }
+
+
+class ProblemResponse(JSONResponse):
+    """problem+json, escaped to ASCII: a detail may quote what the client sent, lone
+    surrogates included, which UTF-8 cannot carry."""
+
+    media_type = PROBLEM
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
 
 
 def problem(status: int, detail: str, path: str | None = None, **extra: Any) -> JSONResponse:
@@ -33,7 +46,7 @@ def problem(status: int, detail: str, path: str | None = None, **extra: Any) -> 
     if path is not None:
         body["path"] = path
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return ProblemResponse(body, status_code=status)
 
 
 def from_error(e: HeadraceError) -> JSONResponse:
@@ -56,9 +69,41 @@ async def on_headrace_error(request: Request, e: Exception) -> JSONResponse:
 async def on_validation_error(request: Request, e: Exception) -> JSONResponse:
     assert isinstance(e, RequestValidationError)
     first = e.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    path = ".".join(loc) or None
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return problem(422, _json_error(e.body, loc[-1], first.get("ctx", {}).get("error")))
+    if loc == ("body",):  # the body as a whole: not JSON, absent, or not an object
+        return _body_problem(request, first.get("type"))
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    path = ".".join(parts) or None
     return problem(422, f"{path}: {first.get('msg')}" if path else str(first.get("msg")), path)
+
+
+def _json_error(doc: Any, pos: Any, why: Any) -> str:
+    """Where the body stops being JSON, as line and column (1-based) rather than an offset."""
+    text = doc if isinstance(doc, str) else ""
+    at = pos if isinstance(pos, int) else 0
+    line = text.count("\n", 0, at) + 1
+    column = at - text.rfind("\n", 0, at)
+    return f"the body is not valid JSON: {why or 'cannot parse'} at line {line}, column {column}"
+
+
+def _body_problem(request: Request, kind: Any) -> JSONResponse:
+    if kind == "missing":
+        return problem(422, "the body is empty: send a JSON object")
+    content_type = request.headers.get("content-type")
+    if content_type is None or not is_json(content_type):
+        got = f"got {content_type!r}" if content_type else "it had no Content-Type"
+        return problem(415, f"send the body as JSON with Content-Type: application/json ({got})")
+    return problem(422, "the body must be a JSON object")
+
+
+def is_json(content_type: str) -> bool:
+    """application/json, or any application/*+json (as the framework parses them)."""
+    kind = content_type.split(";")[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
 
 
 async def on_http_error(request: Request, e: Exception) -> JSONResponse:
@@ -67,8 +112,23 @@ async def on_http_error(request: Request, e: Exception) -> JSONResponse:
     detail = e.detail if isinstance(e.detail, str) else str(e.detail)
     if e.status_code == 404 and detail == "Not Found":
         detail = f"no such endpoint: {request.method} {request.url.path}"
+    elif e.status_code == 400 and isinstance(e.__cause__, ValueError):  # as other bad JSON
+        return problem(422, f"the body is not valid JSON: it is not UTF-8 text ({e.__cause__})")
     elif e.status_code == 405:
-        detail = f"{request.url.path} does not take {request.method}"
+        allow = ", ".join(allowed_methods(request))
+        response = problem(405, f"{request.url.path} does not take {request.method}")
+        response.headers["Allow"] = allow
+        return response
     response = problem(e.status_code, detail)
-    response.headers.update(e.headers or {})  # 405 says what it takes (Allow)
+    response.headers.update(e.headers or {})
     return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the routes of this path take (the framework's 405 names only the first
+    matching route's, and a path is often several routes: GET and POST /v1/workflows)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, BaseRoute) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)

@@ -46,6 +46,19 @@ def child_view(n: NodeRecord) -> dict[str, Any]:
     }
 
 
+def map_page_view(
+    node: NodeRecord, children: list[NodeRecord], offset: int, limit: int
+) -> dict[str, Any]:
+    """`GET /v1/runs/{id}/nodes/{map}`: the map node without its `output` (the list of every
+    child's output, which could be huge) and one page of its children, each with its own."""
+    view = {"node_id": node.node_id, **node_view(node)}
+    view.pop("output", None)
+    view["items"] = [child_view(c) for c in children]
+    more = offset + limit < view["children"]["total"]
+    view["next_offset"] = offset + limit if more and children else None
+    return view
+
+
 def run_summary(r: RunRecord, nodes: list[NodeRecord]) -> dict[str, Any]:
     """The `headrace run --json` object."""
     view: dict[str, Any] = {

@@ -71,7 +71,7 @@ def run(
         settings = load_settings(tasks=tasks)
         ir = parse_workflow(source)
         plan = plan_of(ir)
-        inputs = parse_inputs(ir.inputs, input or [], input_file)
+        inputs = parse_inputs(ir.inputs, input or [], input_file, max_bytes=settings.max_body_bytes)
         plan.validate_inputs(inputs)
         summary = loop.run(_run(settings, ir, source, inputs, as_json))
     except (SpecError, InputError, Conflict, NotFound) as e:

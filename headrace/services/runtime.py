@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -54,6 +55,19 @@ def tune_gc() -> None:
 
 ROLES = ("api", "coordinator", "worker", "relay")
 MIGRATION_ROLES = ("monitor", "shadow")  # with the migrating bus only; not in `serve all`
+
+
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The keys whose values differ as JSON (so 1, 1.0 and true are three values)."""
+
+    def canonical(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    return sorted(
+        k
+        for k in a.keys() | b.keys()
+        if k not in a or k not in b or canonical(a[k]) != canonical(b[k])
+    )
 
 
 def _merged(reads: list[Callable[[], dict[str, Any]] | None]) -> Callable[[], dict[str, Any]]:
@@ -230,12 +244,35 @@ class Runtime:
     async def begin(
         self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
     ) -> tuple[str, bool]:
-        """`start`, saying whether this call created the run (False: the key's run)."""
+        """`start`, saying whether this call created the run (False: the key's run). A key
+        used before with another workflow or other inputs is refused (InputError), also when
+        the two requests race."""
         await validate_inputs(plan, inputs)
+        inputs = with_defaults(plan, inputs)
+        if idempotency_key is not None:
+            existing = await self.store.run_for_key(idempotency_key)
+            if existing is not None:
+                await self._same_request(existing, plan, inputs, idempotency_key)
+                return existing, False
         state, created = await self.driver.start_run(
-            plan, with_defaults(plan, inputs), self.settings.vars, idempotency_key
+            plan, inputs, self.settings.vars, idempotency_key
         )
+        if not created and idempotency_key is not None:  # a concurrent request won
+            await self._same_request(state.run_id, plan, inputs, idempotency_key)
         return state.run_id, created
+
+    async def _same_request(
+        self, run_id: str, plan: Plan, inputs: dict[str, Any], idempotency_key: str
+    ) -> None:
+        """Raise InputError unless run `run_id` (the key's) has this workflow and inputs."""
+        record = await self.store.get_run_record(run_id)
+        used = f"was used for run {run_id}"
+        if record.workflow_tag != plan.tag:
+            raise InputError("Idempotency-Key", f"{used} of {record.workflow_tag}, not {plan.tag}")
+        differ = _differing(record.inputs, inputs)
+        if differ:
+            names = ", ".join(f"inputs.{k}" for k in differ)
+            raise InputError("Idempotency-Key", f"{used} with other inputs (differing: {names})")
 
     async def plan(self, tag: str) -> Plan:
         return plan_of((await self.store.get_workflow(tag)).ir)

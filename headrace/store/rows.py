@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import json
+import re
+import uuid
 from typing import Any
 
 import msgspec
@@ -26,6 +27,7 @@ from headrace.events import (
 from headrace.spec import Plan, decode_ir
 from headrace.store.base import FlagChange, NodeRecord, RunRecord, Transition, WorkflowRecord
 
+_CURSOR = re.compile(r"([0-9]{1,15})\.([0-9a-f]{32})")  # the API documents this shape
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 _err_dec = msgspec.json.Decoder(ErrorInfo)
@@ -313,16 +315,16 @@ def node_record(node_id: str, row: Any, children: dict[str, int] | None) -> Node
 
 
 def encode_cursor(r: RunRecord) -> str:
-    """list_runs' cursor: the last run returned (runs are listed newest first)."""
-    return base64.urlsafe_b64encode(f"{r.created_at_ms}:{r.run_id}".encode()).decode()
+    """list_runs' cursor: the last run returned (runs are listed newest first), as
+    `created_at_ms.run_id-hex`, so any text of that shape is a place in the list."""
+    return f"{r.created_at_ms}.{uuid.UUID(r.run_id).hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        created, _, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        return int(created), run_id
-    except (ValueError, UnicodeDecodeError):
-        raise InputError("cursor", "is not a cursor this API returned") from None
+    found = _CURSOR.fullmatch(cursor)
+    if found is None:
+        raise InputError("cursor", "is not a cursor this API returned")
+    return int(found[1]), str(uuid.UUID(found[2]))
 
 
 def list_runs_query(
