@@ -45,14 +45,12 @@ async def plan_off_loop(store: Store, tag: str) -> Plan:
     return await asyncio.to_thread(plan_of, record.ir)
 
 
-def check_tag(tag: str, field: str | None = None) -> None:
-    """A `name@version` whose version no workflow can have: NotFound, or InputError at
-    `field` for a filter. (The store's column holds versions up to MAX_VERSION.)"""
+def check_tag(tag: str) -> None:
+    """NotFound for a `name@version` whose version no workflow can have (the store's column
+    holds versions up to MAX_VERSION)."""
     _, at, version = tag.partition("@")
     if at and not (_VERSION.fullmatch(version) and 1 <= int(version) <= MAX_VERSION):
-        if field is None:
-            raise NotFound("workflow", tag)
-        raise InputError(field, f"a version is a whole number from 1 to {MAX_VERSION}")
+        raise NotFound("workflow", tag)
 
 
 def check_signal(name: str, payload: Any) -> None:
