@@ -101,8 +101,8 @@ async def run_local(job: LocalJob) -> LocalResult:
     except TimeoutError:
         await _reap(proc, pumps)
         raise NodeError(
-            "timeout",
             f"agent timed out after {job.timeout_s:g}s; stderr: {out.tail_text()}",
+            type="timeout",
             retryable=True,
         ) from None
     except BaseException:
@@ -117,7 +117,7 @@ async def run_local(job: LocalJob) -> LocalResult:
 async def _spawn(job: LocalJob) -> asyncio.subprocess.Process:
     """Start the child in its own session, with limits applied before exec."""
     if not job.command:
-        raise NodeError("exec_error", "agent command is empty", retryable=False)
+        raise NodeError("agent command is empty", type="exec_error", retryable=False)
     argv = [sys.executable if job.command[0] == "python" else job.command[0], *job.command[1:]]
     try:
         return await asyncio.create_subprocess_exec(
@@ -132,10 +132,14 @@ async def _spawn(job: LocalJob) -> asyncio.subprocess.Process:
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError, ValueError) as exc:
         # A missing program or workdir, or a bad argv/env, stays so on the next attempt.
-        raise NodeError("exec_error", f"cannot start {argv[0]!r}: {exc}", retryable=False) from exc
+        raise NodeError(
+            f"cannot start {argv[0]!r}: {exc}", type="exec_error", retryable=False
+        ) from exc
     except (OSError, subprocess.SubprocessError) as exc:
         # E.g. out of pids or file descriptors: transient.
-        raise NodeError("exec_error", f"cannot start {argv[0]!r}: {exc}", retryable=True) from exc
+        raise NodeError(
+            f"cannot start {argv[0]!r}: {exc}", type="exec_error", retryable=True
+        ) from exc
 
 
 def _limiter(limits: Limits) -> Callable[[], None] | None:
@@ -238,8 +242,8 @@ def _raise_on_failure(job: LocalJob, code: int, out: _Output) -> None:
     tail = out.tail_text()
     if out.too_large:
         raise NodeError(
-            "output_too_large",
             f"agent wrote more than {job.max_output_bytes} bytes to stdout; stderr: {tail}",
+            type="output_too_large",
             retryable=True,
         )
     if code == 0:
@@ -247,18 +251,20 @@ def _raise_on_failure(job: LocalJob, code: int, out: _Output) -> None:
     cpu, memory = job.limits.cpu_seconds, job.limits.memory_bytes
     if code == -signal.SIGXCPU or (code == -signal.SIGKILL and cpu is not None):
         raise NodeError(
-            "limit_exceeded",
             f"agent exceeded its cpu limit of {cpu}s; stderr: {tail}",
+            type="limit_exceeded",
             retryable=True,
         )
     if memory is not None and "MemoryError" in tail:
         raise NodeError(
-            "limit_exceeded",
             f"agent exceeded its memory limit of {memory} bytes; stderr: {tail}",
+            type="limit_exceeded",
             retryable=True,
         )
     raise NodeError(
-        "exit_code", f"agent exited with code {_describe(code)}; stderr: {tail}", retryable=True
+        f"agent exited with code {_describe(code)}; stderr: {tail}",
+        type="exit_code",
+        retryable=True,
     )
 
 
