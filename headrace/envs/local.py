@@ -167,14 +167,19 @@ def _set_limit(which: int, soft: int, hard: int) -> None:
 
 
 async def _feed(stdin: asyncio.StreamWriter | None, data: bytes) -> None:
-    """Write `data` to the child's stdin, then close it."""
+    """Write `data` to the child's stdin, then close it.
+
+    The child may exit or close its stdin without reading it all: that is normal, and its
+    exit status says how it went. uvloop closes the pipe as soon as its reader is gone, and
+    a write to a closed uvloop transport raises RuntimeError, hence the check.
+    """
     assert stdin is not None
     try:
-        if data:
+        if data and not stdin.is_closing():
             stdin.write(data)
             await stdin.drain()
     except ConnectionError:
-        pass  # the child may exit without reading its input
+        pass  # the reader went away while the data was being written
     finally:
         stdin.close()
 
