@@ -17,5 +17,7 @@ LOOPS: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
-    return LOOPS if item.nodeid.split("::")[0].endswith("test_nodes_agent.py") else None
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.nodeid.split("::")[0].endswith("test_nodes_agent.py"):
+        return LOOPS
+    return {"asyncio": asyncio.new_event_loop}  # the default (a hook must name one)
