@@ -2,7 +2,8 @@
 
 The child gets its own session (so its own process group); every way out of
 `run_local` — success, failure, timeout, cancellation — SIGKILLs that group, so no
-grandchild outlives the node. Failures are reported as `NodeError`.
+grandchild outlives the node. If this process dies first (even by SIGKILL), its watchdog
+kills the group (`lifeline`). Failures are reported as `NodeError`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from headrace.envs.lifeline import LIFELINE
 from headrace.errors import NodeError
 
 _CHUNK = 65_536
@@ -86,6 +88,15 @@ async def run_local(job: LocalJob) -> LocalResult:
     cancellation the process group is killed and `CancelledError` propagates.
     """
     proc = await _spawn(job)
+    LIFELINE.hold(proc.pid)
+    try:
+        return await _supervise(job, proc)
+    finally:
+        LIFELINE.release(proc.pid)  # every way out of _supervise killed the group
+
+
+async def _supervise(job: LocalJob, proc: asyncio.subprocess.Process) -> LocalResult:
+    """Feed the child, collect its output, and kill its group whatever happens."""
     out = _Output()
     pumps = [
         asyncio.create_task(_feed(proc.stdin, job.stdin)),
@@ -115,10 +126,15 @@ async def run_local(job: LocalJob) -> LocalResult:
 
 
 async def _spawn(job: LocalJob) -> asyncio.subprocess.Process:
-    """Start the child in its own session, with limits applied before exec."""
+    """Start the child in its own session, registered and limited before exec."""
     if not job.command:
         raise NodeError("agent command is empty", type="exec_error", retryable=False)
     argv = [sys.executable if job.command[0] == "python" else job.command[0], *job.command[1:]]
+    try:
+        LIFELINE.ensure_watchdog()
+    except OSError as exc:  # e.g. out of pids: transient
+        msg = f"cannot start the agents' watchdog: {exc}"
+        raise NodeError(msg, type="exec_error", retryable=True) from exc
     try:
         return await asyncio.create_subprocess_exec(
             *argv,
@@ -128,7 +144,7 @@ async def _spawn(job: LocalJob) -> asyncio.subprocess.Process:
             env=job.env,
             cwd=job.workdir,
             start_new_session=True,
-            preexec_fn=_limiter(job.limits),
+            preexec_fn=_setup(job.limits),
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError, ValueError) as exc:
         # A missing program or workdir, or a bad argv/env, stays so on the next attempt.
@@ -142,13 +158,12 @@ async def _spawn(job: LocalJob) -> asyncio.subprocess.Process:
         ) from exc
 
 
-def _limiter(limits: Limits) -> Callable[[], None] | None:
-    """Return a preexec_fn applying `limits`, or None so spawning can skip it."""
+def _setup(limits: Limits) -> Callable[[], None]:
+    """The child's preexec_fn: register its group with the watchdog, then apply `limits`."""
     memory, cpu = limits.memory_bytes, limits.cpu_seconds
-    if memory is None and cpu is None:
-        return None
 
     def apply() -> None:
+        LIFELINE.register_self()
         if cpu is not None:
             # The soft limit sends SIGXCPU; the hard limit one second later SIGKILLs.
             _set_limit(resource.RLIMIT_CPU, cpu, cpu + 1)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -241,3 +244,68 @@ async def test_a_command_that_closes_its_stdin_early_is_not_an_error() -> None:
     big = b"line\n" + b"y" * 1_048_576
     for _ in range(10):
         assert (await run_local(job(code, stdin=big))).stdout == b'{"ok": 1}\n'
+
+
+# --- the process that started the agents dies (SIGKILL): its watchdog kills their groups ---
+
+# A worker in miniature: argv = loop name, then pid files. Runs SPAWNER agents that sleep, one
+# per pid file; after the first has started it SIGKILLs the watchdog (and SIGTERMs the new
+# one, which ignores it), so later agents need a new watchdog and the first a re-registration.
+# Prints the watchdogs' pids, then waits to be killed.
+WORKER = f"""
+import asyncio, json, os, signal, sys, time
+import uvloop
+from headrace.envs import LocalJob, run_local
+from headrace.envs.lifeline import LIFELINE
+
+SPAWNER = {SPAWNER!r}
+
+async def agent_started(path):
+    while not os.path.exists(path):
+        await asyncio.sleep(0.02)
+
+async def exited(pid):  # a zombie: it is dead, its parent (this process) has not reaped it
+    while "State:\tZ" not in open(f"/proc/{{pid}}/status").read():
+        await asyncio.sleep(0.02)
+
+async def main():
+    env = {{"PATH": os.environ["PATH"]}}
+    running = []
+    watchdogs = []
+    for path in sys.argv[2:]:
+        job = LocalJob(["python", "-c", SPAWNER, path, "sleep"], b"", env, 120.0)
+        running.append(asyncio.create_task(run_local(job)))
+        await agent_started(path)
+        watchdogs.append(LIFELINE.watchdog_pid)
+        if len(watchdogs) == 1:
+            os.kill(LIFELINE.watchdog_pid, signal.SIGKILL)
+            await exited(LIFELINE.watchdog_pid)
+        else:
+            os.kill(LIFELINE.watchdog_pid, signal.SIGTERM)
+    print(json.dumps(watchdogs), flush=True)
+    await asyncio.sleep(120)
+
+(uvloop.run if sys.argv[1] == "uvloop" else asyncio.run)(main())
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_agents_and_grandchildren_die_with_a_sigkilled_worker(loop: str, tmp_path: Path) -> None:
+    files = [str(tmp_path / f"pids-{i}") for i in range(3)]
+    argv = [sys.executable, "-c", WORKER, loop, *files]
+    pids: list[int] = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as worker:
+        try:
+            assert worker.stdout is not None
+            first, second, third = json.loads(worker.stdout.readline())  # hangs: test timeout
+            assert first != second == third  # the killed one was replaced; SIGTERM is ignored
+            pids = [int(p) for f in files for p in Path(f).read_text().split()]
+            assert not any(is_dead(p) for p in [*pids, second])
+            worker.kill()
+            worker.wait(10)
+            assert_dies(*pids, second, within_s=15)
+        finally:
+            worker.kill()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
