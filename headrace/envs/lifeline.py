@@ -20,6 +20,7 @@ The watchdog is stdlib-only: it runs as ``python -I -S lifeline.py``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -94,6 +95,12 @@ class Lifeline:
         self._groups.discard(pgid)
         self._send(b"-%d\n" % pgid)
 
+    def close(self) -> None:
+        """This process is done with agents: the watchdog kills what is left and exits."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
     def _running(self) -> bool:
         try:
             pid, status = os.waitpid(self._watchdog, os.WNOHANG)
@@ -113,6 +120,7 @@ class Lifeline:
 
 
 LIFELINE = Lifeline()
+atexit.register(LIFELINE.close)  # as the exit would, without an unclosed-socket warning
 
 
 def _watch() -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 def alive(pid):
     try:
         return "State:\\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 here = Path(sys.argv[1])
@@ -62,7 +62,7 @@ def agent_spec(pids: Path) -> str:
 def alive(pid: int) -> bool:
     try:
         return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 

@@ -50,7 +50,7 @@ def is_dead(pid: int) -> bool:
         return True
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped while being read
         return True
     state = next(line for line in status.splitlines() if line.startswith("State:"))
     return state.split()[1] in ("Z", "X")
@@ -309,3 +309,23 @@ def test_agents_and_grandchildren_die_with_a_sigkilled_worker(loop: str, tmp_pat
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+EXITS = """
+import asyncio, os
+from headrace.envs import LocalJob, run_local
+from headrace.envs.lifeline import LIFELINE
+
+asyncio.run(run_local(LocalJob(["true"], b"", {}, 10.0)))
+print(LIFELINE.watchdog_pid)
+"""
+
+
+def test_the_watchdog_ends_with_a_process_that_exits_normally() -> None:
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", EXITS], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, "")  # no unclosed-socket warning either
+    watchdog = int(done.stdout)
+    assert watchdog > 0
+    assert_dies(watchdog, within_s=15)
