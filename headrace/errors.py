@@ -51,13 +51,14 @@ class Conflict(HeadraceError):
 
 
 class NodeError(HeadraceError):
-    """One attempt of a node failed.
+    """One attempt of a node failed: ``NodeError("customer 42 does not exist", retryable=False)``.
 
-    `type` names the failure (``timeout``, ``http_status``, ``exit_code``, ``task_error``...);
-    `retryable` says whether another attempt may succeed.
+    `message` is what the run's error says; `type` names the failure (``timeout``,
+    ``http_status``, ``exit_code``...; ``task_error`` when a task does not say);
+    `retryable` says whether another attempt may succeed (False: the node fails for good).
     """
 
-    def __init__(self, type: str, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, type: str = "task_error", retryable: bool = True) -> None:
         super().__init__(message)
         self.type = type
         self.message = message

@@ -2,7 +2,8 @@
 
 The child gets its own session (so its own process group); every way out of
 `run_local` — success, failure, timeout, cancellation — SIGKILLs that group, so no
-grandchild outlives the node. Failures are reported as `NodeError`.
+grandchild outlives the node. If this process dies first (even by SIGKILL), its watchdog
+kills the group (`lifeline`). Failures are reported as `NodeError`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from headrace.envs.lifeline import LIFELINE
 from headrace.errors import NodeError
 
 _CHUNK = 65_536
@@ -86,6 +88,15 @@ async def run_local(job: LocalJob) -> LocalResult:
     cancellation the process group is killed and `CancelledError` propagates.
     """
     proc = await _spawn(job)
+    LIFELINE.hold(proc.pid)
+    try:
+        return await _supervise(job, proc)
+    finally:
+        LIFELINE.release(proc.pid)  # every way out of _supervise killed the group
+
+
+async def _supervise(job: LocalJob, proc: asyncio.subprocess.Process) -> LocalResult:
+    """Feed the child, collect its output, and kill its group whatever happens."""
     out = _Output()
     pumps = [
         asyncio.create_task(_feed(proc.stdin, job.stdin)),
@@ -101,8 +112,8 @@ async def run_local(job: LocalJob) -> LocalResult:
     except TimeoutError:
         await _reap(proc, pumps)
         raise NodeError(
-            "timeout",
             f"agent timed out after {job.timeout_s:g}s; stderr: {out.tail_text()}",
+            type="timeout",
             retryable=True,
         ) from None
     except BaseException:
@@ -115,10 +126,15 @@ async def run_local(job: LocalJob) -> LocalResult:
 
 
 async def _spawn(job: LocalJob) -> asyncio.subprocess.Process:
-    """Start the child in its own session, with limits applied before exec."""
+    """Start the child in its own session, registered and limited before exec."""
     if not job.command:
-        raise NodeError("exec_error", "agent command is empty", retryable=False)
+        raise NodeError("agent command is empty", type="exec_error", retryable=False)
     argv = [sys.executable if job.command[0] == "python" else job.command[0], *job.command[1:]]
+    try:
+        LIFELINE.ensure_watchdog()
+    except OSError as exc:  # e.g. out of pids: transient
+        msg = f"cannot start the agents' watchdog: {exc}"
+        raise NodeError(msg, type="exec_error", retryable=True) from exc
     try:
         return await asyncio.create_subprocess_exec(
             *argv,
@@ -128,23 +144,26 @@ async def _spawn(job: LocalJob) -> asyncio.subprocess.Process:
             env=job.env,
             cwd=job.workdir,
             start_new_session=True,
-            preexec_fn=_limiter(job.limits),
+            preexec_fn=_setup(job.limits),
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError, ValueError) as exc:
         # A missing program or workdir, or a bad argv/env, stays so on the next attempt.
-        raise NodeError("exec_error", f"cannot start {argv[0]!r}: {exc}", retryable=False) from exc
+        raise NodeError(
+            f"cannot start {argv[0]!r}: {exc}", type="exec_error", retryable=False
+        ) from exc
     except (OSError, subprocess.SubprocessError) as exc:
         # E.g. out of pids or file descriptors: transient.
-        raise NodeError("exec_error", f"cannot start {argv[0]!r}: {exc}", retryable=True) from exc
+        raise NodeError(
+            f"cannot start {argv[0]!r}: {exc}", type="exec_error", retryable=True
+        ) from exc
 
 
-def _limiter(limits: Limits) -> Callable[[], None] | None:
-    """Return a preexec_fn applying `limits`, or None so spawning can skip it."""
+def _setup(limits: Limits) -> Callable[[], None]:
+    """The child's preexec_fn: register its group with the watchdog, then apply `limits`."""
     memory, cpu = limits.memory_bytes, limits.cpu_seconds
-    if memory is None and cpu is None:
-        return None
 
     def apply() -> None:
+        LIFELINE.register_self()
         if cpu is not None:
             # The soft limit sends SIGXCPU; the hard limit one second later SIGKILLs.
             _set_limit(resource.RLIMIT_CPU, cpu, cpu + 1)
@@ -163,14 +182,19 @@ def _set_limit(which: int, soft: int, hard: int) -> None:
 
 
 async def _feed(stdin: asyncio.StreamWriter | None, data: bytes) -> None:
-    """Write `data` to the child's stdin, then close it."""
+    """Write `data` to the child's stdin, then close it.
+
+    The child may exit or close its stdin without reading it all: that is normal, and its
+    exit status says how it went. uvloop closes the pipe as soon as its reader is gone, and
+    a write to a closed uvloop transport raises RuntimeError, hence the check.
+    """
     assert stdin is not None
     try:
-        if data:
+        if data and not stdin.is_closing():
             stdin.write(data)
             await stdin.drain()
     except ConnectionError:
-        pass  # the child may exit without reading its input
+        pass  # the reader went away while the data was being written
     finally:
         stdin.close()
 
@@ -238,8 +262,8 @@ def _raise_on_failure(job: LocalJob, code: int, out: _Output) -> None:
     tail = out.tail_text()
     if out.too_large:
         raise NodeError(
-            "output_too_large",
             f"agent wrote more than {job.max_output_bytes} bytes to stdout; stderr: {tail}",
+            type="output_too_large",
             retryable=True,
         )
     if code == 0:
@@ -247,18 +271,20 @@ def _raise_on_failure(job: LocalJob, code: int, out: _Output) -> None:
     cpu, memory = job.limits.cpu_seconds, job.limits.memory_bytes
     if code == -signal.SIGXCPU or (code == -signal.SIGKILL and cpu is not None):
         raise NodeError(
-            "limit_exceeded",
             f"agent exceeded its cpu limit of {cpu}s; stderr: {tail}",
+            type="limit_exceeded",
             retryable=True,
         )
     if memory is not None and "MemoryError" in tail:
         raise NodeError(
-            "limit_exceeded",
             f"agent exceeded its memory limit of {memory} bytes; stderr: {tail}",
+            type="limit_exceeded",
             retryable=True,
         )
     raise NodeError(
-        "exit_code", f"agent exited with code {_describe(code)}; stderr: {tail}", retryable=True
+        f"agent exited with code {_describe(code)}; stderr: {tail}",
+        type="exit_code",
+        retryable=True,
     )
 
 

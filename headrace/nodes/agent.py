@@ -36,8 +36,8 @@ class AgentExecutor:
             env_vars: dict[str, Any] = resolve_secrets(config.get("env_vars") or {}, self.secrets)
         except KeyError as e:
             raise NodeError(
-                "missing_secret",
                 f"secret {e.args[0]!r} is not set in this deployment",
+                type="missing_secret",
                 retryable=False,
             ) from None
         env.update({str(k): _text(v) for k, v in env_vars.items()})
@@ -75,7 +75,7 @@ def _parse(stdout: bytes) -> Any:
     except msgspec.DecodeError:
         tail = stdout[-300:].decode(errors="replace")
         raise NodeError(
-            "bad_output", f"agent stdout is not one JSON document: ...{tail}", retryable=False
+            f"agent stdout is not one JSON document: ...{tail}", type="bad_output", retryable=False
         ) from None
 
 

@@ -29,7 +29,7 @@ def check_output(value: Any, what: str) -> None:
     if problem is not None:
         path, why = problem
         raise NodeError(
-            "output_not_json",
             f"{what} returned an output that is not JSON: output{path} {why}",
+            type="output_not_json",
             retryable=False,
         )

@@ -81,13 +81,13 @@ async def call_http(
             return await _send(client, request, req, where, secrets)
     except (TimeoutError, httpx.TimeoutException):
         msg = f"{where} timed out after {timeout_s}s"
-        raise NodeError("timeout", msg, retryable=True) from None
+        raise NodeError(msg, type="timeout", retryable=True) from None
     except httpx.UnsupportedProtocol as exc:
         raise _error("bad_request", where, exc, secrets, retryable=False) from None
     except httpx.LocalProtocolError:
         # Its text quotes the offending header value in escaped form, which redact() misses.
         msg = f"{where}: request rejected locally (illegal method, header name or value)"
-        raise NodeError("bad_request", msg, retryable=False) from None
+        raise NodeError(msg, type="bad_request", retryable=False) from None
     except httpx.DecodingError as exc:
         raise _error("bad_response", where, exc, secrets, retryable=False) from None
     except httpx.RequestError as exc:
@@ -113,17 +113,17 @@ def _build_request(
             req.method.upper(), url, headers=headers, content=content, timeout=timeout_s
         )
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise NodeError("bad_request", f"invalid url: {exc}", retryable=False) from None
+        raise NodeError(f"invalid url: {exc}", type="bad_request", retryable=False) from None
     except UnicodeEncodeError:
         msg = "header names and values must be ASCII"
-        raise NodeError("bad_request", msg, retryable=False) from None
+        raise NodeError(msg, type="bad_request", retryable=False) from None
 
 
 def _encode_body(req: HttpRequest, headers: dict[str, str]) -> bytes | None:
     """Encode the JSON or raw body, defaulting Content-Type for JSON."""
     has_json = req.json is not msgspec.UNSET
     if has_json and req.body is not None:
-        raise NodeError("bad_request", "json and body are exclusive", retryable=False)
+        raise NodeError("json and body are exclusive", type="bad_request", retryable=False)
     if req.body is not None:
         return req.body.encode("utf-8")
     if not has_json:
@@ -132,7 +132,7 @@ def _encode_body(req: HttpRequest, headers: dict[str, str]) -> bytes | None:
         content = msgspec.json.encode(req.json)
     except (TypeError, msgspec.EncodeError) as exc:
         msg = f"json body is not encodable: {exc}"
-        raise NodeError("bad_request", msg, retryable=False) from None
+        raise NodeError(msg, type="bad_request", retryable=False) from None
     if not any(name.lower() == "content-type" for name in headers):
         headers["Content-Type"] = "application/json"
     return content
@@ -147,8 +147,8 @@ def _authorization(auth: dict[str, str]) -> str:
     # Only key names here: the values are secrets.
     keys = sorted(auth)
     raise NodeError(
-        "bad_request",
         f"auth must be {{bearer}} or {{username, password}}, got keys {keys}",
+        type="bad_request",
         retryable=False,
     )
 
@@ -231,7 +231,7 @@ def _parse_body(data: bytes, content_type: str, where: str) -> Any:
             return msgspec.json.decode(data)
         except msgspec.DecodeError as exc:
             msg = f"{where} returned invalid JSON: {exc}"
-            raise NodeError("bad_response", msg, retryable=False) from None
+            raise NodeError(msg, type="bad_response", retryable=False) from None
     if media.startswith("text/") or media in _TEXTUAL_APPLICATION or media.endswith("+xml"):
         return data.decode(_charset(params), errors="replace")
     return data.decode("utf-8", errors="replace")
@@ -253,12 +253,14 @@ def _charset(params: str) -> str:
 def _status_error(status: int, data: bytes, where: str, secrets: list[str]) -> NodeError:
     excerpt = redact(data.decode("utf-8", errors="replace")[:_EXCERPT_CHARS], secrets)
     retryable = status >= 500 or status in _RETRYABLE_4XX
-    return NodeError("http_status", f"{where} returned {status}: {excerpt}", retryable=retryable)
+    return NodeError(
+        f"{where} returned {status}: {excerpt}", type="http_status", retryable=retryable
+    )
 
 
 def _too_large(where: str, limit: int) -> NodeError:
     msg = f"{where} response exceeds max_response_bytes ({limit})"
-    return NodeError("response_too_large", msg, retryable=False)
+    return NodeError(msg, type="response_too_large", retryable=False)
 
 
 def _error(
@@ -266,7 +268,7 @@ def _error(
 ) -> NodeError:
     # httpx texts can quote header values (e.g. an illegal header value), hence redact.
     detail = redact(f"{exc.__class__.__name__}: {exc}", secrets)
-    return NodeError(kind, f"{where}: {detail}", retryable=retryable)
+    return NodeError(f"{where}: {detail}", type=kind, retryable=retryable)
 
 
 def _safe_url(url: str) -> str:

@@ -36,8 +36,8 @@ class HttpExecutor:
             fields = resolve_secrets(dict(config), self.secrets)
         except KeyError as e:
             raise NodeError(
-                "missing_secret",
                 f"secret {e.args[0]!r} is not set in this deployment",
+                type="missing_secret",
                 retryable=False,
             ) from None
         if fields.get("json") is None:
@@ -49,7 +49,7 @@ class HttpExecutor:
         try:
             return msgspec.convert(fields, HttpRequest)
         except msgspec.ValidationError as e:
-            raise NodeError("bad_request", f"http request: {e}", retryable=False) from None
+            raise NodeError(f"http request: {e}", type="bad_request", retryable=False) from None
 
 
 def _auth(auth: Mapping[str, Any]) -> dict[str, str]:

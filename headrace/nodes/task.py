@@ -48,8 +48,8 @@ class TaskRegistry:
         if fn is None or not _defined_in(fn, module_name):
             listed = ", ".join(self.modules) or "none; use --tasks or HEADRACE_TASKS"
             raise NodeError(
-                "unknown_task",
                 f"task {name!r} is not a function of the task modules ({listed})",
+                type="unknown_task",
                 retryable=False,
             )
         self._cache[name] = (fn, inspect.signature(fn))
@@ -62,7 +62,7 @@ class TaskRegistry:
         try:
             signature.bind(**args)
         except TypeError as e:
-            raise NodeError("bad_arguments", f"{job.task}: {e}", retryable=False) from None
+            raise NodeError(f"{job.task}: {e}", type="bad_arguments", retryable=False) from None
         try:
             if inspect.iscoroutinefunction(fn):
                 result = await fn(**args)
@@ -73,7 +73,7 @@ class TaskRegistry:
         except NodeError:
             raise
         except (Exception, SystemExit) as e:  # sys.exit() in a task fails it, not the worker
-            raise NodeError("task_error", f"{type(e).__name__}: {e}", retryable=True) from e
+            raise NodeError(f"{type(e).__name__}: {e}", type="task_error", retryable=True) from e
         return Outcome(_json_safe(job.task, result))
 
 

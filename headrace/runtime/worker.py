@@ -214,7 +214,9 @@ class Worker:
         try:
             if executor is None:
                 raise NodeError(
-                    "unknown_kind", f"this worker cannot run {job.kind!r} nodes", retryable=False
+                    f"this worker cannot run {job.kind!r} nodes",
+                    type="unknown_kind",
+                    retryable=False,
                 )
             outcome = await self._timed(executor, job, started, delivery)
         except TimeoutError:

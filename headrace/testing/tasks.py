@@ -77,7 +77,7 @@ def exhausted() -> Any:
 
 
 def permanent(message: str = "no retry") -> None:
-    raise NodeError("permanent", message, retryable=False)
+    raise NodeError(message, type="permanent", retryable=False)
 
 
 def add(a: float, b: float) -> dict[str, float]:

@@ -19,7 +19,7 @@ time.sleep(60)
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped while being read
         return False
     return "State:\tZ" not in state  # a zombie has stopped running
 

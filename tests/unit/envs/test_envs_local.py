@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -13,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from headrace.envs import Limits, LocalJob, run_local
+from headrace.envs import Limits, LocalJob, LocalResult, run_local
 from headrace.errors import NodeError
 from headrace.spec.memory import parse_memory
 
@@ -47,7 +50,7 @@ def is_dead(pid: int) -> bool:
         return True
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped while being read
         return True
     state = next(line for line in status.splitlines() if line.startswith("State:"))
     return state.split()[1] in ("Z", "X")
@@ -206,3 +209,123 @@ async def test_python_is_the_workers_own_interpreter(tmp_path: Path) -> None:
     code = "import json, sys; print(json.dumps(sys.executable))"
     result = await run_local(job(code, env={"PATH": str(tmp_path)}))
     assert json.loads(result.stdout) == sys.executable
+
+
+# An agent may exit without reading its stdin (or close it): that is normal, and how it ended
+# is what the node reports, every time. Before, on uvloop, about 1 run in 5 failed with
+# "RuntimeError: unable to perform operation on <WriteUnixTransport closed=True ...>".
+REPEAT = 50
+FAILS = ["sh", "-c", "echo about to fail >&2; exit 1"]
+BIG_STDIN = json.dumps({"blob": "x" * 1_048_576}).encode()  # more than a pipe buffer
+
+
+@pytest.mark.parametrize("stdin", [b"", b"{}", BIG_STDIN], ids=["empty", "small", "1MB"])
+async def test_a_command_that_ignores_its_stdin_completes_every_time(stdin: bytes) -> None:
+    for _ in range(REPEAT):
+        result = await run_local(LocalJob(command=["true"], stdin=stdin, env=ENV, timeout_s=10))
+        assert result == LocalResult(b"", b"")
+
+
+@pytest.mark.parametrize("stdin", [b"{}", BIG_STDIN], ids=["small", "1MB"])
+async def test_a_command_that_fails_without_reading_stdin_reports_its_exit_every_time(
+    stdin: bytes,
+) -> None:
+    for _ in range(REPEAT):
+        with pytest.raises(NodeError) as info:
+            await run_local(LocalJob(command=FAILS, stdin=stdin, env=ENV, timeout_s=10))
+        error = info.value
+        assert (error.type, error.retryable) == ("exit_code", True)
+        assert error.message == "agent exited with code 1; stderr: about to fail"
+
+
+async def test_a_command_that_closes_its_stdin_early_is_not_an_error() -> None:
+    # Reads one line of a large stdin, closes it, answers: the rest of the input is dropped.
+    code = "import sys; sys.stdin.readline(); sys.stdin.close(); print('{\"ok\": 1}')"
+    big = b"line\n" + b"y" * 1_048_576
+    for _ in range(10):
+        assert (await run_local(job(code, stdin=big))).stdout == b'{"ok": 1}\n'
+
+
+# --- the process that started the agents dies (SIGKILL): its watchdog kills their groups ---
+
+# A worker in miniature: argv = loop name, then pid files. Runs SPAWNER agents that sleep, one
+# per pid file; after the first has started it SIGKILLs the watchdog (and SIGTERMs the new
+# one, which ignores it), so later agents need a new watchdog and the first a re-registration.
+# Prints the watchdogs' pids, then waits to be killed.
+WORKER = f"""
+import asyncio, json, os, signal, sys, time
+import uvloop
+from headrace.envs import LocalJob, run_local
+from headrace.envs.lifeline import LIFELINE
+
+SPAWNER = {SPAWNER!r}
+
+async def agent_started(path):
+    while not os.path.exists(path):
+        await asyncio.sleep(0.02)
+
+async def exited(pid):  # a zombie: it is dead, its parent (this process) has not reaped it
+    while "State:\tZ" not in open(f"/proc/{{pid}}/status").read():
+        await asyncio.sleep(0.02)
+
+async def main():
+    env = {{"PATH": os.environ["PATH"]}}
+    running = []
+    watchdogs = []
+    for path in sys.argv[2:]:
+        job = LocalJob(["python", "-c", SPAWNER, path, "sleep"], b"", env, 120.0)
+        running.append(asyncio.create_task(run_local(job)))
+        await agent_started(path)
+        watchdogs.append(LIFELINE.watchdog_pid)
+        if len(watchdogs) == 1:
+            os.kill(LIFELINE.watchdog_pid, signal.SIGKILL)
+            await exited(LIFELINE.watchdog_pid)
+        else:
+            os.kill(LIFELINE.watchdog_pid, signal.SIGTERM)
+    print(json.dumps(watchdogs), flush=True)
+    await asyncio.sleep(120)
+
+(uvloop.run if sys.argv[1] == "uvloop" else asyncio.run)(main())
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_agents_and_grandchildren_die_with_a_sigkilled_worker(loop: str, tmp_path: Path) -> None:
+    files = [str(tmp_path / f"pids-{i}") for i in range(3)]
+    argv = [sys.executable, "-c", WORKER, loop, *files]
+    pids: list[int] = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as worker:
+        try:
+            assert worker.stdout is not None
+            first, second, third = json.loads(worker.stdout.readline())  # hangs: test timeout
+            assert first != second == third  # the killed one was replaced; SIGTERM is ignored
+            pids = [int(p) for f in files for p in Path(f).read_text().split()]
+            assert not any(is_dead(p) for p in [*pids, second])
+            worker.kill()
+            worker.wait(10)
+            assert_dies(*pids, second, within_s=15)
+        finally:
+            worker.kill()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+EXITS = """
+import asyncio, os
+from headrace.envs import LocalJob, run_local
+from headrace.envs.lifeline import LIFELINE
+
+asyncio.run(run_local(LocalJob(["true"], b"", {}, 10.0)))
+print(LIFELINE.watchdog_pid)
+"""
+
+
+def test_the_watchdog_ends_with_a_process_that_exits_normally() -> None:
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", EXITS], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, "")  # no unclosed-socket warning either
+    watchdog = int(done.stdout)
+    assert watchdog > 0
+    assert_dies(watchdog, within_s=15)
