@@ -106,6 +106,14 @@ class Dev:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def _wait_healthy(self) -> None:
         deadline = time.monotonic() + TIMEOUT_S
         while True:
             try:

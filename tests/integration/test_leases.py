@@ -35,7 +35,13 @@ async def run_long_job(
             }
         },
     }
-    settings = make_settings(tmp_path, lease_s=0.4, heartbeat_s=heartbeat_s, local_jobs=local_jobs)
+    settings = make_settings(
+        tmp_path,
+        lease_s=0.4,
+        heartbeat_s=heartbeat_s,
+        local_jobs=local_jobs,
+        worker_concurrency=1 if second_worker else 256,  # busy: only the other one reads
+    )
     async with Embedded(settings) as rt:
         ir = parse_workflow(spec)
         await rt.register(ir, "")
