@@ -230,25 +230,64 @@ def cluster_up(
     coordinators: Annotated[int, typer.Option("--coordinators", min=1)] = 2,
     workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
     tasks: TasksOption = None,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="KEY=VALUE lines laid over this environment for every process; read again "
+            "on SIGHUP, which restarts the processes one at a time.",
+        ),
+    ] = None,
 ) -> None:
     """Start api, coordinators, workers and a relay as processes (needs a shared bus and
     database: HEADRACE_BUS=redis://..., HEADRACE_DATABASE_URL=postgresql://...); with
-    HEADRACE_KAFKA_URL also the migration's monitor and shadow validator."""
-    from headrace.cli.cluster import up
+    HEADRACE_KAFKA_URL also the migration's monitor and shadow validator. A process that
+    dies is restarted; SIGHUP restarts them all in turn with the environment read again."""
+    import os
+
+    from headrace.cli.cluster import Cluster
+
+    def check(env: dict[str, str]) -> bool:
+        return _check_cluster_env(env, tasks)
 
     try:
-        settings = load_settings(tasks=tasks)
-        if settings.bus.startswith("memory"):
-            raise InputError("HEADRACE_BUS", "the cluster needs a shared bus (redis://...)")
-        if settings.database_url.startswith("sqlite"):
-            raise InputError(
-                "HEADRACE_DATABASE_URL", "the cluster needs a shared database (postgresql://...)"
-            )
+        cluster = Cluster(
+            port=port,
+            coordinators=coordinators,
+            workers=workers,
+            extra=["--tasks", tasks] if tasks else [],
+            environ=os.environ,
+            env_file=env_file,
+            check=check,
+        )
     except InputError as e:
         raise fail(str(e)) from None
-    extra = ["--tasks", tasks] if tasks else []
-    migrating = settings.kafka_url is not None
-    raise typer.Exit(loop.run(up(port, coordinators, workers, extra, migrating)))
+    raise typer.Exit(loop.run(cluster.run()))
+
+
+def _check_cluster_env(env: dict[str, str], tasks: str | None) -> bool:
+    """Whether `env` suits a cluster (InputError naming the variable if not); True when it
+    asks for the migrating bus (HEADRACE_KAFKA_URL)."""
+    import os
+
+    from headrace.flags import initial as initial_flags
+
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        settings = load_settings(tasks=tasks)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    initial_flags(env)
+    if settings.bus.startswith("memory"):
+        raise InputError("HEADRACE_BUS", "the cluster needs a shared bus (redis://...)")
+    if settings.database_url.startswith("sqlite"):
+        raise InputError(
+            "HEADRACE_DATABASE_URL", "the cluster needs a shared database (postgresql://...)"
+        )
+    return settings.kafka_url is not None
 
 
 @db_app.command("upgrade")
