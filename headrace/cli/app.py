@@ -56,6 +56,13 @@ def run(
         Path | None, typer.Option("--input-file", help="A JSON or YAML object of inputs.")
     ] = None,
     tasks: TasksOption = None,
+    signal: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--signal",
+            help="A signal for a wait node as NAME=JSON, delivered as the run starts (repeatable).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a workflow to completion in this process (SQLite + in-process bus)."""
@@ -72,7 +79,8 @@ def run(
         plan = plan_of(ir)
         inputs = parse_inputs(ir.inputs, input or [], input_file)
         plan.validate_inputs(inputs)
-        summary = loop.run(_run(settings, ir, source, inputs, as_json))
+        signals = parse_signals(_waits(ir), signal or [])
+        summary = loop.run(_run(settings, ir, source, inputs, signals, as_json))
     except (SpecError, InputError, Conflict, NotFound) as e:
         raise fail(str(e)) from None
     except InfraError as e:
@@ -82,11 +90,41 @@ def run(
     raise typer.Exit(0 if summary["status"] == "completed" else 1)
 
 
+def _waits(ir: Any) -> dict[str, str]:
+    """Wait node id -> the signal it waits for."""
+    return {n.id: n.wait.signal for n in ir.nodes if n.wait is not None}
+
+
+def parse_signals(waits: dict[str, str], pairs: list[str]) -> list[tuple[str, Any]]:
+    """`--signal NAME=JSON` values as (name, payload); InputError names what is wrong."""
+    known = sorted(set(waits.values()))
+    signals = []
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise InputError("--signal", f"expected NAME=JSON, got {pair!r}")
+        if name not in known:
+            waits_for = ", ".join(known) or "no signal: it has no wait node"
+            raise InputError("--signal", f"the workflow waits for {waits_for}, not {name!r}")
+        try:
+            signals.append((name, json.loads(raw)))
+        except ValueError as e:
+            raise InputError("--signal", f"{name}: the payload is not JSON ({e})") from None
+    return signals
+
+
 async def _run(
-    settings: Any, ir: Any, source: str, inputs: dict[str, Any], as_json: bool
+    settings: Any,
+    ir: Any,
+    source: str,
+    inputs: dict[str, Any],
+    signals: list[tuple[str, Any]],
+    as_json: bool,
 ) -> dict[str, Any]:
     from headrace.api.views import run_summary
-    from headrace.cli.progress import follow
+    from headrace.cli.progress import WaitHints, follow
+    from headrace.engine import Signal
+    from headrace.runtime.clock import now_ms
     from headrace.services.runtime import Embedded
     from headrace.spec import plan_of
 
@@ -94,11 +132,12 @@ async def _run(
     async with Embedded(settings) as rt:
         await rt.register(ir, source)
         run_id = await rt.start(plan_of(ir), inputs)
-        if as_json:
-            await rt.wait(run_id)
-        else:
+        if signals:  # kept by the run until its wait is reached
+            await rt.driver.apply([(run_id, Signal(n, p, now_ms())) for n, p in signals])
+        if not as_json:
             console.print(f"run {run_id} of {ir.tag}", highlight=False)
-            await follow(rt, run_id, console)
+        hints = WaitHints(run_id, _waits(ir), settings.database_url, settings.tasks)
+        await follow(rt, run_id, console, show=not as_json, hints=hints)
         record, nodes = await rt.store.get_run(run_id)
     summary = run_summary(record, nodes)
     if not as_json:
