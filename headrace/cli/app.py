@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from headrace.cli.broker import dev_broker
 from headrace.cli.client import flags_app, migrate_app, runs_app, workflows_app
 from headrace.cli.output import UNAVAILABLE, err, fail
 from headrace.config import load_settings
@@ -258,6 +259,8 @@ def serve(
     except InfraError as e:
         raise fail(str(e), UNAVAILABLE) from None
 
+
+app.command("dev-broker")(dev_broker)
 
 cluster_app = typer.Typer(help="A local cluster of separate processes.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
