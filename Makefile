@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
 PY := .venv/bin/python
 
-.PHONY: install run test lint typecheck unit bench clean
+.PHONY: install run test lint typecheck unit bench dev-broker clean
 
 $(UV):
 	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv
@@ -34,6 +34,10 @@ BACKEND ?= sqlite+memory
 
 bench: install
 	BACKEND=$(BACKEND) $(PY) -m bench
+
+# The bundled Kafka-protocol broker (tansu, memory storage) on 127.0.0.1:9092 until Ctrl-C.
+dev-broker: install
+	.venv/bin/headrace dev-broker
 
 clean:
 	rm -rf .venv .venv-tools .headrace .mypy_cache .pytest_cache .ruff_cache

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from headrace.cli.broker import dev_broker
 from headrace.cli.client import flags_app, migrate_app, runs_app, workflows_app
 from headrace.cli.output import UNAVAILABLE, err, fail
 from headrace.config import load_settings
@@ -57,6 +58,13 @@ def run(
         Path | None, typer.Option("--input-file", help="A JSON or YAML object of inputs.")
     ] = None,
     tasks: TasksOption = None,
+    signal: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--signal",
+            help="A signal for a wait node as NAME=JSON, delivered as the run starts (repeatable).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a workflow to completion in this process (SQLite + in-process bus)."""
@@ -73,7 +81,8 @@ def run(
         plan = plan_of(ir)
         inputs = parse_inputs(ir.inputs, input or [], input_file, max_bytes=settings.max_body_bytes)
         plan.validate_inputs(inputs)
-        summary = loop.run(_run(settings, ir, source, inputs, as_json))
+        signals = parse_signals(_waits(ir), signal or [])
+        summary = loop.run(_run(settings, ir, source, inputs, signals, as_json))
     except (SpecError, InputError, Conflict, NotFound) as e:
         raise fail(str(e)) from None
     except InfraError as e:
@@ -83,11 +92,41 @@ def run(
     raise typer.Exit(0 if summary["status"] == "completed" else 1)
 
 
+def _waits(ir: Any) -> dict[str, str]:
+    """Wait node id -> the signal it waits for."""
+    return {n.id: n.wait.signal for n in ir.nodes if n.wait is not None}
+
+
+def parse_signals(waits: dict[str, str], pairs: list[str]) -> list[tuple[str, Any]]:
+    """`--signal NAME=JSON` values as (name, payload); InputError names what is wrong."""
+    known = sorted(set(waits.values()))
+    signals = []
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise InputError("--signal", f"expected NAME=JSON, got {pair!r}")
+        if name not in known:
+            waits_for = ", ".join(known) or "no signal: it has no wait node"
+            raise InputError("--signal", f"the workflow waits for {waits_for}, not {name!r}")
+        try:
+            signals.append((name, json.loads(raw)))
+        except ValueError as e:
+            raise InputError("--signal", f"{name}: the payload is not JSON ({e})") from None
+    return signals
+
+
 async def _run(
-    settings: Any, ir: Any, source: str, inputs: dict[str, Any], as_json: bool
+    settings: Any,
+    ir: Any,
+    source: str,
+    inputs: dict[str, Any],
+    signals: list[tuple[str, Any]],
+    as_json: bool,
 ) -> dict[str, Any]:
     from headrace.api.views import run_summary
-    from headrace.cli.progress import follow
+    from headrace.cli.progress import WaitHints, follow
+    from headrace.engine import Signal
+    from headrace.runtime.clock import now_ms
     from headrace.services.runtime import Embedded
     from headrace.spec import plan_of
 
@@ -95,11 +134,12 @@ async def _run(
     async with Embedded(settings) as rt:
         await rt.register(ir, source)
         run_id = await rt.start(plan_of(ir), inputs)
-        if as_json:
-            await rt.wait(run_id)
-        else:
+        if signals:  # kept by the run until its wait is reached
+            await rt.driver.apply([(run_id, Signal(n, p, now_ms())) for n, p in signals])
+        if not as_json:
             console.print(f"run {run_id} of {ir.tag}", highlight=False)
-            await follow(rt, run_id, console)
+        hints = WaitHints(run_id, _waits(ir), settings.database_url, settings.tasks)
+        await follow(rt, run_id, console, show=not as_json, hints=hints)
         record, nodes = await rt.store.get_run(run_id)
     summary = run_summary(record, nodes)
     if not as_json:
@@ -221,6 +261,8 @@ def serve(
         raise fail(str(e), UNAVAILABLE) from None
 
 
+app.command("dev-broker")(dev_broker)
+
 cluster_app = typer.Typer(help="A local cluster of separate processes.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 
@@ -231,25 +273,64 @@ def cluster_up(
     coordinators: Annotated[int, typer.Option("--coordinators", min=1)] = 2,
     workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
     tasks: TasksOption = None,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="KEY=VALUE lines laid over this environment for every process; read again "
+            "on SIGHUP, which restarts the processes one at a time.",
+        ),
+    ] = None,
 ) -> None:
     """Start api, coordinators, workers and a relay as processes (needs a shared bus and
     database: HEADRACE_BUS=redis://..., HEADRACE_DATABASE_URL=postgresql://...); with
-    HEADRACE_KAFKA_URL also the migration's monitor and shadow validator."""
-    from headrace.cli.cluster import up
+    HEADRACE_KAFKA_URL also the migration's monitor and shadow validator. A process that
+    dies is restarted; SIGHUP restarts them all in turn with the environment read again."""
+    import os
+
+    from headrace.cli.cluster import Cluster
+
+    def check(env: dict[str, str]) -> bool:
+        return _check_cluster_env(env, tasks)
 
     try:
-        settings = load_settings(tasks=tasks)
-        if settings.bus.startswith("memory"):
-            raise InputError("HEADRACE_BUS", "the cluster needs a shared bus (redis://...)")
-        if settings.database_url.startswith("sqlite"):
-            raise InputError(
-                "HEADRACE_DATABASE_URL", "the cluster needs a shared database (postgresql://...)"
-            )
+        cluster = Cluster(
+            port=port,
+            coordinators=coordinators,
+            workers=workers,
+            extra=["--tasks", tasks] if tasks else [],
+            environ=os.environ,
+            env_file=env_file,
+            check=check,
+        )
     except InputError as e:
         raise fail(str(e)) from None
-    extra = ["--tasks", tasks] if tasks else []
-    migrating = settings.kafka_url is not None
-    raise typer.Exit(loop.run(up(port, coordinators, workers, extra, migrating)))
+    raise typer.Exit(loop.run(cluster.run()))
+
+
+def _check_cluster_env(env: dict[str, str], tasks: str | None) -> bool:
+    """Whether `env` suits a cluster (InputError naming the variable if not); True when it
+    asks for the migrating bus (HEADRACE_KAFKA_URL)."""
+    import os
+
+    from headrace.flags import initial as initial_flags
+
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        settings = load_settings(tasks=tasks)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    initial_flags(env)
+    if settings.bus.startswith("memory"):
+        raise InputError("HEADRACE_BUS", "the cluster needs a shared bus (redis://...)")
+    if settings.database_url.startswith("sqlite"):
+        raise InputError(
+            "HEADRACE_DATABASE_URL", "the cluster needs a shared database (postgresql://...)"
+        )
+    return settings.kafka_url is not None
 
 
 @db_app.command("upgrade")

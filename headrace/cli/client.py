@@ -10,7 +10,7 @@ import httpx
 import typer
 
 from headrace.cli.inputs import parse_inputs
-from headrace.cli.output import fail, show
+from headrace.cli.output import detail_of, fail, show
 from headrace.errors import InputError
 
 UrlOption = Annotated[
@@ -30,20 +30,13 @@ def _call(method: str, url: str, path: str, **kwargs: Any) -> Any:
         raise fail(f"cannot reach the API at {url}: {e}") from None
     if response.status_code >= 400:
         raise fail(
-            f"{response.status_code}: {_detail(response)}", 1 if response.status_code >= 500 else 2
+            f"{response.status_code}: {detail_of(response)}",
+            1 if response.status_code >= 500 else 2,
         )
     try:
         return response.json() if response.content else None
     except ValueError:
         raise fail(f"the API at {url} answered something that is not JSON") from None
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300]
-    return str(body.get("detail")) if isinstance(body, dict) else str(body)
 
 
 @workflows_app.command("register")
@@ -160,10 +153,31 @@ def events(run_id: str, after: int = 0, url: UrlOption = DEFAULT_URL) -> None:
 
 
 @runs_app.command("watch")
-def watch(run_id: str, after: int = 0, url: UrlOption = DEFAULT_URL) -> None:
-    """Follow a run's events live until it ends; exit 0 if it completed, else 1."""
-    final = _stream(url, run_id, after, follow=True)
-    raise typer.Exit(0 if final == "RunCompleted" else 1)
+def watch(
+    run_id: str,
+    after: Annotated[int, typer.Option("--after", help="JSON lines after this seq.")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON lines, even on a terminal.")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Follow a run live until it ends: its node table on a terminal, its events as JSON
+    lines with --json or when piped; exit 0 if it completed, else 1."""
+    from headrace.cli.progress import on_terminal
+
+    if as_json or not on_terminal():
+        final = _stream(url, run_id, after, follow=True)
+        raise typer.Exit(0 if final == "RunCompleted" else 1)
+    from rich.console import Console
+
+    from headrace.cli.watch import watch_table
+    from headrace.services import loop
+
+    console = Console()
+    view = loop.run(watch_table(url, run_id, console))
+    if view.get("error"):
+        console.print(f"error: {view['error']['message']}", highlight=False)
+    raise typer.Exit(0 if view["status"] == "completed" else 1)
 
 
 def _stream(url: str, run_id: str, after: int, *, follow: bool) -> str | None:
@@ -175,7 +189,7 @@ def _stream(url: str, run_id: str, after: int, *, follow: bool) -> str | None:
         ):
             if r.status_code >= 400:
                 r.read()
-                raise fail(f"{r.status_code}: {_detail(r)}")
+                raise fail(f"{r.status_code}: {detail_of(r)}")
             kind = ""
             for line in r.iter_lines():
                 if line.startswith("event: "):

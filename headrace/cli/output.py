@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    import httpx
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -23,3 +26,12 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def show(value: Any) -> None:
     print(json.dumps(value, indent=2))
+
+
+def detail_of(response: httpx.Response) -> str:
+    """What an error answer of the API says (its problem's `detail`)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    return str(body.get("detail")) if isinstance(body, dict) else str(body)

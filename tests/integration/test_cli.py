@@ -7,13 +7,18 @@ suite. Commands that do not depend on each other run concurrently to keep the fi
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
 import re
+import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import uuid
@@ -728,3 +733,232 @@ def test_dev_keeps_its_database_under_dot_headrace_by_default(
         assert (tmp_path / ".headrace" / "headrace.db").is_file(), log.read_text()
     finally:
         stop(proc)
+
+
+# --- waits: the hint, --signal, and `runs watch` on a terminal ----------------------------
+
+WAITER = """
+name: waiter
+version: 1
+inputs:
+  marks: {type: string}
+nodes:
+  first: {task: headrace.testing.tasks.echo, with: {x: 1}}
+  approve:
+    needs: [first]
+    wait: {signal: approval, timeout: 1h}
+  after:
+    needs: [approve]
+    task: headrace.testing.tasks.marked_sleep
+    with: {marks: "${{ inputs.marks }}", name: after, seconds: 0}
+outputs:
+  got: "${{ nodes.approve.output }}"
+"""
+TASKS = "headrace.testing.tasks"
+
+
+def test_run_says_how_to_signal_a_wait_and_dev_on_its_database_delivers_it(
+    tmp_path: Path, pycache: Path
+) -> None:
+    """The hint names the run and the commands; running them as written (plus a free port)
+    completes the run in the `headrace run` process that waits for it."""
+    (tmp_path / "waiter.yaml").write_text(WAITER)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = make_env(tmp_path, pycache)
+    args = ["run", "waiter.yaml", "--tasks", TASKS, "-i", f"marks={marks}"]
+    waiting = spawn(args, env=env, cwd=tmp_path)
+    assert waiting.stdout is not None and waiting.stderr is not None
+    out, errors = LineReader(waiting.stdout), LineReader(waiting.stderr)
+    try:
+        errors.wait_for("headrace runs signal")
+        header = re.fullmatch(r"run ([0-9a-f-]{36}) of waiter@1", out.lines[0])
+        assert header, out.lines
+        run_id = header.group(1)
+        hint = "\n".join(errors.lines)
+        assert f"approve waits for the signal 'approval' (run {run_id})" in hint, hint
+        assert f"sqlite:///{tmp_path}/h.db" in hint, hint
+        dev_command = f"headrace dev --tasks {TASKS}"
+        signal_command = f"headrace runs signal {run_id} approval --payload '<JSON>'"
+        assert f"\n  {dev_command}\n  {signal_command}\n" in hint, hint
+        assert "--signal approval='<JSON>'" in hint, hint
+
+        port = free_port()
+        dev_argv = [str(HEADRACE), *dev_command.split()[1:], "--port", str(port)]
+        url = f"http://127.0.0.1:{port}"
+        with server(dev_argv, env=env, log=tmp_path / "dev.log", ready_url=f"{url}/healthz") as dev:
+            send = shlex.split(signal_command.replace("<JSON>", '{"by": "ops"}'))[1:]
+            sent = cli(*send, "--url", url, env=env, cwd=tmp_path)
+            assert sent.returncode == 0, sent
+            waiting.wait(TIMEOUT_S)
+            dev_pid = dev.pid
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+        waiting.wait()
+    lines, said = out.join(), errors.join()
+    waiting.stdout.close()
+    waiting.stderr.close()
+    assert waiting.returncode == 0, (lines, said)
+    assert "approve: completed" in lines, lines
+    start = lines.index("{")
+    assert lines[start - 1] == "completed", lines
+    assert json.loads("\n".join(lines[start:])) == {"got": {"by": "ops"}}
+    assert [m.name for m in marks.iterdir()] == [f"after.{dev_pid}"]  # as the hint says
+    assert sum("waits for the signal" in line for line in said) == 1  # said once
+
+
+def test_run_with_signal_completes_a_wait_in_one_command(tmp_path: Path, pycache: Path) -> None:
+    (tmp_path / "waiter.yaml").write_text(WAITER)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    base = ["run", "waiter.yaml", "--tasks", TASKS, "-i", f"marks={marks}"]
+    done, unknown, not_json, no_value = cli_many(
+        [
+            [*base, "--signal", 'approval={"by": "cli"}', "--json"],
+            [*base, "--signal", "aproval=1"],
+            [*base, "--signal", "approval={oops"],
+            [*base, "--signal", "approval"],
+        ],
+        env=make_env(tmp_path, pycache),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done
+    summary = done.json()  # stdout stays one JSON document
+    assert summary["status"] == "completed"
+    assert summary["outputs"] == {"got": {"by": "cli"}}
+    assert summary["nodes"]["approve"]["output"] == {"by": "cli"}
+    assert "waits for the signal" not in done.stderr, done
+    message = clean_error(unknown)
+    assert "--signal" in message and "waits for approval, not 'aproval'" in message, unknown
+    message = clean_error(not_json)
+    assert "--signal: approval: the payload is not JSON" in message, not_json
+    assert "--signal: expected NAME=JSON, got 'approval'" in clean_error(no_value), no_value
+    for r in (unknown, not_json, no_value):
+        assert r.stdout == "", r
+
+    async def runs_stored() -> int:
+        store = SqliteStore(tmp_path / "h.db")
+        await store.open()
+        try:
+            return len((await store.list_runs(None, None, 10, None))[0])
+        finally:
+            await store.close()
+
+    assert asyncio.run(runs_stored()) == 1  # refused input started nothing
+
+
+class Pty:
+    """A command whose output goes to a pseudo-terminal (120 columns), read in a thread."""
+
+    def __init__(self, args: Sequence[str], *, env: dict[str, str], cwd: Path) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
+        self.proc = subprocess.Popen(
+            [str(HEADRACE), *args],
+            cwd=cwd,
+            env={**env, "TERM": "xterm-256color"},
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+        )
+        os.close(slave)
+        self.chunks: list[bytes] = []
+        self._thread = threading.Thread(target=self._read, args=(master,), daemon=True)
+        self._thread.start()
+
+    def _read(self, master: int) -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side closed
+                break
+            if not chunk:
+                break
+            self.chunks.append(chunk)
+        os.close(master)
+
+    def text(self) -> str:
+        """What was written so far, without terminal codes."""
+        raw = b"".join(self.chunks).decode(errors="replace")
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).replace("\r", "")
+
+    def wait_for_row(self, node: str, status: str) -> None:
+        """Until the last table drawn shows `node` with `status`."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while table_rows(self.text()).get(node, [""])[0] != status:
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.text()
+            time.sleep(0.05)
+
+    def finish(self) -> int:
+        try:
+            code = self.proc.wait(TIMEOUT_S)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self._thread.join(TIMEOUT_S)
+        return code
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """node -> its cells, from the last whole table drawn (`run: ...`, rows, `└───┘`)."""
+    end = text.rfind("└")
+    start = text.rfind("run: ", 0, end)
+    rows = {}
+    for line in text[start:end].splitlines() if start >= 0 else []:
+        line = line.strip()
+        if line[:1] in ("│", "┃") and len(cells := line[1:-1].split(line[0])) == 4:
+            rows[cells[0].strip()] = [c.strip() for c in cells[1:]]
+    return rows
+
+
+def test_runs_watch_draws_the_node_table_on_a_terminal(tmp_path: Path, pycache: Path) -> None:
+    (tmp_path / "waiter.yaml").write_text(WAITER)
+    (tmp_path / "permanent.yaml").write_text(PERMANENT)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    port = free_port()
+    url = ["--url", f"http://127.0.0.1:{port}"]
+    env = make_env(tmp_path, pycache)
+    dev_argv = [str(HEADRACE), "dev", "--port", str(port), "--tasks", TASKS]
+    ready = f"http://127.0.0.1:{port}/healthz"
+    with server(dev_argv, env=env, log=tmp_path / "dev.log", ready_url=ready):
+
+        def run(*args: str) -> Any:
+            r = cli(*args, *url, env=env, cwd=tmp_path)
+            assert r.returncode == 0, r
+            return r.json()
+
+        run("workflows", "register", "waiter.yaml")
+        run("workflows", "register", "permanent.yaml")
+        waiter = run("runs", "start", "waiter", "-i", f"marks={marks}")["run_id"]
+        doomed = run("runs", "start", "permanent")["run_id"]
+
+        table = Pty(["runs", "watch", waiter, *url], env=env, cwd=tmp_path)
+        table.wait_for_row("approve", "waiting")
+        run("runs", "signal", waiter, "approval", "--payload", '{"by": "ops"}')
+        assert table.finish() == 0, table.text()
+        text = table.text()
+        assert "run: completed" in text, text
+        assert table_rows(text) == {
+            "node": ["status", "attempts", "detail"],
+            "first": ["completed", "1", ""],
+            "approve": ["completed", "1", ""],
+            "after": ["completed", "1", ""],
+        }, text
+        assert "{" not in text, "no JSON lines on a terminal"
+
+        failed = Pty(["runs", "watch", doomed, *url], env=env, cwd=tmp_path)
+        assert failed.finish() == 1, failed.text()
+        assert table_rows(failed.text())["a"] == ["failed", "1", "gone for good"], failed.text()
+        assert "error: node a failed: gone for good" in failed.text()
+
+        as_json = Pty(["runs", "watch", waiter, "--json", *url], env=env, cwd=tmp_path)
+        assert as_json.finish() == 0, as_json.text()
+        events = [json.loads(line) for line in as_json.text().splitlines() if line]
+        assert events[0]["type"] == "RunStarted" and events[-1]["type"] == "RunCompleted"
+
+        piped = cli("runs", "watch", doomed, *url, env=env, cwd=tmp_path)
+        assert piped.returncode == 1, piped
+        assert [e["type"] for e in piped.json_lines()][-1] == "RunFailed", piped
