@@ -1,14 +1,19 @@
 """Live progress of a run: a node table on a terminal (rich), one line per change elsewhere,
 and a hint on stderr when a `wait` node is reached.
 
-The table is drawn from rows, so `headrace run` (store records) and `headrace runs watch`
-(the API's run view) show the same thing."""
+The table is kept from the run's events (`Board`), so `headrace run` (the store's events)
+and `headrace runs watch` (the API's event stream) show the same thing, and following a
+run of 20,000 nodes costs what its events cost, not a read of every node per change."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shlex
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.console import Console
@@ -16,12 +21,13 @@ from rich.live import Live
 from rich.table import Table
 
 from headrace.cli.output import err
+from headrace.spec import plan_of
 
 if TYPE_CHECKING:
     from headrace.services.runtime import Embedded
-    from headrace.store import NodeRecord, RunRecord
 
 TERMINAL = ("completed", "failed", "cancelled")
+REFRESH_S = 0.1  # at most ten reads (and redraws) a second, however fast events come
 
 _STYLE = {
     "completed": "green",
@@ -42,6 +48,9 @@ class Row(NamedTuple):
     detail: str
 
 
+MAX_ROWS = 30  # a larger run shows its active nodes, and counts the others
+
+
 def on_terminal() -> bool:
     """Whether stdout is a terminal (a live table), not a pipe or a file (plain lines)."""
     return sys.stdout.isatty()
@@ -51,42 +60,100 @@ def table(run_status: str, rows: Iterable[Row]) -> Table:
     grid = Table(title=f"run: {run_status}", title_justify="left")
     for col in ("node", "status", "attempts", "detail"):
         grid.add_column(col)
-    for row in rows:
+    shown, hidden = _fit(list(rows))
+    for row in shown:
         style = _STYLE.get(row.status, "")
         status = f"[{style}]{row.status}[/]" if style else row.status
         grid.add_row(row.node_id, status, str(row.attempts), row.detail)
+    if hidden:
+        counts = Counter(r.status for r in hidden)
+        grid.add_row(
+            f"... {len(hidden)} more", "", "", ", ".join(f"{n} {s}" for s, n in counts.items())
+        )
     return grid
 
 
-def rows_of_records(nodes: list[NodeRecord]) -> list[Row]:
-    return [
-        Row(
-            n.node_id,
-            n.status,
-            n.attempt,
-            _detail(n.status, n.width, n.children, n.error.message if n.error else None),
-        )
-        for n in nodes
-    ]
+def _fit(rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """(rows to show, rows to count): all of a small run; else its active nodes first."""
+    if len(rows) <= MAX_ROWS:
+        return rows, []
+    active = [r for r in rows if r.status not in _QUIET][: MAX_ROWS - 1]
+    keep = {r.node_id for r in active}
+    return active, [r for r in rows if r.node_id not in keep]
 
 
-def rows_of_view(view: dict[str, Any]) -> list[Row]:
-    """Rows from `GET /v1/runs/{id}` (the `--json` summary's `nodes`)."""
-    rows = []
-    for node_id, n in view["nodes"].items():
-        children = n.get("children")
-        width = children.get("total") if children else None
-        message = (n.get("error") or {}).get("message")
-        detail = _detail(n["status"], width, children, message)
-        rows.append(Row(node_id, n["status"], n["attempts"], detail))
-    return rows
+_QUIET = frozenset({"pending", "completed", "skipped"})
+_NODE_STATUS = {
+    "NodeScheduled": "scheduled",
+    "NodeStarted": "running",
+    "NodeWaiting": "waiting",
+    "NodeCompleted": "completed",
+    "NodeRetrying": "retrying",
+    "NodeFailed": "failed",
+    "NodeSkipped": "skipped",
+    "NodeCancelled": "cancelled",
+}
+_RUN_STATUS = {
+    "RunStarted": "running",
+    "RunCompleted": "completed",
+    "RunFailed": "failed",
+    "RunCancelled": "cancelled",
+}
 
 
-def _detail(status: str, width: int | None, children: Any, error: str | None) -> str:
+@dataclass
+class _Node:
+    status: str = "pending"
+    attempts: int = 0
+    error: str | None = None
+    width: int | None = None
+    done: int = 0  # a map node's completed children
+
+
+class Board:
+    """A run's node table kept from its events, so following a run costs what its events
+    cost, whatever its size (not a read of every node per change)."""
+
+    def __init__(self, node_ids: Iterable[str]) -> None:
+        self.status = "pending"
+        self.seq = 0
+        self.nodes = {node_id: _Node() for node_id in node_ids}
+        self.waiting: set[str] = set()  # the nodes waiting for a signal now
+
+    def apply(self, seq: int, type_: str, data: dict[str, Any]) -> str | None:
+        """Take one event; the top-level node whose status it changed, if any."""
+        self.seq = max(self.seq, seq)
+        self.status = _RUN_STATUS.get(type_, self.status)
+        node_id, status = data.get("node_id"), _NODE_STATUS.get(type_)
+        if not isinstance(node_id, str) or status is None:
+            return None
+        parent, _, _ = node_id.partition("[")
+        node = self.nodes.setdefault(parent, _Node())
+        if parent != node_id:  # a map child
+            node.done += status == "completed"
+            return None
+        node.status = status
+        if status == "waiting":
+            self.waiting.add(node_id)
+        else:
+            self.waiting.discard(node_id)
+        node.attempts = data.get("attempt", node.attempts)
+        node.width = data.get("width") or node.width
+        node.error = (data.get("error") or {}).get("message", node.error)
+        return node_id
+
+    def rows(self) -> list[Row]:
+        return [
+            Row(node_id, n.status, n.attempts, _detail(n.status, n.width, n.done, n.error))
+            for node_id, n in self.nodes.items()
+        ]
+
+
+def _detail(status: str, width: int | None, done: int, error: str | None) -> str:
     if error is not None and status in ("failed", "retrying"):
         return error[:80]
     if width is not None:
-        return f"{(children or {}).get('completed', 0)}/{width} items"
+        return f"{done}/{width} items"
     return ""
 
 
@@ -104,11 +171,12 @@ class WaitHints:
         self.said: set[str] = set()
         self.out = err  # the live table's console while it is drawn: printed above it
 
-    def check(self, rows: Iterable[Row]) -> None:
-        for row in rows:
-            if row.status == "waiting" and row.node_id not in self.said:
-                self.said.add(row.node_id)
-                self.out.print(self.text(row.node_id), highlight=False, markup=False)
+    def check(self, waiting: Iterable[str]) -> None:
+        """Say how to signal each of the `waiting` nodes not yet told about."""
+        for node_id in waiting:
+            if node_id not in self.said:
+                self.said.add(node_id)
+                self.out.print(self.text(node_id), highlight=False, markup=False)
 
     def text(self, node_id: str) -> str:
         name = self.signals.get(node_id, node_id)
@@ -126,41 +194,50 @@ class WaitHints:
 
 async def follow(
     rt: Embedded, run_id: str, console: Console, *, show: bool, hints: WaitHints
-) -> RunRecord:
-    """Until the run ends: a live table (on a terminal) or lines when `show`, and wait
-    hints either way. Polls the store, so changes made by other processes show too."""
+) -> None:
+    """Until the run ends: a live table (on a terminal) or a line per change when `show`,
+    and wait hints either way. Reads the store's events, so changes made by other processes
+    show too."""
+    record = await rt.store.get_run_record(run_id)
+    plan = plan_of((await rt.store.get_workflow(record.workflow_tag)).ir)
+    board = Board(plan.order)
     if show and on_terminal():
         with Live(console=console, refresh_per_second=10, transient=False) as live:
             hints.out = console
+            await _follow(
+                rt, board, lambda _: live.update(table(board.status, board.rows())), hints
+            )
+            return
 
-            def draw(status: str, rows: list[Row]) -> None:
-                live.update(table(status, rows))
+    def line(node_id: str | None) -> None:  # plain text: no terminal to style for
+        if show and node_id is not None:
+            print(f"{node_id}: {board.nodes[node_id].status}", flush=False)
 
-            return await _poll(rt, run_id, 0.1, draw, hints)
-    seen: dict[str, str] = {}
-
-    def lines(status: str, rows: list[Row]) -> None:
-        for row in rows:
-            if show and seen.get(row.node_id) != row.status:
-                seen[row.node_id] = row.status
-                console.print(f"{row.node_id}: {row.status}", highlight=False)
-
-    return await _poll(rt, run_id, 0.5, lines, hints)
+    await _follow(rt, board, line, hints, per_change=True)
 
 
-async def _poll(
+async def _follow(
     rt: Embedded,
-    run_id: str,
-    interval_s: float,
-    draw: Callable[[str, list[Row]], None],
+    board: Board,
+    draw: Callable[[str | None], None],
     hints: WaitHints,
-) -> RunRecord:
+    *,
+    per_change: bool = False,
+) -> None:
+    """Fold the run's events into `board` as they come, at most every REFRESH_S; `draw`
+    once per read (or, `per_change`, once per changed node)."""
+    run_id = hints.run_id
     while True:
-        record, nodes = await rt.store.get_run(run_id)
-        rows = rows_of_records(nodes)
-        draw(record.status, rows)
-        if record.status in TERMINAL:
-            return record
-        hints.check(rows)
+        while events := await rt.store.read_events(run_id, board.seq, 1000):
+            for e in events:
+                changed = board.apply(e.seq, e.type, json.loads(e.data))
+                if per_change and changed is not None:
+                    draw(changed)
+        if not per_change:
+            draw(None)
+        if board.status in TERMINAL:
+            return
+        hints.check(board.waiting)
         rt.check_failed()
-        await rt.hub.wait(run_id, record.seq, interval_s)
+        await asyncio.sleep(REFRESH_S)
+        await rt.hub.wait(run_id, board.seq, 1.0)
