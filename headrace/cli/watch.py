@@ -33,8 +33,9 @@ async def watch_table(url: str, run_id: str, console: Console) -> dict[str, Any]
             try:
                 while board.status not in TERMINAL:
                     await _fold(client, run_id, board)
-                    if board.status not in TERMINAL:
+                    if board.status not in TERMINAL:  # the stream broke: is the API there?
                         await asyncio.sleep(RETRY_S)
+                        await _view(client, run_id)
             finally:
                 drawer.cancel()
                 await asyncio.gather(drawer, return_exceptions=True)

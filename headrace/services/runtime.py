@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
@@ -40,6 +41,7 @@ from headrace.runtime.relay import Liveness, Relay, this_process
 from headrace.runtime.supervise import Supervised, cancel_all
 from headrace.runtime.worker import Worker
 from headrace.services.adapters import build_bus, build_store
+from headrace.services.offload import Offload
 from headrace.spec import Plan, WorkflowIR, plan_of, with_defaults
 from headrace.store import RunRecord, Store, WorkflowRecord
 
@@ -48,11 +50,16 @@ log = logging.getLogger(__name__)
 
 def tune_gc() -> None:
     """Collect garbage less often: a busy runtime allocates many short-lived objects, and
-    the default threshold (700) spent a third of the W2-large bench in the collector."""
+    the default threshold (700) spent a third of the W2-large bench in the collector. And
+    hand the GIL back to the event loop sooner: while a worker thread checks a large input
+    or parses a large workflow, every callback of the loop waits for the GIL up to the
+    switch interval (5 ms by default), and a request takes hundreds of them."""
     gc.freeze()  # what startup imported is never garbage
     gc.set_threshold(50_000, 20, 100)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
+SWITCH_INTERVAL_S = 0.0005
 ROLES = ("api", "coordinator", "worker", "relay")
 MIGRATION_ROLES = ("monitor", "shadow")  # with the migrating bus only; not in `serve all`
 
@@ -111,6 +118,7 @@ class Runtime:
             local_jobs=local_jobs,
             holder=self.holder.id,
         )
+        self.offload = Offload()
         self.secrets = settings.all_secrets()
         self.tasks = TaskRegistry(settings.task_modules if "worker" in roles else [])
         self.http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
@@ -215,6 +223,7 @@ class Runtime:
             await self.store.leave(self.holder.id)
         except InfraError as e:  # its rows go to a relay once its lease lapses
             log.warning("the outbox was not handed back before the stop: %s", e)
+        self.offload.close()
         await self.http.aclose()
         await self.bus.close()
         await self.store.close()
@@ -247,7 +256,7 @@ class Runtime:
         """`start`, saying whether this call created the run (False: the key's run). A key
         used before with another workflow or other inputs is refused (InputError), also when
         the two requests race."""
-        await validate_inputs(plan, inputs)
+        await self.validate_inputs(plan, inputs)
         inputs = with_defaults(plan, inputs)
         if idempotency_key is not None:
             existing = await self.store.run_for_key(idempotency_key)
@@ -274,6 +283,15 @@ class Runtime:
             names = ", ".join(f"inputs.{k}" for k in differ)
             raise InputError("Idempotency-Key", f"{used} with other inputs (differing: {names})")
 
+    async def validate_inputs(self, plan: Plan, inputs: Any) -> None:
+        """`plan.validate_inputs`; large inputs are checked in the offload process."""
+        if _small(inputs):
+            plan.validate_inputs(inputs)
+            return
+        problem = await self.offload.input_problem(plan, inputs)
+        if problem is not None:
+            raise InputError(*problem)
+
     async def plan(self, tag: str) -> Plan:
         return plan_of((await self.store.get_workflow(tag)).ir)
 
@@ -296,16 +314,11 @@ class Runtime:
 INLINE_INPUTS_BYTES = 16_384
 
 
-async def validate_inputs(plan: Plan, inputs: dict[str, Any]) -> None:
-    """`plan.validate_inputs`, on a worker thread when the inputs are large."""
+def _small(inputs: Any) -> bool:
     try:
-        inline = len(msgspec.json.encode(inputs)) <= INLINE_INPUTS_BYTES
-    except Exception:  # not JSON (validate_inputs names where), or nested past recursion
-        inline = False
-    if inline:
-        plan.validate_inputs(inputs)
-    else:
-        await asyncio.to_thread(plan.validate_inputs, inputs)
+        return len(msgspec.json.encode(inputs)) <= INLINE_INPUTS_BYTES
+    except Exception:  # not JSON, or nested past recursion: the check names it at once
+        return True
 
 
 class Embedded(Runtime):

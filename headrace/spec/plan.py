@@ -51,26 +51,39 @@ class Plan:
     def validate_inputs(self, inputs: Any) -> None:
         """Raise InputError naming the first input that does not match its schema, or that
         could not be stored and read back (see `spec.values`)."""
-        if not isinstance(inputs, dict):
-            raise InputError("inputs", "must be an object")
-        problem = json_problem(inputs)
+        problem = input_problem(self.input_schema, self.input_validator, inputs)
         if problem is not None:
-            raise InputError(join_path("inputs", problem[0]), problem[1])
-        validator = self.input_validator
-        if validator.is_valid(inputs):
-            return
-        errors = sorted(validator.iter_errors(inputs), key=lambda e: list(e.absolute_path))
-        if errors:
-            err = errors[0]
-            path = ".".join(["inputs", *(str(p) for p in err.absolute_path)])
-            top = not err.absolute_path  # the inputs object itself, not a value inside one
-            if top and err.validator == "additionalProperties":
-                extra = sorted(set(inputs) - set(self.ir.inputs))
-                raise InputError(f"inputs.{extra[0]}", "is not an input of this workflow")
-            if top and err.validator == "required":
-                missing = sorted(set(self.input_schema["required"]) - set(inputs))
-                raise InputError(f"inputs.{missing[0]}", "is required")
-            raise InputError(path, err.message)
+            raise InputError(*problem)
+
+
+def input_problem(
+    schema: dict[str, Any], validator: Validator, inputs: Any
+) -> tuple[str, str] | None:
+    """(field, why) of the first input that does not match the inputs' `schema`, or that
+    could not be stored and read back; None when they are fine. Pure: it may run in another
+    process (services/offload.py)."""
+    if not isinstance(inputs, dict):
+        return "inputs", "must be an object"
+    problem = json_problem(inputs)
+    if problem is not None:
+        return join_path("inputs", problem[0]), problem[1]
+    # One pass: a check first and the errors after cost a large input twice.
+    errors = sorted(validator.iter_errors(inputs), key=_error_path)
+    if not errors:
+        return None
+    err = errors[0]
+    top = not err.absolute_path  # the inputs object itself, not a value inside one
+    if top and err.validator == "additionalProperties":
+        extra = sorted(set(inputs) - set(schema["properties"]))
+        return f"inputs.{extra[0]}", "is not an input of this workflow"
+    if top and err.validator == "required":
+        missing = sorted(set(schema["required"]) - set(inputs))
+        return f"inputs.{missing[0]}", "is required"
+    return ".".join(["inputs", *(str(p) for p in err.absolute_path)]), err.message
+
+
+def _error_path(error: Any) -> list[Any]:
+    return list(error.absolute_path)
 
 
 def _config_template(node: Node) -> Template:

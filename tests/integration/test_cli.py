@@ -887,7 +887,9 @@ class Pty:
         """Until the last table drawn shows `node` with `status`."""
         deadline = time.monotonic() + TIMEOUT_S
         while table_rows(self.text()).get(node, [""])[0] != status:
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.text()
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(self.text())
             time.sleep(0.05)
 
     def finish(self) -> int:

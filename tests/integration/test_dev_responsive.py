@@ -24,7 +24,7 @@ from headrace.testing.servers import free_port
 pytestmark = pytest.mark.integration
 
 HEADRACE = Path(sys.executable).parent / "headrace"
-HEALTH_CEILING_S = 2.0
+HEALTH_CEILING_S = 1.0
 REQUEST_TIMEOUT_S = 300.0
 NOOP = "headrace.testing.tasks.noop"
 
