@@ -11,10 +11,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from headrace.api.app import create_app
 from headrace.services.runtime import Runtime
 from headrace.spec import parse_workflow, plan_of
 from headrace.testing.servers import serve
+from headrace.testing.streams import close_delay
 
 
 async def one_large_run(
@@ -74,18 +73,5 @@ async def stream_close_delays(rt: Runtime, runs: int = 100, at_once: int = 5) ->
     async with serve(create_app(rt)) as url, httpx.AsyncClient(base_url=url) as client:
         delays: list[float] = []
         for _ in range(runs // at_once):
-            delays += await asyncio.gather(*(_follow(client) for _ in range(at_once)))
+            delays += await asyncio.gather(*(close_delay(client, "short") for _ in range(at_once)))
     return delays
-
-
-async def _follow(client: httpx.AsyncClient) -> float:
-    run = await client.post("/v1/runs", json={"workflow_tag": "short", "inputs": {}})
-    run_id = run.json()["run_id"]
-    async with client.stream("GET", f"/v1/runs/{run_id}/events") as stream:
-        async for _ in stream.aiter_bytes():
-            pass
-    closed = time.time()
-    record = (await client.get(f"/v1/runs/{run_id}")).json()
-    with contextlib.suppress(KeyError, TypeError):
-        return closed - datetime.fromisoformat(record["ended_at"]).timestamp()
-    raise AssertionError(f"run {run_id} did not end: {record}")

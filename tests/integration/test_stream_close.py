@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -14,6 +12,7 @@ import pytest
 
 from headrace.testing.cluster import ProcessCluster
 from headrace.testing.services import postgres_database, redis_prefix
+from headrace.testing.streams import close_delay
 
 pytestmark = pytest.mark.integration
 
@@ -26,25 +25,12 @@ nodes:
 CEILING_S = 0.9  # the reader's wait is 1 s: a missed end costs all of it
 
 
-async def follow(client: httpx.AsyncClient) -> float:
-    """Start a run, follow its stream to the end; seconds from its end to the close."""
-    run = await client.post("/v1/runs", json={"workflow_tag": "short", "inputs": {}})
-    run_id = run.json()["run_id"]
-    async with client.stream("GET", f"/v1/runs/{run_id}/events") as stream:
-        async for _ in stream.aiter_bytes():
-            pass
-    closed = time.time()
-    record = (await client.get(f"/v1/runs/{run_id}")).json()
-    assert record["status"] == "completed", record
-    return closed - datetime.fromisoformat(record["ended_at"]).timestamp()
-
-
 async def follow_all(url: str, runs: int, at_once: int) -> list[float]:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         assert (await client.post("/v1/workflows", content=SPEC)).status_code == 201
         delays: list[float] = []
         for _ in range(runs // at_once):
-            delays += await asyncio.gather(*(follow(client) for _ in range(at_once)))
+            delays += await asyncio.gather(*(close_delay(client, "short") for _ in range(at_once)))
         return delays
 
 
