@@ -224,17 +224,21 @@ class SqliteStore:
             fired += [(s.run_id, tm.timer_id) for tm in t.fired]
             if s.status in RUN_TERMINAL:
                 ended.append((s.run_id,))
-        db.executemany(
-            "INSERT INTO events (run_id, seq, type, at, data) VALUES (?, ?, ?, ?, ?)", events
-        )
-        db.executemany(_NODE_UPSERT, nodes)
-        db.executemany("DELETE FROM timers WHERE run_id = ? AND timer_id = ?", fired)
-        db.executemany(
-            "INSERT OR REPLACE INTO timers (run_id, timer_id, due_at, data) VALUES (?, ?, ?, ?)",
-            timers,
-        )
-        db.executemany("DELETE FROM timers WHERE run_id = ?", ended)
-        db.executemany(_DELETE_JOBS, [a for t in applied for a in rows.ended_attempts(t)])
+        jobs_ended = [a for t in applied for a in rows.ended_attempts(t)]
+        for sql, values in (
+            ("INSERT INTO events (run_id, seq, type, at, data) VALUES (?, ?, ?, ?, ?)", events),
+            (_NODE_UPSERT, nodes),
+            ("DELETE FROM timers WHERE run_id = ? AND timer_id = ?", fired),
+            (
+                "INSERT OR REPLACE INTO timers (run_id, timer_id, due_at, data) "
+                "VALUES (?, ?, ?, ?)",
+                timers,
+            ),
+            ("DELETE FROM timers WHERE run_id = ?", ended),
+            (_DELETE_JOBS, jobs_ended),
+        ):
+            if values:  # an empty executemany still prepares its statement
+                db.executemany(sql, values)
 
     def _write_outbox(
         self, applied: list[Transition], which: str, holder: str | None, now: int
@@ -515,22 +519,19 @@ class SqliteStore:
             )
 
     async def open_attempts(self, keys: Sequence[AttemptKey]) -> set[AttemptKey]:
-        by_run: dict[str, list[str]] = {}
-        for run_id, node_id, _ in keys:
-            by_run.setdefault(run_id, []).append(node_id)
-        found: set[tuple[Any, ...]] = set()
-        for run_id, nodes in by_run.items():  # a query per run (and 500 nodes): indexed
-            for i in range(0, len(nodes), 500):
-                part = nodes[i : i + 500]
-                found.update(
-                    (run_id, *r)
-                    for r in self.db.execute(
-                        "SELECT node_id, attempt FROM node_states WHERE run_id = ? AND node_id "
-                        f"IN ({','.join('?' * len(part))}) AND status IN {rows.OPEN_ATTEMPT}",
-                        (run_id, *part),
-                    )
+        found: set[AttemptKey] = set()
+        for i in range(0, len(keys), 300):  # one indexed query per 300 keys (900 parameters)
+            part = keys[i : i + 300]
+            found.update(
+                (r[0], r[1], r[2])
+                for r in self.db.execute(
+                    f"WITH k(r, n, a) AS (VALUES {','.join(['(?, ?, ?)'] * len(part))}) "
+                    "SELECT k.r, k.n, k.a FROM k JOIN node_states s ON s.run_id = k.r AND "
+                    f"s.node_id = k.n AND s.attempt = k.a WHERE s.status IN {rows.OPEN_ATTEMPT}",
+                    [v for key in part for v in key],
                 )
-        return {k for k in keys if k in found}
+            )
+        return found
 
     async def due_timers(self, now_ms: int, limit: int) -> list[Timer]:
         cur = self.db.execute(
