@@ -193,14 +193,16 @@ def _migration_routes(app: FastAPI, backend: Backend) -> None:
 
     @app.post("/v1/migration/advance", **doc({200: schemas.MigrationMoved}, 409, *BODY))
     async def migration_advance(body: schemas.MigrationAdvance) -> dict[str, Any]:
-        """One step forward; refused (409) while a check fails, unless `force`."""
-        moved = await migration.advance(body.who, body.why, body.force)
+        """One step forward from `from`; refused (409) while a check fails, unless `force`,
+        and when the migration is no longer at `from`."""
+        moved = await migration.advance(body.who, body.why, expect=body.from_, force=body.force)
         return {**moved, "status": await migration.status()}
 
     @app.post("/v1/migration/rollback", **doc({200: schemas.MigrationMoved}, 409, *BODY))
     async def migration_rollback(body: schemas.MigrationRollback) -> dict[str, Any]:
-        """One step back (or back `to` a step); Kafka runs are re-pinned to Redis."""
-        moved = await migration.rollback(body.who, body.why, body.to)
+        """One step back from `from` (or back `to` a step); Kafka runs are re-pinned to
+        Redis. 409 when the migration is no longer at `from`."""
+        moved = await migration.rollback(body.who, body.why, expect=body.from_, to=body.to)
         return {**moved, "status": await migration.status()}
 
 
@@ -252,7 +254,8 @@ def _run_routes(app: FastAPI, backend: Backend) -> None:
     @app.get("/v1/runs/{run_id}", **doc({200: schemas.Run}, 404))
     async def get_run(run_id: str = RUN_ID) -> dict[str, Any]:
         record, nodes = await store.get_run(_run_id(run_id))
-        return views.run_view(record, nodes)
+        pin = (await store.pins([record.run_id])).get(record.run_id)
+        return views.run_view(record, nodes, pin)
 
     @app.get(
         "/v1/runs/{run_id}/nodes/{node_id}",

@@ -11,13 +11,18 @@ from pydantic.config import JsonDict
 
 from headrace.events import NodeStatus, RunStatus
 from headrace.flags import FLAGS
-from headrace.migration.steps import STEPS
+from headrace.migration.steps import CUSTOM, STEPS
 
 CURSOR_PATTERN = r"^[0-9]{1,15}\.[0-9a-f]{32}$"  # store/rows.py: created_at_ms.run_id
 SIGNAL_NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"
 WORKFLOW_NAME = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
 FLAG_NAMES: JsonDict = {"enum": list[JsonValue](FLAGS)}
 STEP_NAMES: JsonDict = {"enum": [s.name for s in STEPS]}
+FROM_STEPS: JsonDict = {"enum": [*(s.name for s in STEPS), CUSTOM]}
+FROM_DOC = (
+    "the step this change leaves (GET /v1/migration's `step`): when the migration is elsewhere "
+    "(another operator or the monitor moved it), 409 and nothing changes"
+)
 FlagValue = bool | int
 
 
@@ -51,12 +56,14 @@ class SetFlag(_Closed):
 
 
 class MigrationAdvance(_Closed):
+    from_: str = Field(alias="from", description=FROM_DOC, json_schema_extra=FROM_STEPS)
     why: str = Field(min_length=1, max_length=500)
     who: str = Field("api", min_length=1, max_length=100)
     force: bool = Field(False, description="advance even though checks fail")
 
 
 class MigrationRollback(_Closed):
+    from_: str = Field(alias="from", description=FROM_DOC, json_schema_extra=FROM_STEPS)
     why: str = Field(min_length=1, max_length=500)
     who: str = Field("api", min_length=1, max_length=100)
     to: str | None = Field(
@@ -182,6 +189,9 @@ class Run(_Closed):
     started_at: str | None = Field(json_schema_extra={"format": "date-time"})
     ended_at: str | None = Field(json_schema_extra={"format": "date-time"})
     cost_cents: int
+    pin: Literal["redis", "kafka"] | None = Field(
+        description="the bus the run is pinned to (Redis → Kafka migration); null: none"
+    )
 
 
 class RunItem(_Closed):
@@ -247,6 +257,9 @@ class MigrationStatus(_Closed):
     next: str | None
     flags: dict[str, FlagValue]
     baseline_p95_ms: float | None
+    last_rollback: dict[str, Any] | None = Field(
+        description="the monitor's last rollback: from, to, why, fired (the checks), at_ms"
+    )
     pins: dict[str, int] = Field(description="runs pinned to each bus")
     checks: list[Check]
     steps: list[str] = Field(json_schema_extra={"items": STEP_NAMES})

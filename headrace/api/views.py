@@ -72,8 +72,9 @@ def run_summary(r: RunRecord, nodes: list[NodeRecord]) -> dict[str, Any]:
     return view
 
 
-def run_view(r: RunRecord, nodes: list[NodeRecord]) -> dict[str, Any]:
-    """`GET /v1/runs/{id}`: the summary plus where, when and what it cost."""
+def run_view(r: RunRecord, nodes: list[NodeRecord], pin: str | None = None) -> dict[str, Any]:
+    """`GET /v1/runs/{id}`: the summary plus where, when and what it cost, and the bus the
+    run is pinned to while Redis → Kafka is migrated."""
     return {
         **run_summary(r, nodes),
         "workflow_tag": r.workflow_tag,
@@ -83,6 +84,7 @@ def run_view(r: RunRecord, nodes: list[NodeRecord]) -> dict[str, Any]:
         "ended_at": rfc3339(r.ended_at_ms),
         "cost_cents": r.cost_cents,
         "error": error_view(r.error),
+        "pin": pin,
     }
 
 

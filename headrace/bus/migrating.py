@@ -11,6 +11,8 @@ Each message then carries these headers (added here, kept by the consumers' repl
     hr-via     the copy consumers act on: the pin, unless the flags moved it (below)
     hr-copies  the buses that got a copy
     hr-mid     a content id (topic, key, payload): the same in both copies and on a re-publish
+    hr-cid     a copy id: the same in the copies of one publish, new on each publish (a
+               re-publish after a rollback is a message of its own for the shadow)
     hr-ts      publish time, ms since the epoch
 
 `via` is Kafka for a Kafka-pinned run while `ENABLE_KAFKA` is on, and for every run once
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hashlib
+import itertools
 import logging
 import time
 import uuid
@@ -58,6 +61,7 @@ PIN = "hr-pin"
 VIA = "hr-via"
 COPIES = "hr-copies"
 MID = "hr-mid"
+CID = "hr-cid"
 TS = "hr-ts"
 REDIS, KAFKA = "redis", "kafka"
 Backend = Literal["redis", "kafka"]
@@ -132,6 +136,8 @@ class MigratingBus:
         self._kafka_was_on = False
         self._figures = {REDIS: BusFigures(), KAFKA: BusFigures()}
         self._recent: dict[str, float] = {REDIS: 0.0, KAFKA: 0.0}  # last delivery, monotonic
+        self._cids = itertools.count()
+        self._cid_prefix = uuid.uuid4().hex[:12]  # this bus's publishes
 
     @property
     def description(self) -> str:
@@ -205,6 +211,7 @@ class MigratingBus:
                 VIA: via,
                 COPIES: ",".join(sorted(copies)),
                 MID: m.headers.get(MID) or message_id(m),
+                CID: f"{self._cid_prefix}-{next(self._cids)}",
                 TS: now,
             }
             routed = Message(m.topic, m.key, m.payload, headers)

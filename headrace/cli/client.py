@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -252,13 +253,23 @@ WhoOption = Annotated[str, typer.Option("--who", envvar="USER", help="Who (defau
 
 
 @migrate_app.command("status")
-def migrate_status(url: UrlOption = DEFAULT_URL) -> None:
+def migrate_status(
+    url: UrlOption = DEFAULT_URL,
+    as_json: Annotated[bool, typer.Option("--json", help="The API's answer as JSON.")] = False,
+) -> None:
     """The current step, and its checklist from the cluster's live figures (pass/fail)."""
     status = _call("GET", url, "/v1/migration")
-    print_status(status)
+    if as_json:
+        show(status)
+    else:
+        print_status(status)
 
 
 def print_status(status: dict[str, Any]) -> None:
+    last = status.get("last_rollback")
+    if last:
+        when = datetime.fromtimestamp(last["at_ms"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"last monitor rollback: {when} UTC, {last['from']} -> {last['to']}: {last['why']}")
     print(f"step: {status['step']} ({status['what']}); next: {status['next'] or '-'}")
     print("flags: " + ", ".join(f"{k}={v}" for k, v in status["flags"].items()))
     print(f"pinned runs: {status['pins'] or 'none'}; baseline p95: {status['baseline_p95_ms']}")
@@ -276,8 +287,9 @@ def migrate_advance(
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Show the checks, then move one step forward (refused while a check fails)."""
-    print_status(_call("GET", url, "/v1/migration"))
-    body = {"why": why, "who": who, "force": force}
+    status = _call("GET", url, "/v1/migration")
+    print_status(status)
+    body = {"from": status["step"], "why": why, "who": who, "force": force}
     moved = _call("POST", url, "/v1/migration/advance", json=body)
     print(f"moved {moved['from']} -> {moved['to']}")
 
@@ -291,8 +303,9 @@ def migrate_rollback(
 ) -> None:
     """Show the checks, then move one step back (or back --to a step); runs on Kafka are
     re-pinned to Redis and their jobs in flight republished."""
-    print_status(_call("GET", url, "/v1/migration"))
-    body = {"why": why, "who": who, "to": to}
+    status = _call("GET", url, "/v1/migration")
+    print_status(status)
+    body = {"from": status["step"], "why": why, "who": who, "to": to}
     moved = _call("POST", url, "/v1/migration/rollback", json=body)
     print(
         f"moved {moved['from']} -> {moved['to']}: {moved['repinned_runs']} runs re-pinned, "

@@ -14,8 +14,9 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any
 
+from headrace.errors import Conflict
 from headrace.migration.figures import ClusterTotals, add_up, live_reports, now_ms
-from headrace.migration.steps import Check, Migration, checks
+from headrace.migration.steps import CUSTOM, STEPS, Check, Migration, checks, current_step
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,19 @@ class Monitor:
             kafka.acted = 1  # so that the lag is judged
         return out
 
-    async def roll_back(self, fired: list[Check]) -> dict[str, Any]:
+    async def roll_back(self, fired: list[Check]) -> dict[str, Any] | None:
         flags = self.migration.flags.values
         to = "dual-write" if flags.get("ENABLE_KAFKA") else "phase-1"
         why = "monitor: " + "; ".join(f"{c.name}={_show(c.value)} (limit {c.limit})" for c in fired)
         started = time.monotonic()
-        done = await self.migration.rollback("monitor", why, to=to)
+        step = current_step(flags)
+        at = STEPS[step].name if step is not None else CUSTOM
+        try:  # the step it judged, or nothing: an operator may have moved it since
+            done = await self.migration.rollback("monitor", why, expect=at, to=to)
+        except Conflict as e:
+            log.warning("no rollback: %s", e)
+            self.history.clear()
+            return None
         report = {
             **done,
             "why": why,

@@ -1,9 +1,12 @@
 """`headrace serve shadow`: the shadow validator of dual-write. It reads every topic on both
-buses (groups of its own, acting on nothing), pairs the copies of each message by its
-content id (`hr-mid`), and counts:
+buses (groups of its own, acting on nothing), pairs the two copies of each publish by
+their copy id (`hr-cid`: a re-publish of the same content, as a rollback does, is a pair
+of its own), and counts:
 
-- matched: both copies arrived and are equal (topic, key, payload and headers);
-- mismatched: they differ, or a copy's content no longer hashes to its id (corrupted);
+- matched: both copies arrived and are equal (topic, key, payload and headers but the
+  publish time);
+- mismatched: they differ (the message says which fields, with both values), or a copy's
+  content no longer hashes to its content id (`hr-mid`: corrupted);
 - missing: a message said to be written to both buses (`hr-copies`) whose other copy did
   not arrive within `grace_s` (the clock starts once both buses delivered something, so a
   group still joining is not taken for a loss; a copy arriving later is not counted again).
@@ -20,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from headrace.bus.base import Bus, Delivery
-from headrace.bus.migrating import COPIES, KAFKA, MID, REDIS, TS, message_id
+from headrace.bus.migrating import CID, COPIES, KAFKA, MID, REDIS, TS, message_id
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS
 from headrace.events import Message
 
@@ -79,17 +82,19 @@ class Shadow:
         mid = headers.get(MID)
         if mid is None or REDIS not in copies or KAFKA not in copies:
             return  # written to one bus only: nothing to compare
-        if mid in self.reported:
+        pair = headers.get(CID, mid)  # messages of an older version carry no copy id
+        if pair in self.reported:
             return  # the twin of a copy already counted missing: late, not new
-        other = self.waiting.get(mid)
+        other = self.waiting.get(pair)
         if other is None:
-            self.waiting[mid] = _Seen(bus, d.message, time.monotonic())
+            self.waiting[pair] = _Seen(bus, d.message, time.monotonic())
             return
         if other.bus == bus:
             return  # a redelivery of the same copy
-        del self.waiting[mid]
+        del self.waiting[pair]
         self.compared += 1
-        problem = _difference(other.message, d.message) or _corrupt(mid, d.message, other.message)
+        found = [_difference(other, bus, d.message), _corrupt(mid, other, bus, d.message)]
+        problem = "; ".join(p for p in found if p)
         if problem:
             self.mismatched += 1
             self._report(mid, f"mismatch: {problem}")
@@ -100,17 +105,18 @@ class Shadow:
         if len(self.live) < 2:
             return  # a bus has not delivered yet (its group may still be joining)
         while self.waiting:
-            mid, seen = next(iter(self.waiting.items()))
+            pair, seen = next(iter(self.waiting.items()))
             if now - seen.at < self.grace_s:
                 return
-            del self.waiting[mid]
-            self.reported[mid] = None
+            del self.waiting[pair]
+            self.reported[pair] = None
             if len(self.reported) > 100_000:
                 self.reported.popitem(last=False)
             self.compared += 1
             self.missing += 1
             other = KAFKA if seen.bus == REDIS else REDIS
             m = seen.message
+            mid = m.headers.get(MID, pair)
             self._report(mid, f"missing: no {other} copy of {m.topic} for run {m.key}")
 
     def _report(self, mid: str, what: str) -> None:
@@ -132,20 +138,23 @@ class Shadow:
         await asyncio.gather(*(b.close() for b in self.buses.values()))
 
 
-def _difference(a: Message, b: Message) -> str | None:
-    for what in ("topic", "key", "payload"):
-        if getattr(a, what) != getattr(b, what):
-            return f"{what} differs"
-    ha = {k: v for k, v in a.headers.items() if k != TS}
-    hb = {k: v for k, v in b.headers.items() if k != TS}
-    if ha != hb:
-        keys = sorted(k for k in ha.keys() | hb.keys() if ha.get(k) != hb.get(k))
-        return f"headers differ: {', '.join(keys)}"
-    return None
+def _difference(first: _Seen, bus: str, b: Message) -> str | None:
+    """Which fields of the two copies differ, with each bus's value."""
+    a = first.message
+    fields = [(what, getattr(a, what), getattr(b, what)) for what in ("topic", "key", "payload")]
+    names = sorted((a.headers.keys() | b.headers.keys()) - {TS})
+    fields += [(f"header {k}", a.headers.get(k), b.headers.get(k)) for k in names]
+    differ = [f"{what} {_short(x)} on {first.bus}, {_short(y)} on {bus}"
+              for what, x, y in fields if x != y]  # fmt: skip
+    return "; ".join(differ) or None
 
 
-def _corrupt(mid: str, *copies: Message) -> str | None:
-    for m in copies:
-        if message_id(m) != mid:
-            return "content does not match its id"
-    return None
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _corrupt(mid: str, first: _Seen, bus: str, b: Message) -> str | None:
+    """Which copies no longer hash to the content id both carry."""
+    bad = [name for name, m in ((first.bus, first.message), (bus, b)) if message_id(m) != mid]
+    return f"the {' and '.join(bad)} copy does not match its content id" if bad else None

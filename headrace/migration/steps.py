@@ -44,6 +44,7 @@ STEPS = [
     _step("redis-off", "Kafka only: nothing is written to Redis", True, True, 100, False),
 ]
 BY_NAME = {s.name: i for i, s in enumerate(STEPS)}
+CUSTOM = "custom"  # the flags match no step (set by hand)
 
 
 def current_step(values: Mapping[str, FlagValue]) -> int | None:
@@ -142,20 +143,24 @@ class Migration:
         values = self.flags.values
         i = current_step(values)
         return {
-            "step": STEPS[i].name if i is not None else "custom",
+            "step": STEPS[i].name if i is not None else CUSTOM,
             "what": STEPS[i].what if i is not None else "flags set by hand",
             "next": STEPS[i + 1].name if i is not None and i + 1 < len(STEPS) else None,
             "flags": {k: values[k] for k in STEPS[0].flags},
             "baseline_p95_ms": await self.baseline(),
+            "last_rollback": await self.store.note("last_rollback"),
             "pins": await self.store.pin_counts(0),
             "checks": [asdict(c) for c in await self.checks()],
             "steps": [s.name for s in STEPS],
         }
 
-    async def advance(self, who: str, why: str, force: bool = False) -> dict[str, Any]:
+    async def advance(
+        self, who: str, why: str, *, expect: str | None = None, force: bool = False
+    ) -> dict[str, Any]:
+        """One step forward from `expect` (default: the step the flags are at now)."""
         if not self.enabled:
             raise Conflict("this process has no Kafka: set HEADRACE_KAFKA_URL on every process")
-        i = current_step(self.flags.values)
+        i = await self._at(expect)
         if i is None:
             raise Conflict("the flags match no step: set them with `headrace flags set`")
         if i + 1 == len(STEPS):
@@ -166,8 +171,25 @@ class Migration:
         target = STEPS[i + 1]
         if not STEPS[i].flags["ENABLE_KAFKA"] and target.flags["ENABLE_KAFKA"]:
             await self.record_baseline()
-        await self._set(target, list(target.flags), who, why)
+        await self._swap(STEPS[i].flags, target, list(target.flags), who, why)
         return {"from": STEPS[i].name, "to": target.name, "failing_checks": failing}
+
+    async def _at(self, expect: str | None) -> int | None:
+        """The step the flags are at; Conflict when that is not `expect`."""
+        await self.flags.refresh()
+        i = current_step(self.flags.values)
+        if expect is not None:
+            if expect not in (*BY_NAME, CUSTOM):
+                known = ", ".join((*BY_NAME, CUSTOM))
+                raise InputError("from", f"unknown step {expect!r} (steps: {known})")
+            if i != BY_NAME.get(expect):
+                raise self._moved(expect, self.flags.values)
+        return i
+
+    def _moved(self, expect: str, values: Mapping[str, FlagValue]) -> Conflict:
+        i = current_step(values)
+        now = STEPS[i].name if i is not None else f"{CUSTOM} (flags set by hand)"
+        return Conflict(f"the migration is at {now}, not {expect}: it moved; nothing was changed")
 
     async def record_baseline(self) -> None:
         """The Redis p95 latency before Kafka takes runs: what the monitor compares with."""
@@ -176,32 +198,43 @@ class Migration:
         if p95 is not None:
             await self.store.put_note("baseline", {"p95_ms": p95, "bus": "redis"}, now_ms())
 
-    async def rollback(self, who: str, why: str, to: str | None = None) -> dict[str, Any]:
-        i = current_step(self.flags.values)
+    async def rollback(
+        self, who: str, why: str, *, expect: str | None = None, to: str | None = None
+    ) -> dict[str, Any]:
+        """Back to `to` (default: one step) from `expect` (default: where the flags are)."""
         if to is not None and to not in BY_NAME:
             raise InputError("to", f"unknown step {to!r} (steps: {', '.join(BY_NAME)})")
+        i = await self._at(expect)
         if to is None and i is None:
             raise InputError("to", "the flags match no step: say which step to go back to")
         j = BY_NAME[to] if to is not None else max((i or 0) - 1, 0)
         if i is not None and j >= i:
             raise Conflict(f"{STEPS[j].name} is not behind {STEPS[i].name}")
-        kafka_was_on = bool(self.flags.values.get("ENABLE_KAFKA"))
+        before = dict(self.flags.values)
         target = STEPS[j]
-        await self._set(target, list(reversed(target.flags)), who, why)
+        await self._swap(before, target, list(reversed(target.flags)), who, why)
         repinned: list[str] = []
         republished = 0
-        if kafka_was_on and not target.flags["ENABLE_KAFKA"]:
+        if before.get("ENABLE_KAFKA") and not target.flags["ENABLE_KAFKA"]:
             repinned = await self.store.repin("kafka", "redis", now_ms())
             republished = await self.republish(repinned)
         return {
-            "from": STEPS[i].name if i is not None else "custom",
+            "from": STEPS[i].name if i is not None else CUSTOM,
             "to": target.name,
             "repinned_runs": len(repinned),
             "republished_jobs": republished,
         }
 
-    async def _set(self, step: Step, order: list[str], who: str, why: str) -> None:
-        for name in order:
-            if self.flags.values.get(name) != step.flags[name]:
-                await self.store.set_flag(name, step.flags[name], who, why, now_ms())
+    async def _swap(
+        self, expect: Mapping[str, FlagValue], step: Step, order: list[str], who: str, why: str
+    ) -> None:
+        """Set `step`'s flags if they still are `expect` (another actor may have moved them
+        since they were read: then Conflict, and nothing changes)."""
+        names = list(STEPS[0].flags)
+        was = {n: expect[n] for n in names}
+        changes = [(n, step.flags[n]) for n in order if was[n] != step.flags[n]]
+        found = await self.store.swap_flags(was, changes, self.flags.initial, who, why, now_ms())
         await self.flags.refresh()
+        if found is not None:
+            i = current_step(was)
+            raise self._moved(STEPS[i].name if i is not None else CUSTOM, found)

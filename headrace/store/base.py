@@ -175,6 +175,20 @@ class Store(Protocol):
     async def flag_history(self, name: str | None, limit: int) -> list[FlagChange]:
         """Changes, newest first; of one flag, or of all."""
 
+    async def swap_flags(
+        self,
+        expect: Mapping[str, bool | int],
+        values: Sequence[tuple[str, bool | int]],
+        initial: Mapping[str, bool | int],
+        who: str,
+        why: str,
+        now_ms: int,
+    ) -> dict[str, bool | int] | None:
+        """Compare-and-set, in one transaction serialised with every other flag change:
+        when each flag of `expect` has that value (stored, else its `initial` value), set
+        `values` in order, recording each change, and return None; otherwise change nothing
+        and return the values found for `expect`'s flags."""
+
     async def pin_runs(self, choices: Mapping[str, str], now_ms: int) -> dict[str, str]:
         """Pin each run of `choices` to its bus (redis | kafka) unless it has a pin already
         (the first pin wins); returns the pin of every one of them."""

@@ -67,6 +67,14 @@ CONNECT_TIMEOUT_S = 10.0
 # The commit's plan is the same for every batch; a custom plan per execute (Postgres's choice
 # for a statement's first five) cost 1.5 ms against 0.4 ms for the generic one.
 _SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+_FLAGS_LOCK = 72410532  # serialises flag changes (a transaction's advisory lock)
+_FLAG_UPSERT = (
+    "INSERT INTO flags (name, value, updated_at) VALUES ($1, $2, $3) ON CONFLICT (name) "
+    "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
+_FLAG_CHANGE = (
+    "INSERT INTO flag_changes (name, old, new, who, why, at) VALUES ($1, $2, $3, $4, $5, $6)"
+)
 
 _TEXT, _INT, _BIGINT = "text", "int", "bigint"
 # Column -> array element type, per table, in the order of the row values in rows.py.
@@ -373,7 +381,7 @@ def _sqlalchemy_url(url: str) -> str:
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """A connection goes back to the pool as it is: the store never changes a pooled
-    connection's session (no SET, LISTEN, advisory lock or cursor), and asyncpg rolls back
+    connection's session (no SET, LISTEN, session advisory lock or cursor), and asyncpg rolls back
     a transaction left open before calling this. Its default reset (RESET ALL, UNLISTEN *,
     ...) cost a round trip on every release."""
 
@@ -594,19 +602,35 @@ class PostgresStore:
         self, name: str, value: bool | int, who: str, why: str, now_ms: int
     ) -> FlagChange:
         async with self._conn() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT value FROM flags WHERE name = $1 FOR UPDATE", name)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _FLAGS_LOCK)
+            row = await conn.fetchrow("SELECT value FROM flags WHERE name = $1", name)
+            await conn.execute(_FLAG_UPSERT, name, json.dumps(value), now_ms)
             await conn.execute(
-                "INSERT INTO flags (name, value, updated_at) VALUES ($1, $2, $3) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
-                "updated_at = excluded.updated_at",
-                name, json.dumps(value), now_ms,
-            )  # fmt: skip
-            await conn.execute(
-                "INSERT INTO flag_changes (name, old, new, who, why, at) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
-                name, row[0] if row else None, json.dumps(value), who, why, now_ms,
-            )  # fmt: skip
+                _FLAG_CHANGE, name, row[0] if row else None, json.dumps(value), who, why, now_ms
+            )
         return FlagChange(name, json.loads(row[0]) if row else None, value, who, why, now_ms)
+
+    async def swap_flags(
+        self,
+        expect: Mapping[str, bool | int],
+        values: Sequence[tuple[str, bool | int]],
+        initial: Mapping[str, bool | int],
+        who: str,
+        why: str,
+        now_ms: int,
+    ) -> dict[str, bool | int] | None:
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _FLAGS_LOCK)
+            stored = {r[0]: r[1] for r in await conn.fetch("SELECT name, value FROM flags")}
+            found = rows.flag_values(expect, stored, initial)
+            if found != dict(expect):
+                return found
+            for name, value in values:
+                await conn.execute(_FLAG_UPSERT, name, json.dumps(value), now_ms)
+                await conn.execute(
+                    _FLAG_CHANGE, name, stored.get(name), json.dumps(value), who, why, now_ms
+                )
+        return None
 
     async def flag_history(self, name: str | None, limit: int) -> list[FlagChange]:
         select = f"SELECT {rows.FLAG_CHANGE_SELECT} FROM flag_changes"

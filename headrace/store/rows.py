@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -376,3 +377,10 @@ FLAG_CHANGE_SELECT = "name, old, new, who, why, at"
 def flag_change(row: Any) -> FlagChange:
     name, old, new, who, why, at = row
     return FlagChange(name, None if old is None else json.loads(old), json.loads(new), who, why, at)
+
+
+def flag_values(
+    names: Iterable[str], stored: Mapping[str, str], initial: Mapping[str, bool | int]
+) -> dict[str, bool | int]:
+    """The values of the flags `names`: stored (as JSON text), else initial."""
+    return {n: json.loads(stored[n]) if n in stored else initial[n] for n in names}

@@ -47,6 +47,11 @@ _OPEN_ATTEMPT = (
     "SELECT 1 FROM node_states n WHERE n.run_id = o.key AND n.node_id = o.node_id "
     f"AND n.attempt = o.attempt AND n.status IN {rows.OPEN_ATTEMPT}"
 )
+_FLAG_UPSERT = (
+    "INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) "
+    "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
+_FLAG_CHANGE = "INSERT INTO flag_changes (name, old, new, who, why, at) VALUES (?, ?, ?, ?, ?, ?)"
 _RUN_UPDATE = (
     "UPDATE runs SET "
     + ", ".join(f"{c} = ?" for c in rows.RUN_COLUMNS)
@@ -295,16 +300,32 @@ class SqliteStore:
     ) -> FlagChange:
         with self._transaction() as db:
             row = db.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
+            db.execute(_FLAG_UPSERT, (name, json.dumps(value), now_ms))
             db.execute(
-                "INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) "
-                "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                (name, json.dumps(value), now_ms),
-            )
-            db.execute(
-                "INSERT INTO flag_changes (name, old, new, who, why, at) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, row[0] if row else None, json.dumps(value), who, why, now_ms),
+                _FLAG_CHANGE, (name, row[0] if row else None, json.dumps(value), who, why, now_ms)
             )
         return FlagChange(name, json.loads(row[0]) if row else None, value, who, why, now_ms)
+
+    async def swap_flags(
+        self,
+        expect: Mapping[str, bool | int],
+        values: Sequence[tuple[str, bool | int]],
+        initial: Mapping[str, bool | int],
+        who: str,
+        why: str,
+        now_ms: int,
+    ) -> dict[str, bool | int] | None:
+        with self._transaction() as db:  # BEGIN IMMEDIATE: one writer at a time
+            stored = {r[0]: r[1] for r in db.execute("SELECT name, value FROM flags")}
+            found = rows.flag_values(expect, stored, initial)
+            if found != dict(expect):
+                return found
+            for name, value in values:
+                db.execute(_FLAG_UPSERT, (name, json.dumps(value), now_ms))
+                db.execute(
+                    _FLAG_CHANGE, (name, stored.get(name), json.dumps(value), who, why, now_ms)
+                )
+        return None
 
     async def flag_history(self, name: str | None, limit: int) -> list[FlagChange]:
         where, args = ("WHERE name = ?", (name, limit)) if name else ("", (limit,))

@@ -409,6 +409,25 @@ async def test_flags_are_set_with_an_audit_record(store: Store) -> None:
     ]
 
 
+async def test_flags_are_swapped_only_from_the_values_expected(store: Store) -> None:
+    initial = {"ENABLE_KAFKA": False, "KAFKA_TRAFFIC_PERCENT": 0}
+    to_ten = [("KAFKA_TRAFFIC_PERCENT", 10), ("ENABLE_KAFKA", True)]
+    assert await store.swap_flags(initial, to_ten, initial, "ops", "canary", 5) is None
+    assert await store.stored_flags() == {"KAFKA_TRAFFIC_PERCENT": 10, "ENABLE_KAFKA": True}
+    # a second actor that read the same values: refused, told what is there, nothing written
+    to_fifty = [("KAFKA_TRAFFIC_PERCENT", 50)]
+    found = await store.swap_flags(initial, to_fifty, initial, "monitor", "late", 6)
+    assert found == {"ENABLE_KAFKA": True, "KAFKA_TRAFFIC_PERCENT": 10}
+    assert await store.stored_flags() == {"KAFKA_TRAFFIC_PERCENT": 10, "ENABLE_KAFKA": True}
+    assert [(c.name, c.old, c.new, c.who) for c in await store.flag_history(None, 5)] == [
+        ("ENABLE_KAFKA", None, True, "ops"),
+        ("KAFKA_TRAFFIC_PERCENT", None, 10, "ops"),
+    ]
+    # an unstored flag compares by its initial value (the process environment's)
+    off = {"ENABLE_REDIS_WRITE": False}
+    assert await store.swap_flags(off, [], off, "a", "b", 7) is None
+
+
 async def test_runs_keep_their_first_pin_until_re_pinned(store: Store) -> None:
     plan = await register(store)
     running = [(await started(store, plan, xs=[1])).run_id for _ in range(3)]

@@ -259,7 +259,7 @@ def test_sighup_gives_every_process_kafka_one_at_a_time(tmp_path: Path, bootstra
             cluster.wait_api()
             with httpx.Client(base_url=cluster.url, timeout=30) as client:
                 assert client.post("/v1/workflows", content=SPEC).status_code == 201
-                move = {"why": "dual-write", "who": "test"}
+                move = {"from": "phase-1", "why": "dual-write", "who": "test"}
                 refused = client.post("/v1/migration/advance", json=move)
                 assert refused.status_code == 409 and "no Kafka" in refused.text, refused.text
                 load = Load(cluster.url, marks)

@@ -199,7 +199,36 @@ async def test_the_shadow_reports_a_corrupted_and_a_dropped_kafka_copy(rig: Rig)
     }
     assert sorted(shadow.problems) == sorted(
         [
-            (corrupt_id, "mismatch: payload differs"),
+            (
+                corrupt_id,
+                "mismatch: payload b'the real payload' on redis, b'tampered' on kafka; "
+                "the kafka copy does not match its content id",
+            ),
             (dropped_id, "missing: no kafka copy of node.results for run run-x"),
         ]
+    )
+
+
+async def test_a_republish_after_a_rollback_is_a_pair_of_its_own(
+    rig: Rig, store: SqliteStore
+) -> None:
+    """A rollback republishes a Kafka run's jobs through Redis, with the content of the
+    first publish but other routing: the shadow pairs each publish's two copies, so that is
+    neither a mismatch nor a missing copy (it reported both before copy ids)."""
+    rig.flags.update(ENABLE_KAFKA_WRITE=True, ENABLE_KAFKA=True, KAFKA_TRAFFIC_PERCENT=100)
+    shadow = Shadow({"redis": rig.bus.redis, "kafka": rig.bus.kafka}, grace_s=2, topics=[T])
+    deadline = time.monotonic() + CEILING_S
+    sent = msgs(runs(3))
+    await rig.bus.publish(sent)
+    rig.flags["ENABLE_KAFKA"] = False  # rolled back: the same content again, via Redis
+    await rig.bus.publish(sent)
+    while shadow.compared < 6:
+        assert time.monotonic() < deadline, shadow.figures()
+        await shadow.step(block_ms=100)
+    until = time.monotonic() + 3  # past the grace: nothing left waiting, nothing missing
+    while time.monotonic() < until:
+        await shadow.step(block_ms=100)
+    figures = shadow.figures()["shadow"]
+    assert (figures["matched"], figures["mismatched"], figures["missing"]) == (6, 0, 0), (
+        shadow.problems
     )

@@ -109,7 +109,9 @@ async def burst(url: str, n: int) -> dict[str, dict[str, Any]]:
 
 
 def move(client: httpx.Client, action: str, **body: Any) -> dict[str, Any]:
-    r = client.post(f"/v1/migration/{action}", json={"why": "drill", "who": "drill", **body})
+    at = client.get("/v1/migration").json()["step"]
+    body = {"from": at, "why": "drill", "who": "drill", **body}
+    r = client.post(f"/v1/migration/{action}", json=body)
     assert r.status_code == 200, r.text
     return dict(r.json())
 

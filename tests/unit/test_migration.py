@@ -145,6 +145,34 @@ async def test_rollback_re_pins_kafka_runs_and_republishes_their_jobs(rig: Rig) 
         await rig.migration.rollback("ann", "again", to="kafka-10")
 
 
+async def test_a_step_change_names_the_step_it_leaves_and_is_refused_elsewhere(
+    rig: Rig,
+) -> None:
+    await rig.go_to("kafka-100")
+    with pytest.raises(Conflict, match="at kafka-100, not dual-write"):
+        await rig.migration.advance("ann", "canary", expect="dual-write", force=True)
+    with pytest.raises(InputError, match="unknown step 'kafka-7'"):
+        await rig.migration.rollback("ann", "back", expect="kafka-7")
+    assert current_step(rig.flags.values) == 4  # nothing changed
+    moved = await rig.migration.advance("ann", "off", expect="kafka-100", force=True)
+    assert (moved["from"], moved["to"]) == ("kafka-100", "redis-off")
+
+
+async def test_two_rollbacks_at_once_move_and_re_pin_once(rig: Rig) -> None:
+    """The monitor and an operator both judged kafka-50 and roll back at the same time:
+    one wins; the other is refused with the step it is at, and re-pins nothing."""
+    await rig.go_to("kafka-50")
+    on_kafka = await rig.running_runs(3)
+    await rig.store.pin_runs(dict.fromkeys(on_kafka, "kafka"), 1)
+    other = Migration(rig.store, FlagWatcher(rig.store, initial({})), rig.republish, enabled=True)
+    await other.flags.refresh()
+    first = await rig.migration.rollback("monitor", "slow", expect="kafka-50", to="dual-write")
+    assert first["repinned_runs"] == 3
+    with pytest.raises(Conflict, match="at dual-write, not kafka-50"):
+        await other.rollback("ann", "slow too", expect="kafka-50", to="dual-write")
+    assert sorted(rig.republished) == sorted(on_kafka)  # once
+
+
 async def test_the_monitor_rolls_back_when_kafka_errors_and_audits_the_figures(
     rig: Rig,
 ) -> None:
