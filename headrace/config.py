@@ -37,12 +37,21 @@ class Settings(BaseSettings):
         2.0, gt=1, description="monitor: roll back when Kafka's p95 exceeds the baseline × it"
     )
     monitor_latency_floor_ms: float = Field(
-        50.0, ge=0, description="monitor: a p95 below this is never too slow (noise)"
+        200.0, ge=0, description="monitor: a p95 below this is never too slow (a loaded host)"
+    )
+    monitor_latency_samples: int = Field(
+        200, ge=1, description="monitor: fewer messages in a window and no p95 is judged"
     )
     monitor_kafka_lag_s: float = Field(
         10.0, gt=0, description="monitor: roll back when Kafka's consumer lag exceeds it"
     )
     monitor_window_s: float = Field(10.0, gt=0, description="monitor: figures judged over it")
+    migration_window_s: float = Field(
+        120.0, gt=0, le=540, description="migrate status: the checklist's figures are over it"
+    )
+    migration_read_grace_s: float = Field(
+        15.0, gt=0, le=60, description="a message routed through Kafka is unread once this old"
+    )
     shadow_grace_s: float = Field(
         10.0, gt=0, description="shadow: how long a copy may wait for its twin"
     )

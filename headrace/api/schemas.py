@@ -249,6 +249,14 @@ class Check(_Closed):
     limit: str
     ok: bool | None
     trigger: bool = Field(description="a rollback trigger of the monitor")
+    detail: str = Field(description="what the value is made of (numerator, denominator, window)")
+
+
+class Baseline(_Closed):
+    p95_ms: float
+    samples: int
+    at_ms: int = Field(description="when it was taken, ms since the epoch")
+    step: str = Field(description="the step it was taken for (at its advance)")
 
 
 class MigrationStatus(_Closed):
@@ -256,7 +264,10 @@ class MigrationStatus(_Closed):
     what: str
     next: str | None
     flags: dict[str, FlagValue]
-    baseline_p95_ms: float | None
+    baseline: Baseline | None = Field(description="Redis's p95, taken at each advance")
+    window_s: float = Field(description="the checks judge the figures of this many seconds")
+    read_grace_s: float = Field(description="a message routed through Kafka counts as unread "
+                                "once this old and not acted on")  # fmt: skip
     last_rollback: dict[str, Any] | None = Field(
         description="the monitor's last rollback: from, to, why, fired (the checks), at_ms"
     )

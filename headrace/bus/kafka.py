@@ -252,6 +252,13 @@ class KafkaBus:
         g.subscribe({self._name(t): t for t in topics})
         return g
 
+    def handed_over(self, group: str, delivery: Delivery, published_ms: int) -> bool:
+        """Whether `delivery` was published before its partition was (re)assigned to this
+        process: it waited for a rebalance (a member died or joined) or for the group's
+        first member, so its age says nothing of the broker."""
+        g = self._groups.get(group)
+        return g is not None and g.handed_over(delivery, published_ms)
+
     def buffered(self, group: str) -> int:
         """Records of `group` fetched by this process and not yet handed out (a gauge)."""
         g = self._groups.get(group)
@@ -398,6 +405,7 @@ class _Group:
         self.held: dict[tuple[str, str], _Held] = {}
         self.expiry: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
         self.parts: dict[TopicKey, _Partition] = {}
+        self.assigned_at: dict[TopicKey, int] = {}  # ms since the epoch (fetch thread)
         self.arrival = asyncio.Event()
         self._lock = threading.Lock()
         self._to_commit: dict[TopicKey, int] = {}
@@ -429,7 +437,10 @@ class _Group:
         wanted = frozenset(self.wanted)
         if wanted != self._subscribed:
             self.consumer.subscribe(
-                sorted(wanted), on_revoke=self._on_revoke, on_lost=self._on_lost
+                sorted(wanted),
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
             )
             self._subscribed = wanted
         if not wanted:
@@ -468,6 +479,16 @@ class _Group:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as e:  # a redelivery at worst: the positions are safe to lose
             log.info("kafka commit (%s) failed: %s", self.name, e)
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        at = int(time.time() * 1000)
+        for tp in partitions:
+            self.assigned_at[(tp.topic, tp.partition)] = at
+
+    def handed_over(self, d: Delivery, published_ms: int) -> bool:
+        name = next((n for n, t in self.wanted.items() if t == d.topic), None)
+        at = self.assigned_at.get((name or "", int(d.id.partition("-")[0])))
+        return at is not None and published_ms < at
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(asynchronous=False, only={(tp.topic, tp.partition) for tp in partitions})

@@ -35,7 +35,6 @@ loses nothing.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import hashlib
 import itertools
 import logging
@@ -44,12 +43,12 @@ import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from headrace.bus.base import Bus, Delivery, publish_then_ack
 from headrace.errors import InfraError
 from headrace.events import Message
+from headrace.migration.slots import FAILED, ROUTED, SENT, BusSlots
 
 if TYPE_CHECKING:  # imported by services/adapters.py, only when configured
     from headrace.bus.kafka import KafkaBus
@@ -65,7 +64,6 @@ CID = "hr-cid"
 TS = "hr-ts"
 REDIS, KAFKA = "redis", "kafka"
 Backend = Literal["redis", "kafka"]
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)
 _CACHE_SIZE = 100_000
 
 
@@ -92,29 +90,25 @@ def in_kafka_share(run_id: str, percent: int) -> bool:
     return zlib.crc32(raw) % 100 < percent
 
 
-@dataclass
 class BusFigures:
-    sent: int = 0  # copies written (or attempted)
-    failed: int = 0  # copies the bus refused or lost
-    routed: int = 0  # messages whose acting copy went here
-    acted: int = 0  # messages consumers acted on from here
-    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
-    max_age_ms: int = 0
+    """One bus's counters in this process: totals since it started, and by the second of
+    publication (headrace/migration/slots.py), which is what the checks judge."""
 
-    def observe(self, age_ms: int) -> None:
-        self.acted += 1
-        self.latency[bisect.bisect_left(LATENCY_BUCKETS_MS, age_ms)] += 1
-        self.max_age_ms = max(self.max_age_ms, age_ms)
+    def __init__(self) -> None:
+        self.totals = {"sent": 0, "failed": 0, "routed": 0, "acted": 0, "handed_over": 0}
+        self.slots = BusSlots()
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "sent": self.sent,
-            "failed": self.failed,
-            "routed": self.routed,
-            "acted": self.acted,
-            "latency": self.latency,
-            "max_age_ms": self.max_age_ms,
-        }
+    def count(self, what: str, counter: int, second: int, n: int = 1) -> None:
+        self.totals[what] += n
+        self.slots.add(second, counter, n)
+
+    def acted(self, second: int, age_ms: int, handed_over: bool) -> None:
+        self.totals["acted"] += 1
+        self.totals["handed_over"] += handed_over
+        self.slots.acted(second, age_ms, handed_over=handed_over)
+
+    def as_dict(self, now_s: int) -> dict[str, Any]:
+        return {**self.totals, "slots": self.slots.report(now_s)}
 
 
 class MigratingBus:
@@ -196,14 +190,15 @@ class MigratingBus:
         if not messages:
             return
         pins = await self._pins_of(messages)
-        now = str(int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        now, second = str(now_ms), now_ms // 1000
         out: dict[str, list[Message]] = {REDIS: [], KAFKA: []}
         acting: set[str] = set()
         for m in messages:
             pin = pins[m.key]
             via = self.via(pin)
             acting.add(via)
-            self._figures[via].routed += 1
+            self._figures[via].count("routed", ROUTED, second)
             copies = self._copies(via)
             headers = {
                 **m.headers,
@@ -217,8 +212,8 @@ class MigratingBus:
             routed = Message(m.topic, m.key, m.payload, headers)
             for backend in copies:
                 out[backend].append(routed)
-        kafka_done = await self._send_kafka(out[KAFKA], KAFKA in acting)
-        await self._publish_redis(out[REDIS], REDIS in acting)
+        kafka_done = await self._send_kafka(out[KAFKA], KAFKA in acting, second)
+        await self._publish_redis(out[REDIS], REDIS in acting, second)
         if kafka_done is not None and KAFKA in acting:
             try:
                 await asyncio.wait_for(kafka_done, self.kafka.timeout_s + 5)
@@ -226,35 +221,36 @@ class MigratingBus:
                 raise InfraError("kafka publish: no delivery report in time") from e
 
     async def _send_kafka(
-        self, messages: list[Message], acting: bool
+        self, messages: list[Message], acting: bool, second: int
     ) -> asyncio.Future[None] | None:
         if not messages:
             return None
-        self._figures[KAFKA].sent += len(messages)
+        figures = self._figures[KAFKA]
+        figures.count("sent", SENT, second, len(messages))
         try:
             done = await self.kafka.send(messages)
         except InfraError:
-            self._figures[KAFKA].failed += len(messages)
+            figures.count("failed", FAILED, second, len(messages))
             if acting:
                 raise
             return None
 
         def count(f: asyncio.Future[None]) -> None:
             if f.cancelled() or f.exception() is not None:
-                self._figures[KAFKA].failed += len(messages)
+                figures.count("failed", FAILED, second, len(messages))
 
         done.add_done_callback(count)
         return done
 
-    async def _publish_redis(self, messages: list[Message], acting: bool) -> None:
+    async def _publish_redis(self, messages: list[Message], acting: bool, second: int) -> None:
         if not messages:
             return
         figures = self._figures[REDIS]
-        figures.sent += len(messages)
+        figures.count("sent", SENT, second, len(messages))
         try:
             await self.buses[REDIS].publish(messages)
         except InfraError as e:
-            figures.failed += len(messages)
+            figures.count("failed", FAILED, second, len(messages))
             if acting:
                 raise
             log.warning("a Redis copy was not written: %s", e)
@@ -301,7 +297,9 @@ class MigratingBus:
                 continue
             acting.append(Delivery(d.topic, f"{backend[0]}|{d.id}", d.message))
             if TS in headers:
-                figures.observe(max(now_ms - int(headers[TS]), 0))
+                sent_ms = int(headers[TS])
+                handed = backend == KAFKA and self.kafka.handed_over(group, d, sent_ms)
+                figures.acted(sent_ms // 1000, max(now_ms - sent_ms, 0), handed)
         if copies:
             await self.buses[backend].ack(group, copies)
         return acting
@@ -341,9 +339,7 @@ class MigratingBus:
             await bus.close()
 
     def figures(self) -> dict[str, Any]:
-        """`{"buses": {bus: counters}}`: counters since this bus was made (the reader takes
-        differences), and the oldest message acted on since the last call."""
-        out = {name: f.as_dict() for name, f in self._figures.items()}
-        for f in self._figures.values():
-            f.max_age_ms = 0
-        return {"buses": out}
+        """`{"buses": {bus: {sent, failed, routed, acted, handed_over, slots}}}`: totals
+        since this bus was made, and by the second of publication (migration/slots.py)."""
+        now_s = int(time.time())
+        return {"buses": {name: f.as_dict(now_s) for name, f in self._figures.items()}}

@@ -272,11 +272,17 @@ def print_status(status: dict[str, Any]) -> None:
         print(f"last monitor rollback: {when} UTC, {last['from']} -> {last['to']}: {last['why']}")
     print(f"step: {status['step']} ({status['what']}); next: {status['next'] or '-'}")
     print("flags: " + ", ".join(f"{k}={v}" for k, v in status["flags"].items()))
-    print(f"pinned runs: {status['pins'] or 'none'}; baseline p95: {status['baseline_p95_ms']}")
+    base = status["baseline"]
+    taken = "none yet"
+    if base:
+        when = datetime.fromtimestamp(base["at_ms"] / 1000, UTC).strftime("%H:%M:%S")
+        taken = f"{base['p95_ms']:g} ms ({base['samples']} messages, {when} UTC, {base['step']})"
+    print(f"pinned runs: {status['pins'] or 'none'}; Redis p95 baseline: {taken}")
+    print(f"checks over the last {status['window_s']:g} s:")
     for c in status["checks"]:
         mark = {True: "pass", False: "FAIL", None: "n/a "}[c["ok"]]
         value = "-" if c["value"] is None else f"{c['value']:.4g}"
-        print(f"  [{mark}] {c['name']} = {value} (want {c['limit']})")
+        print(f"  [{mark}] {c['name']} = {value} (want {c['limit']}): {c['detail']}")
 
 
 @migrate_app.command("advance")

@@ -26,6 +26,7 @@ from headrace.bus.base import Bus, Delivery
 from headrace.bus.migrating import CID, COPIES, KAFKA, MID, REDIS, TS, message_id
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS
 from headrace.events import Message
+from headrace.migration.slots import COMPARED, MATCHED, MISMATCHED, MISSING, SHADOW_WIDTH, Slots
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Shadow:
         self.reported: OrderedDict[str, None] = OrderedDict()  # ids counted missing
         self.live: set[str] = set()  # buses that delivered: the clock runs once both did
         self.compared = self.matched = self.missing = self.mismatched = 0
+        self.slots = Slots(SHADOW_WIDTH)  # the same, by the second of the comparison
         self.problems: list[tuple[str, str]] = []  # (message id, what), newest last
 
     async def run(self) -> None:
@@ -92,14 +94,11 @@ class Shadow:
         if other.bus == bus:
             return  # a redelivery of the same copy
         del self.waiting[pair]
-        self.compared += 1
         found = [_difference(other, bus, d.message), _corrupt(mid, other, bus, d.message)]
         problem = "; ".join(p for p in found if p)
+        self._count(MISMATCHED if problem else MATCHED)
         if problem:
-            self.mismatched += 1
             self._report(mid, f"mismatch: {problem}")
-        else:
-            self.matched += 1
 
     def expire(self, now: float) -> None:
         if len(self.live) < 2:
@@ -112,12 +111,23 @@ class Shadow:
             self.reported[pair] = None
             if len(self.reported) > 100_000:
                 self.reported.popitem(last=False)
-            self.compared += 1
-            self.missing += 1
+            self._count(MISSING)
             other = KAFKA if seen.bus == REDIS else REDIS
             m = seen.message
             mid = m.headers.get(MID, pair)
             self._report(mid, f"missing: no {other} copy of {m.topic} for run {m.key}")
+
+    def _count(self, outcome: int) -> None:
+        second = int(time.time())
+        self.slots.add(second, COMPARED)
+        self.slots.add(second, outcome)
+        self.compared += 1
+        if outcome == MATCHED:
+            self.matched += 1
+        elif outcome == MISSING:
+            self.missing += 1
+        else:
+            self.mismatched += 1
 
     def _report(self, mid: str, what: str) -> None:
         log.warning("shadow: message %s %s", mid, what)
@@ -131,6 +141,7 @@ class Shadow:
                 "missing": self.missing,
                 "mismatched": self.mismatched,
                 "waiting": len(self.waiting),
+                "slots": self.slots.report(int(time.time())),
             }
         }
 

@@ -7,14 +7,18 @@ engine drops duplicates)."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from headrace.bus.migrating import KAFKA, REDIS
 from headrace.errors import Conflict, InputError
 from headrace.flags import FlagWatcher
 from headrace.flags.definitions import FlagValue
-from headrace.migration.figures import ClusterTotals, add_up, live_reports, now_ms
+from headrace.migration.figures import now_ms, window_of
+from headrace.migration.slots import BusWindow, Window
 from headrace.store import Store
 
 
@@ -59,10 +63,13 @@ def current_step(values: Mapping[str, FlagValue]) -> int | None:
 class Thresholds:
     error_rate: float = 0.05
     latency_factor: float = 2.0
-    latency_floor_ms: float = 50.0  # below it, a p95 is never "too slow" (noise)
+    latency_floor_ms: float = 200.0  # below it, a p95 is never "too slow" (a loaded host)
+    latency_samples: int = 200  # fewer messages in the window: no p95 is judged
     kafka_lag_s: float = 10.0
     write_success: float = 0.999
     read_success: float = 0.999
+    window_s: float = 120.0  # the checklist's window (the monitor has its own, shorter)
+    read_grace_s: float = 15.0  # a message is unread once older than this and not acted on
 
 
 @dataclass(frozen=True)
@@ -72,41 +79,95 @@ class Check:
     limit: str
     ok: bool | None
     trigger: bool = False  # a rollback trigger of the monitor
+    detail: str = ""  # what the value is made of
 
 
-def checks(totals: ClusterTotals, baseline_ms: float | None, t: Thresholds) -> list[Check]:
-    kafka = totals.buses["kafka"]
-    shadow = totals.shadow
-    errors = kafka.error_rate
-    write = None if errors is None else 1 - errors
-    read = kafka.read_rate
-    p95 = kafka.p95_ms()
-    slow = max(t.latency_factor * baseline_ms, t.latency_floor_ms) if baseline_ms else None
-    lag = kafka.max_age_ms / 1000 if kafka.acted else None
-
-    def at_least(v: float | None, limit: float) -> bool | None:
-        return None if v is None else v >= limit
-
-    def at_most(v: float | None, limit: float | None) -> bool | None:
-        return None if v is None or limit is None else v <= limit
-
+def checks(w: Window, baseline: Mapping[str, Any] | None, t: Thresholds) -> list[Check]:
+    """The checklist over the window `w` (the monitor's triggers among them)."""
+    kafka, shadow = w.bus(KAFKA), w.shadow
     compared = shadow.compared > 0
+    seen = f"in the last {w.end_s - w.start_s} s"
     return [
-        Check("kafka_write_success_rate", write, f">= {t.write_success}",
-              at_least(write, t.write_success)),
-        Check("shadow_missing", shadow.missing, "= 0",
-              shadow.missing == 0 if compared else None),
+        _write_success(kafka, t, seen),
+        Check("shadow_missing", shadow.missing, "= 0", shadow.missing == 0 if compared else None,
+              detail=f"{shadow.missing} of {shadow.compared} copies compared {seen}"),
         Check("shadow_mismatched", shadow.mismatched, "= 0",
-              shadow.mismatched == 0 if compared else None),
-        Check("kafka_read_success_rate", read, f">= {t.read_success}",
-              at_least(read, t.read_success)),
-        Check("kafka_error_rate", errors, f"<= {t.error_rate}",
-              at_most(errors, t.error_rate), trigger=True),
-        Check("kafka_p95_latency_ms", p95, f"<= {slow} (baseline {baseline_ms})",
-              at_most(p95, slow), trigger=True),
-        Check("kafka_consumer_lag_s", lag, f"<= {t.kafka_lag_s}",
-              at_most(lag, t.kafka_lag_s), trigger=True),
+              shadow.mismatched == 0 if compared else None,
+              detail=f"{shadow.mismatched} of {shadow.compared} copies compared {seen}"),
+        _read_success(w, t),
+        _error_rate(kafka, t, seen),
+        _p95(w, baseline, t, seen),
+        _lag(w, t, seen),
     ]  # fmt: skip
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _write_success(kafka: BusWindow, t: Thresholds, seen: str) -> Check:
+    rate = _share(kafka.sent - kafka.failed, kafka.sent)
+    return Check(
+        "kafka_write_success_rate", rate, f">= {t.write_success}",
+        None if rate is None else rate >= t.write_success,
+        detail=f"{kafka.sent - kafka.failed} of {kafka.sent} writes to Kafka acknowledged {seen}",
+    )  # fmt: skip
+
+
+def _error_rate(kafka: BusWindow, t: Thresholds, seen: str) -> Check:
+    rate = _share(kafka.failed, kafka.sent)
+    return Check(
+        "kafka_error_rate", rate, f"<= {t.error_rate}",
+        None if rate is None else rate <= t.error_rate, trigger=True,
+        detail=f"{kafka.failed} of {kafka.sent} writes to Kafka failed {seen} "
+        "(by the second they were sent)",
+    )  # fmt: skip
+
+
+def _read_success(w: Window, t: Thresholds) -> Check:
+    settled = w.settled_bus(KAFKA)
+    rate = _share(min(settled.acted, settled.routed), settled.routed)
+    return Check(
+        "kafka_read_success_rate", rate, f">= {t.read_success}",
+        None if rate is None else rate >= t.read_success,
+        detail=f"{settled.acted} of {settled.routed} messages routed through Kafka from "
+        f"{w.end_s - w.start_s} to {w.end_s - w.settled_s} s ago were acted on",
+    )  # fmt: skip
+
+
+def _p95(w: Window, baseline: Mapping[str, Any] | None, t: Thresholds, seen: str) -> Check:
+    """Kafka's p95 against Redis's: the baseline taken at the step, or Redis's p95 now
+    when it is higher (the same load on the same host), and never under the floor."""
+    kafka = w.bus(KAFKA)
+    p95 = kafka.p95_ms(t.latency_samples)
+    redis_now = w.bus(REDIS).p95_ms(t.latency_samples)
+    base = max(float(baseline["p95_ms"]) if baseline else 0.0, redis_now or 0.0)
+    slow = max(t.latency_factor * base, t.latency_floor_ms)
+    taken = f"baseline {baseline['p95_ms']} ms at {baseline['step']}" if baseline else "no baseline"
+    return Check(
+        "kafka_p95_latency_ms", p95, f"<= {slow:g} ({taken}; Redis now {redis_now})",
+        None if p95 is None else p95 <= slow, trigger=True,
+        detail=f"{kafka.samples} messages acted on from Kafka {seen} (at least "
+        f"{t.latency_samples} to judge; {kafka.handed} handed over by rebalances left out)",
+    )  # fmt: skip
+
+
+def _lag(w: Window, t: Thresholds, seen: str) -> Check:
+    """The oldest message consumers took from Kafka (rebalances left out); or, when Kafka
+    was routed messages and consumers took none for the whole window, its length."""
+    kafka = w.bus(KAFKA)
+    span = w.end_s - w.start_s
+    if kafka.acted > kafka.handed:
+        lag: float | None = kafka.max_age_ms / 1000
+        what = f"the oldest of {kafka.acted - kafka.handed} messages taken {seen}"
+    elif kafka.routed and not kafka.acted and span >= t.kafka_lag_s:
+        lag, what = float(span), f"{kafka.routed} messages routed, none taken {seen}"
+    else:
+        lag, what = None, f"nothing taken from Kafka {seen}"
+    return Check(
+        "kafka_consumer_lag_s", lag, f"<= {t.kafka_lag_s}",
+        None if lag is None else lag <= t.kafka_lag_s, trigger=True, detail=what,
+    )  # fmt: skip
 
 
 Republish = Callable[[list[str]], Awaitable[int]]
@@ -130,13 +191,19 @@ class Migration:
         self.enabled = enabled  # this process has the migrating bus
         self.thresholds = thresholds
 
-    async def checks(self) -> list[Check]:
-        totals = add_up((await live_reports(self.store)).values())
-        return checks(totals, await self.baseline(), self.thresholds)
+    async def window(self, seconds: float, since_s: float = 0.0) -> Window:
+        """The cluster's figures over the last `seconds` (from `since_s` at the earliest)."""
+        end = int(time.time()) + 1
+        start = max(end - int(seconds), math.ceil(since_s))
+        return await window_of(self.store, start, end, int(self.thresholds.read_grace_s))
 
-    async def baseline(self) -> float | None:
+    async def checks(self) -> list[Check]:
+        w = await self.window(self.thresholds.window_s)
+        return checks(w, await self.baseline(), self.thresholds)
+
+    async def baseline(self) -> dict[str, Any] | None:
         note = await self.store.note("baseline")
-        return float(note["p95_ms"]) if note else None
+        return dict(note) if note and "step" in note else None
 
     async def status(self) -> dict[str, Any]:
         await self.flags.refresh()
@@ -147,7 +214,9 @@ class Migration:
             "what": STEPS[i].what if i is not None else "flags set by hand",
             "next": STEPS[i + 1].name if i is not None and i + 1 < len(STEPS) else None,
             "flags": {k: values[k] for k in STEPS[0].flags},
-            "baseline_p95_ms": await self.baseline(),
+            "baseline": await self.baseline(),
+            "window_s": self.thresholds.window_s,
+            "read_grace_s": self.thresholds.read_grace_s,
             "last_rollback": await self.store.note("last_rollback"),
             "pins": await self.store.pin_counts(0),
             "checks": [asdict(c) for c in await self.checks()],
@@ -169,9 +238,8 @@ class Migration:
         if failing and not force:
             raise Conflict(f"checks fail: {', '.join(failing)} (force to advance anyway)")
         target = STEPS[i + 1]
-        if not STEPS[i].flags["ENABLE_KAFKA"] and target.flags["ENABLE_KAFKA"]:
-            await self.record_baseline()
         await self._swap(STEPS[i].flags, target, list(target.flags), who, why)
+        await self.record_baseline(target.name)
         return {"from": STEPS[i].name, "to": target.name, "failing_checks": failing}
 
     async def _at(self, expect: str | None) -> int | None:
@@ -191,12 +259,15 @@ class Migration:
         now = STEPS[i].name if i is not None else f"{CUSTOM} (flags set by hand)"
         return Conflict(f"the migration is at {now}, not {expect}: it moved; nothing was changed")
 
-    async def record_baseline(self) -> None:
-        """The Redis p95 latency before Kafka takes runs: what the monitor compares with."""
-        totals = add_up((await live_reports(self.store)).values())
-        p95 = totals.buses["redis"].p95_ms()
+    async def record_baseline(self, step: str) -> None:
+        """Redis's p95 over the checklist's window as the latency baseline of `step` (kept
+        from the step before when Redis carried too few messages to tell)."""
+        w = await self.window(self.thresholds.window_s)
+        redis = w.bus(REDIS)
+        p95 = redis.p95_ms(self.thresholds.latency_samples)
         if p95 is not None:
-            await self.store.put_note("baseline", {"p95_ms": p95, "bus": "redis"}, now_ms())
+            value = {"p95_ms": p95, "samples": redis.samples, "at_ms": now_ms(), "step": step}
+            await self.store.put_note("baseline", value, now_ms())
 
     async def rollback(
         self, who: str, why: str, *, expect: str | None = None, to: str | None = None

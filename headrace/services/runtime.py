@@ -162,7 +162,10 @@ class Runtime:
                 error_rate=settings.monitor_error_rate,
                 latency_factor=settings.monitor_latency_factor,
                 latency_floor_ms=settings.monitor_latency_floor_ms,
+                latency_samples=settings.monitor_latency_samples,
                 kafka_lag_s=settings.monitor_kafka_lag_s,
+                window_s=settings.migration_window_s,
+                read_grace_s=settings.migration_read_grace_s,
             ),
         )
         if {"monitor", "shadow"} & set(roles) and not self.migration.enabled:
