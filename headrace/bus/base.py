@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from headrace.errors import InfraError
 from headrace.events import Message
 
 DEAD_LETTER_TOPIC = "dead-letter"
@@ -91,6 +92,19 @@ class Bus(Protocol):
         """Release the bus's connections; call it once its consumers stopped, and no other
         method after it. What is pending stays pending in a durable backend (redelivered to
         the next consumer after the visibility timeout); an in-memory bus forgets it all."""
+
+
+class PartlyPublished(InfraError):
+    """A publish that went through on one bus and not on another (the migrating bus): the
+    `messages` not published, and the `deliveries` left unacknowledged with them; the rest
+    were published and acknowledged. Retry only these."""
+
+    def __init__(
+        self, reason: str, messages: Sequence[Message], deliveries: Sequence[Delivery] = ()
+    ) -> None:
+        super().__init__(reason)
+        self.messages = list(messages)
+        self.deliveries = list(deliveries)
 
 
 async def publish_then_ack(

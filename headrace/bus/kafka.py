@@ -106,6 +106,7 @@ class KafkaBus:
         self._admin = AdminClient({"bootstrap.servers": bootstrap}, logger=log)
         self._producer = self._new_producer()
         self._renew = threading.Event()  # the producer hit a fatal error: replace it
+        self._in_flight: dict[_Batch, float] = {}  # publishes awaiting reports: since when
         self._topics: dict[str, str] = {}  # kafka name -> topic, for those known to exist
         self._groups: dict[str, _Group] = {}
         self._closed = threading.Event()
@@ -158,13 +159,25 @@ class KafkaBus:
         when the broker acknowledged them all, or with the first InfraError."""
         await self._ensure_topics(list(dict.fromkeys(m.topic for m in messages)))
         self._start_poller()
-        batch = _Batch(asyncio.get_running_loop(), len(messages))
+        batch = _Batch(asyncio.get_running_loop(), len(messages), self._renew)
+        self._in_flight[batch] = time.monotonic()
+        batch.future.add_done_callback(lambda _: self._in_flight.pop(batch, None))
         with _edge("publish"):
             for m in messages:
                 self._produce(m, batch.delivered)
         if not messages:
             batch.future.set_result(None)
         return batch.future
+
+    def stalled_s(self) -> float:
+        """How long the oldest publish still in flight has waited for the broker (0: none):
+        seconds mean a broker that does not answer (frozen, cut off)."""
+        oldest = min(self._in_flight.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
+
+    def backlog(self) -> int:
+        """Messages the producer holds, not yet acknowledged by the broker."""
+        return len(self._producer)
 
     def _produce(self, m: Message, on_delivery: Callable[[Any, Any], None]) -> None:
         headers: list[tuple[str, str | bytes | None]] = [(k, v) for k, v in m.headers.items()]
@@ -341,17 +354,33 @@ def _bytes(value: str | bytes | None) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
+# the broker no longer takes this producer's writes (fenced after a pause, or its sequence
+# lost): a new producer (a new id) must take over
+_RENEW_ON = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+    }
+)
+
+
 class _Batch:
     """Counts the delivery reports of one publish; its future ends with the first error."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int, renew: threading.Event) -> None:
         self.loop = loop
         self.left = n
+        self.renew = renew
         self.future: asyncio.Future[None] = loop.create_future()
 
     def delivered(self, err: KafkaError | None, _msg: KafkaMessage) -> None:  # poll thread
         self.left -= 1
         if err is not None:
+            if err.fatal() or err.code() in _RENEW_ON:
+                self.renew.set()
             self.loop.call_soon_threadsafe(self._end, InfraError(f"kafka publish: {err}"))
         elif self.left == 0:
             self.loop.call_soon_threadsafe(self._end, None)

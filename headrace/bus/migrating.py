@@ -35,6 +35,8 @@ loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -45,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from headrace.bus.base import Bus, Delivery, publish_then_ack
+from headrace.bus.base import Bus, Delivery, PartlyPublished
 from headrace.errors import InfraError
 from headrace.events import Message
 from headrace.migration.slots import FAILED, ROUTED, SENT, BusSlots
@@ -65,6 +67,8 @@ TS = "hr-ts"
 REDIS, KAFKA = "redis", "kafka"
 Backend = Literal["redis", "kafka"]
 _CACHE_SIZE = 100_000
+KAFKA_STALL_S = 3.0  # a publish unanswered this long: Kafka is not answering, fail fast
+KAFKA_COPY_BACKLOG = 50_000  # copies beyond this many held by the producer are dropped
 
 
 class PinBook(Protocol):
@@ -131,6 +135,7 @@ class MigratingBus:
         self._figures = {REDIS: BusFigures(), KAFKA: BusFigures()}
         self._recent: dict[str, float] = {REDIS: 0.0, KAFKA: 0.0}  # last delivery, monotonic
         self._cids = itertools.count()
+        self._copying: set[asyncio.Task[None]] = set()  # copies to Kafka on their way
         self._cid_prefix = uuid.uuid4().hex[:12]  # this bus's publishes
 
     @property
@@ -187,73 +192,130 @@ class MigratingBus:
     # the Bus protocol
 
     async def publish(self, messages: Sequence[Message]) -> None:
+        """Each message to its `via` bus (awaited), its copies best effort. The buses fail
+        apart: when one cannot take its messages, the other's still go, and PartlyPublished
+        names those that did not."""
         if not messages:
             return
         pins = await self._pins_of(messages)
         now_ms = int(time.time() * 1000)
         now, second = str(now_ms), now_ms // 1000
-        out: dict[str, list[Message]] = {REDIS: [], KAFKA: []}
-        acting: set[str] = set()
+        acting: dict[str, list[Message]] = {REDIS: [], KAFKA: []}
+        copies: dict[str, list[Message]] = {REDIS: [], KAFKA: []}
         for m in messages:
             pin = pins[m.key]
             via = self.via(pin)
-            acting.add(via)
             self._figures[via].count("routed", ROUTED, second)
-            copies = self._copies(via)
+            written = self._copies(via)
             headers = {
                 **m.headers,
                 PIN: pin,
                 VIA: via,
-                COPIES: ",".join(sorted(copies)),
+                COPIES: ",".join(sorted(written)),
                 MID: m.headers.get(MID) or message_id(m),
                 CID: f"{self._cid_prefix}-{next(self._cids)}",
                 TS: now,
             }
             routed = Message(m.topic, m.key, m.payload, headers)
-            for backend in copies:
-                out[backend].append(routed)
-        kafka_done = await self._send_kafka(out[KAFKA], KAFKA in acting, second)
-        await self._publish_redis(out[REDIS], REDIS in acting, second)
-        if kafka_done is not None and KAFKA in acting:
+            acting[via].append(routed)
+            for backend in written - {via}:
+                copies[backend].append(routed)
+        kafka_done = await self._send_kafka(acting[KAFKA], second)
+        failed = await self._publish_redis(acting[REDIS], second)
+        self._copy_kafka(copies[KAFKA], second)
+        await self._copy_redis(copies[REDIS], second)
+        if kafka_done is not None:
             try:
-                await asyncio.wait_for(kafka_done, self.kafka.timeout_s + 5)
-            except TimeoutError as e:
-                raise InfraError("kafka publish: no delivery report in time") from e
+                await self._kafka_answer(kafka_done)
+            except InfraError as e:
+                failed.append((e, acting[KAFKA]))
+        if failed:
+            left = [m for _, ms in failed for m in ms]
+            raise PartlyPublished("; ".join(str(e) for e, _ in failed), left)
 
     async def _send_kafka(
-        self, messages: list[Message], acting: bool, second: int
+        self, messages: list[Message], second: int
     ) -> asyncio.Future[None] | None:
+        """Hand the messages routed through Kafka to its producer; a future of the broker's
+        answer. A future that fails at once when Kafka is not answering (fail fast: no
+        publish waits behind a frozen broker)."""
         if not messages:
             return None
         figures = self._figures[KAFKA]
         figures.count("sent", SENT, second, len(messages))
+        stalled = self.kafka.stalled_s()
+        try:
+            if stalled > KAFKA_STALL_S:
+                raise InfraError(f"kafka publish: no answer from the broker for {stalled:.1f} s")
+            done = await self.kafka.send(messages)
+        except InfraError as e:
+            figures.count("failed", FAILED, second, len(messages))
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(e)
+            return failed
+        done.add_done_callback(functools.partial(self._count_kafka, second, len(messages)))
+        return done
+
+    def _count_kafka(self, second: int, n: int, done: asyncio.Future[None]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            self._figures[KAFKA].count("failed", FAILED, second, n)
+
+    async def _kafka_answer(self, done: asyncio.Future[None]) -> None:
+        """The broker's answer to a publish; InfraError once Kafka has left a publish
+        unanswered for KAFKA_STALL_S (sooner than the producer's own timeout)."""
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(done), 0.25)
+            except TimeoutError:
+                stalled = self.kafka.stalled_s()
+                if stalled > KAFKA_STALL_S:
+                    msg = f"kafka publish: no answer from the broker for {stalled:.1f} s"
+                    raise InfraError(msg) from None
+
+    def _copy_kafka(self, messages: list[Message], second: int) -> None:
+        """Copies to Kafka, never awaited: dropped (and counted failed) while Kafka does not
+        answer or its producer holds more than KAFKA_COPY_BACKLOG messages."""
+        if not messages:
+            return
+        figures = self._figures[KAFKA]
+        figures.count("sent", SENT, second, len(messages))
+        sick = self.kafka.stalled_s() > KAFKA_STALL_S
+        if sick or self.kafka.backlog() + len(messages) > KAFKA_COPY_BACKLOG:
+            figures.count("failed", FAILED, second, len(messages))
+            return
+        task = asyncio.create_task(self._send_copies(messages, second))
+        self._copying.add(task)
+        task.add_done_callback(self._copying.discard)
+
+    async def _send_copies(self, messages: list[Message], second: int) -> None:
         try:
             done = await self.kafka.send(messages)
         except InfraError:
-            figures.count("failed", FAILED, second, len(messages))
-            if acting:
-                raise
-            return None
-
-        def count(f: asyncio.Future[None]) -> None:
-            if f.cancelled() or f.exception() is not None:
-                figures.count("failed", FAILED, second, len(messages))
-
-        done.add_done_callback(count)
-        return done
-
-    async def _publish_redis(self, messages: list[Message], acting: bool, second: int) -> None:
-        if not messages:
+            self._figures[KAFKA].count("failed", FAILED, second, len(messages))
             return
+        done.add_done_callback(functools.partial(self._count_kafka, second, len(messages)))
+        with contextlib.suppress(InfraError):
+            await done
+
+    async def _publish_redis(
+        self, messages: list[Message], second: int
+    ) -> list[tuple[InfraError, list[Message]]]:
+        """The messages routed through Redis; the failure, if any, to report."""
+        if not messages:
+            return []
         figures = self._figures[REDIS]
         figures.count("sent", SENT, second, len(messages))
         try:
             await self.buses[REDIS].publish(messages)
         except InfraError as e:
             figures.count("failed", FAILED, second, len(messages))
-            if acting:
-                raise
-            log.warning("a Redis copy was not written: %s", e)
+            return [(e, messages)]
+        return []
+
+    async def _copy_redis(self, messages: list[Message], second: int) -> None:
+        if messages:
+            for failure, _ in await self._publish_redis(messages, second):
+                log.warning("a Redis copy was not written: %s", failure)
 
     async def consume(
         self, topics: Sequence[str], group: str, consumer: str, max_count: int, block_ms: int
@@ -314,7 +376,16 @@ class MigratingBus:
     async def publish_and_ack(
         self, messages: Sequence[Message], group: str, deliveries: Sequence[Delivery]
     ) -> None:
-        await publish_then_ack(self, messages, group, deliveries)
+        """Acknowledge the deliveries once their replies are out: all of them, or, when one
+        bus failed, those of runs none of whose messages are left."""
+        try:
+            await self.publish(messages)
+        except PartlyPublished as e:
+            runs = {m.key for m in e.messages}
+            await self.ack(group, [d for d in deliveries if d.message.key not in runs])
+            held = [d for d in deliveries if d.message.key in runs]
+            raise PartlyPublished(str(e), e.messages, held) from e
+        await self.ack(group, deliveries)
 
     async def ack(self, group: str, deliveries: Sequence[Delivery]) -> None:
         for backend, mine in self._split(deliveries).items():
@@ -335,6 +406,8 @@ class MigratingBus:
         return sum([await bus.depth(topic) for bus in self.buses.values()])
 
     async def close(self) -> None:
+        for task in list(self._copying):
+            task.cancel()
         for bus in self.buses.values():
             await bus.close()
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from headrace.bus import Bus, Delivery
-from headrace.bus.base import dead_letter_message, reply_headers
+from headrace.bus.base import PartlyPublished, dead_letter_message, reply_headers
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS, WORKERS
 from headrace.errors import InfraError, NodeError
 from headrace.events import (
@@ -46,6 +47,7 @@ from headrace.store import AttemptKey
 
 log = logging.getLogger(__name__)
 GROUP = WORKERS
+PARK_S = 1.0  # results a failed bus did not take wait this long before they are sent again
 # which of these attempts are still open (Store.open_attempts)
 Fence = Callable[[Sequence[AttemptKey]], Awaitable[set[AttemptKey]]]
 
@@ -85,6 +87,10 @@ class Worker:
         self.results: list[Message] = []
         self.acks: list[Delivery] = []  # sent with the results queued with them
         self.flush_needed = asyncio.Event()
+        # results (and their deliveries) whose bus failed while another took the rest
+        self.parked_results: list[Message] = []
+        self.parked_acks: list[Delivery] = []
+        self.parked_until = 0.0
         self.free = concurrency  # slots not running a job
         self.asking = 0  # slots the read from the bus in progress may fill
         self.slot_freed = asyncio.Event()
@@ -292,10 +298,21 @@ class Worker:
                 await self.bus.dead_letter(GROUP, delivery, reason)
         results, self.results = self.results, []
         acks, self.acks = self.acks, []
+        parked = self.parked_results or self.parked_acks
+        if parked and time.monotonic() >= self.parked_until:
+            results[:0], acks[:0] = self.parked_results, self.parked_acks
+            self.parked_results, self.parked_acks = [], []
         from_bus, local = split(acks)
         try:
             if results or from_bus:
                 await self.bus.publish_and_ack(results, GROUP, from_bus)
+        except PartlyPublished as e:  # one bus of several failed: retry its part later,
+            self.parked_results += e.messages  # the others' go on now
+            self.parked_acks += [*e.deliveries, *local]
+            self.parked_until = time.monotonic() + PARK_S
+            asyncio.get_running_loop().call_later(PARK_S, self.flush_needed.set)
+            log.warning("%d results wait %.1f s for their bus: %s", len(e.messages), PARK_S, e)
+            return
         except InfraError:  # the bus is down: keep them for the next flush, not lose them
             self.results[:0] = results
             self.acks[:0] = acks

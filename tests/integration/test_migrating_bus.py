@@ -4,6 +4,7 @@ migration steps do: where each message goes, which copy is acted on, pins and re
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,9 +15,11 @@ import redis.asyncio as aioredis
 from msgspec.structs import replace
 
 from headrace.bus import Delivery
+from headrace.bus.base import PartlyPublished
 from headrace.bus.kafka import KafkaBus
 from headrace.bus.migrating import (
     COPIES,
+    KAFKA_STALL_S,
     MID,
     PIN,
     VIA,
@@ -25,9 +28,11 @@ from headrace.bus.migrating import (
     message_id,
 )
 from headrace.bus.redis import RedisBus
+from headrace.errors import InfraError
 from headrace.events import Message
 from headrace.migration.shadow import Shadow
 from headrace.store.sqlite import SqliteStore
+from headrace.testing.kafka import Tansu
 from headrace.testing.services import redis_prefix
 
 pytestmark = pytest.mark.integration
@@ -234,3 +239,53 @@ async def test_a_republish_after_a_rollback_is_a_pair_of_its_own(
     assert (figures["matched"], figures["mismatched"], figures["missing"]) == (6, 0, 0), (
         shadow.problems
     )
+
+
+async def test_a_frozen_broker_fails_its_own_runs_fast_and_never_redis_pinned_ones(
+    tmp_path: Path, store: SqliteStore
+) -> None:
+    """SIGSTOP the broker at 50 %: a publish of Redis- and Kafka-pinned runs' messages puts
+    the Redis ones out at once and names the Kafka ones left (PartlyPublished) once Kafka has
+    not answered for KAFKA_STALL_S, and later ones fail fast instead of waiting out the
+    producer's timeout (they waited 15 s, for every run, before); after SIGCONT Kafka takes
+    messages again."""
+    with Tansu(tmp_path) as broker, redis_prefix() as (url, prefix):
+        flags: dict[str, bool | int] = {
+            "ENABLE_KAFKA_WRITE": True, "ENABLE_KAFKA": True, "KAFKA_TRAFFIC_PERCENT": 50,
+        }  # fmt: skip
+        kafka = KafkaBus(broker.bootstrap, prefix=prefix.replace(":", "."), partitions=4)
+        bus = MigratingBus(RedisBus(url, prefix=prefix), kafka, flags, store)
+        on_redis = [r for r in runs(40) if not in_kafka_share(r, 50)][:5]
+        on_kafka = [r for r in runs(40) if in_kafka_share(r, 50)][:5]
+        try:
+            await bus.publish(msgs(on_redis + on_kafka))  # both buses answer
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGSTOP)
+            began = time.monotonic()
+            with pytest.raises(PartlyPublished) as caught:
+                await bus.publish(msgs(on_redis + on_kafka))
+            assert time.monotonic() - began < KAFKA_STALL_S + 5  # not the producer's 15 s
+            assert sorted(m.key for m in caught.value.messages) == sorted(on_kafka)
+            got = await bus.redis.consume([T], "g", "c", 100, 1000)
+            acting = {d.message.key for d in got if d.message.headers[VIA] == "redis"}
+            assert sorted(acting) == sorted(on_redis)
+            began = time.monotonic()
+            with pytest.raises(PartlyPublished):
+                await bus.publish(msgs(on_redis + on_kafka))
+            assert time.monotonic() - began < 1.0  # fails fast now
+            began = time.monotonic()
+            await bus.publish(msgs(on_redis))  # their Kafka copies are dropped, not awaited
+            assert time.monotonic() - began < 1.0
+            assert bus.figures()["buses"]["kafka"]["failed"] >= len(on_redis)
+        finally:
+            if broker.proc is not None:
+                broker.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while True:  # Kafka answers again (a fenced producer is replaced)
+            try:
+                await bus.publish(msgs(on_kafka))
+                break
+            except InfraError:
+                assert time.monotonic() < deadline, "Kafka never took messages again"
+                await asyncio.sleep(0.5)
+        await bus.close()
