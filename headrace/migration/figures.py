@@ -33,7 +33,7 @@ class FigureReporter:
         self.read = read
         self.process = process
         self.every_s = every_s
-        self.started_ms = now_ms()  # tells a restarted process's counters apart
+        self.started_ms = now_ms()  # a report per life: a killed one's counters stay read
 
     async def run(self) -> None:
         while True:
@@ -43,7 +43,7 @@ class FigureReporter:
     async def report(self) -> None:
         at = now_ms()
         figures = {"started_ms": self.started_ms, "at_ms": at, **self.read()}
-        await self.store.put_figures(self.process, figures, at)
+        await self.store.put_figures(f"{self.process}@{self.started_ms}", figures, at)
 
 
 async def window_of(store: Store, start_s: int, end_s: int, grace_s: int) -> Window:

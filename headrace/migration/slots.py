@@ -19,6 +19,7 @@ from typing import Any
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)
 KEEP_S = 600  # the longest window a reader may judge, with its grace
+SILENT_S = 3  # a process that has not reported for this long (it reports each second) stopped
 
 # a bus's slot: these counters, then the latency histogram of the messages acted on
 SENT, FAILED, ROUTED, ACTED, HANDED, MAX_AGE_MS = range(6)
@@ -123,12 +124,14 @@ class ShadowWindow:
 @dataclass
 class Window:
     """The cluster's figures over [start_s, end_s): per bus, everything published in the
-    range (`buses`) and what was published before `settled_s`, at least `grace` old
-    (`settled`: the read rate's messages); the shadow's comparisons; who reported."""
+    range (`buses`) and what was published in [read_from_s, settled_s): at least `grace`
+    old, and after the last death of a process, whose counts of its last second died with
+    it (`settled`: the read rate's messages); the shadow's comparisons; who reported."""
 
     start_s: int
     end_s: int
     settled_s: int
+    read_from_s: int  # after the last process that stopped reporting: its last second is lost
     buses: dict[str, BusWindow] = field(default_factory=dict)
     settled: dict[str, BusWindow] = field(default_factory=dict)
     shadow: ShadowWindow = field(default_factory=ShadowWindow)
@@ -144,13 +147,17 @@ class Window:
 def window(reports: Iterable[Mapping[str, Any]], start_s: int, end_s: int, grace_s: int) -> Window:
     """Add up the slots of `reports` (what `figures()` of the migrating bus and of the
     shadow give, one per process) over [start_s, end_s)."""
-    out = Window(start_s, end_s, max(start_s, end_s - grace_s))
+    reports = list(reports)
+    silent_ms = (end_s - SILENT_S) * 1000
+    deaths = [r["at_ms"] // 1000 for r in reports if r.get("at_ms", silent_ms) < silent_ms]
+    read_from = max([start_s, *(d + 1 for d in deaths)])
+    out = Window(start_s, end_s, max(start_s, end_s - grace_s), read_from)
     for r in reports:
         out.processes += 1
         for name, f in r.get("buses", {}).items():
             for second, slot in _in(f.get("slots", {}), start_s, end_s):
                 out.buses.setdefault(name, BusWindow()).add(slot)
-                if second < out.settled_s:
+                if read_from <= second < out.settled_s:
                     out.settled.setdefault(name, BusWindow()).add(slot)
         for _, slot in _in(r.get("shadow", {}).get("slots", {}), start_s, end_s):
             out.shadow.add(slot)

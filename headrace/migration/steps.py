@@ -131,7 +131,7 @@ def _read_success(w: Window, t: Thresholds) -> Check:
         "kafka_read_success_rate", rate, f">= {t.read_success}",
         None if rate is None else rate >= t.read_success,
         detail=f"{settled.acted} of {settled.routed} messages routed through Kafka from "
-        f"{w.end_s - w.start_s} to {w.end_s - w.settled_s} s ago were acted on",
+        f"{w.end_s - w.read_from_s} to {w.end_s - w.settled_s} s ago were acted on",
     )  # fmt: skip
 
 

@@ -203,7 +203,8 @@ class Store(Protocol):
         """How many runs first pinned since `since_ms` are pinned to each bus now."""
 
     async def put_figures(self, process: str, figures: dict[str, Any], now_ms: int) -> None:
-        """Replace what `process` reported (its figures of the last second)."""
+        """Replace what `process` reported (its figures of the last second); forget the
+        reports of processes silent for an hour."""
 
     async def figures_since(self, since_ms: int) -> dict[str, dict[str, Any]]:
         """What each process reported since `since_ms`, by process."""

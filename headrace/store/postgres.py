@@ -67,6 +67,7 @@ CONNECT_TIMEOUT_S = 10.0
 # The commit's plan is the same for every batch; a custom plan per execute (Postgres's choice
 # for a statement's first five) cost 1.5 ms against 0.4 ms for the generic one.
 _SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+FIGURES_KEPT_MS = 3_600_000  # a process's last report, after it stopped
 _FLAGS_LOCK = 72410532  # serialises flag changes (a transaction's advisory lock)
 _FLAG_UPSERT = (
     "INSERT INTO flags (name, value, updated_at) VALUES ($1, $2, $3) ON CONFLICT (name) "
@@ -685,6 +686,9 @@ class PostgresStore:
                 "figures = excluded.figures",
                 process, now_ms, json.dumps(figures),
             )  # fmt: skip
+            await conn.execute(  # lives of processes gone for an hour
+                "DELETE FROM process_figures WHERE updated_at < $1", now_ms - FIGURES_KEPT_MS
+            )
 
     async def figures_since(self, since_ms: int) -> dict[str, dict[str, Any]]:
         found = await self._all(

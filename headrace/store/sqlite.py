@@ -47,6 +47,7 @@ _OPEN_ATTEMPT = (
     "SELECT 1 FROM node_states n WHERE n.run_id = o.key AND n.node_id = o.node_id "
     f"AND n.attempt = o.attempt AND n.status IN {rows.OPEN_ATTEMPT}"
 )
+FIGURES_KEPT_MS = 3_600_000  # a process's last report, after it stopped
 _FLAG_UPSERT = (
     "INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) "
     "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
@@ -376,6 +377,9 @@ class SqliteStore:
                 "ON CONFLICT (process) DO UPDATE SET updated_at = excluded.updated_at, "
                 "figures = excluded.figures",
                 (process, now_ms, json.dumps(figures)),
+            )
+            db.execute(  # lives of processes gone for an hour
+                "DELETE FROM process_figures WHERE updated_at < ?", (now_ms - FIGURES_KEPT_MS,)
             )
 
     async def figures_since(self, since_ms: int) -> dict[str, dict[str, Any]]:

@@ -340,12 +340,26 @@ def test_messages_handed_over_by_a_rebalance_are_not_lag() -> None:
     assert "40 handed over" in found["kafka_p95_latency_ms"].detail
 
 
-def test_a_killed_process_counts_in_the_window_it_worked_in() -> None:
-    """Its last report (the slots until its death) is read with the others: the messages it
-    acted on are not taken for unread ones."""
+def test_a_killed_process_counts_in_its_window_and_the_read_rate_starts_after_it() -> None:
+    """A killed life's report stays (its figures count); the read rate is judged only on
+    messages published after its death, since what it did in its last second is lost."""
     now = int(time.time())
-    publisher = {"buses": {"kafka": {"slots": {str(now - 30): slot(routed=100)}}}}
-    dead_worker = {"buses": {"kafka": {"slots": {str(now - 30): slot(acted=100, latency_ms=5)}}}}
-    w = window([publisher, dead_worker], now - 120, now + 1, 15)
-    (read,) = [c for c in checks(w, None, Thresholds()) if c.name == "kafka_read_success_rate"]
-    assert read.value == 1.0
+    publisher = {
+        "at_ms": now * 1000,
+        "buses": {
+            "kafka": {
+                "slots": {str(now - 60): slot(routed=100, sent=100), str(now - 30): slot(routed=50)}
+            }
+        },
+    }
+    dead = {
+        "at_ms": (now - 50) * 1000,
+        "buses": {"kafka": {"slots": {str(now - 60): slot(acted=99, latency_ms=5)}}},
+    }  # one acted on, then killed: lost
+    alive = {"at_ms": now * 1000, "buses": {"kafka": {"slots": {
+        str(now - 30): slot(acted=50, latency_ms=5)}}}}  # fmt: skip
+    w = window([publisher, dead, alive], now - 120, now + 1, 15)
+    found = {c.name: c for c in checks(w, None, Thresholds())}
+    assert found["kafka_read_success_rate"].value == 1.0  # 50 of 50 since the death
+    assert found["kafka_write_success_rate"].detail.startswith("100 of 100")
+    assert found["kafka_p95_latency_ms"].detail.startswith("149 messages")
