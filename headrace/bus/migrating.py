@@ -20,16 +20,18 @@ Each message then carries these headers (added here, kept by the consumers' repl
 `ENABLE_KAFKA` off (a rollback) moves every run back to Redis at once, in every process.
 A message goes to its `via` bus (awaited: a failure there fails the publish), plus a copy
 to Kafka while `ENABLE_KAFKA_WRITE` is on and to Redis while `ENABLE_REDIS_WRITE` is on
-(best effort: a failed copy is counted, never raised).
+(best effort: a failed copy is counted, never raised; a copy to Kafka is never awaited).
+The buses fail apart: when one cannot take its part, the other's is out and
+PartlyPublished names what is left; a Kafka silent for KAFKA_STALL_S fails fast.
 
 Consumers read both buses and act only on the copy that arrived `via` its bus; the other
 copy is acknowledged and dropped. A message without routing headers (published before the
 migration began) is acted on wherever it arrives.
 
 `figures()` gives what the monitor needs, per bus: messages sent and failed (bus errors,
-never the users' task failures), and the publish-to-consume latency of the messages acted
-on, as a histogram; counters since the process started, so a reader that misses a report
-loses nothing.
+never the users' task failures), routed and acted on, and the publish-to-consume latency
+of the messages acted on, as a histogram; by the second of publication
+(headrace/migration/slots.py), so a reader that misses a report loses nothing.
 """
 
 from __future__ import annotations
