@@ -138,7 +138,7 @@ class MigratingBus:
         self._recent: dict[str, float] = {REDIS: 0.0, KAFKA: 0.0}  # last delivery, monotonic
         self._cids = itertools.count()
         self._copying: set[asyncio.Task[None]] = set()  # copies to Kafka on their way
-        self._cid_prefix = uuid.uuid4().hex[:12]  # this bus's publishes
+        self._cid_prefix = uuid.uuid4().hex[:12]  # this bus's publishes (the shadow's "writer")
 
     @property
     def description(self) -> str:
@@ -417,4 +417,5 @@ class MigratingBus:
         """`{"buses": {bus: {sent, failed, routed, acted, handed_over, slots}}}`: totals
         since this bus was made, and by the second of publication (migration/slots.py)."""
         now_s = int(time.time())
-        return {"buses": {name: f.as_dict(now_s) for name, f in self._figures.items()}}
+        buses = {name: f.as_dict(now_s) for name, f in self._figures.items()}
+        return {"buses": buses, "writer": self._cid_prefix}

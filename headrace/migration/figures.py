@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from headrace.migration.slots import Window, window
+from headrace.migration.slots import KEEP_S, SILENT_S, Window, window
 from headrace.store import Store
 
 log = logging.getLogger(__name__)
@@ -51,3 +51,12 @@ async def window_of(store: Store, start_s: int, end_s: int, grace_s: int) -> Win
     reported since the window began (one killed in it still counts what it did)."""
     reports = await store.figures_since(start_s * 1000)
     return window(reports.values(), start_s, end_s, grace_s)
+
+
+async def gone_writers(store: Store) -> set[str]:
+    """The writers (process lives, by the copy-id prefix their migrating bus reports) that
+    stopped reporting: what they had not yet written never will be."""
+    now = now_ms()
+    reports = await store.figures_since(now - KEEP_S * 1000)
+    silent = now - SILENT_S * 1000
+    return {r["writer"] for r in reports.values() if "writer" in r and r["at_ms"] < silent}

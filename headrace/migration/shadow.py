@@ -9,7 +9,9 @@ of its own), and counts:
   content no longer hashes to its content id (`hr-mid`: corrupted);
 - missing: a message said to be written to both buses (`hr-copies`) whose other copy did
   not arrive within `grace_s` (the clock starts once both buses delivered something, so a
-  group still joining is not taken for a loss; a copy arriving later is not counted again).
+  group still joining is not taken for a loss; a copy arriving later is not counted again);
+- lost: the same, when the process that wrote it has since stopped (`gone`: SIGKILLed
+  with the copy still in its producer's queue): its writer's loss, not the bus's.
 
 Each mismatch and each missing copy is logged with its message id."""
 
@@ -19,14 +21,22 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from headrace.bus.base import Bus, Delivery
 from headrace.bus.migrating import CID, COPIES, KAFKA, MID, REDIS, TS, message_id
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS
 from headrace.events import Message
-from headrace.migration.slots import COMPARED, MATCHED, MISMATCHED, MISSING, SHADOW_WIDTH, Slots
+from headrace.migration.slots import (
+    COMPARED,
+    LOST,
+    MATCHED,
+    MISMATCHED,
+    MISSING,
+    SHADOW_WIDTH,
+    Slots,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +59,11 @@ class Shadow:
         name: str = "shadow",
         grace_s: float = 10.0,
         topics: Sequence[str] = TOPICS,
+        gone: Callable[[], Awaitable[set[str]]] | None = None,
     ) -> None:
+        self.gone = gone  # the writers (copy-id prefixes) that stopped
+        self.gone_now: set[str] = set()
+        self.gone_read = 0.0
         self.buses = buses
         self.name = name
         self.grace_s = grace_s
@@ -57,7 +71,7 @@ class Shadow:
         self.waiting: OrderedDict[str, _Seen] = OrderedDict()  # one copy seen, by id
         self.reported: OrderedDict[str, None] = OrderedDict()  # ids counted missing
         self.live: set[str] = set()  # buses that delivered: the clock runs once both did
-        self.compared = self.matched = self.missing = self.mismatched = 0
+        self.compared = self.matched = self.missing = self.mismatched = self.lost = 0
         self.slots = Slots(SHADOW_WIDTH)  # the same, by the second of the comparison
         self.problems: list[tuple[str, str]] = []  # (message id, what), newest last
 
@@ -66,6 +80,8 @@ class Shadow:
             await self.step(block_ms=200)
 
     async def step(self, block_ms: int = 0) -> None:
+        if self.gone is not None and time.monotonic() - self.gone_read > 1.0:
+            self.gone_now, self.gone_read = await self.gone(), time.monotonic()
         for bus_name in (REDIS, KAFKA):
             bus = self.buses[bus_name]
             got = await bus.consume(self.topics, GROUP, self.name, 500, block_ms // 2)
@@ -111,10 +127,15 @@ class Shadow:
             self.reported[pair] = None
             if len(self.reported) > 100_000:
                 self.reported.popitem(last=False)
-            self._count(MISSING)
             other = KAFKA if seen.bus == REDIS else REDIS
             m = seen.message
             mid = m.headers.get(MID, pair)
+            if pair.partition("-")[0] in self.gone_now:
+                self.slots.add(int(time.time()), LOST)
+                self.lost += 1
+                log.info("shadow: message %s: its %s copy died with its writer", mid, other)
+                continue
+            self._count(MISSING)
             self._report(mid, f"missing: no {other} copy of {m.topic} for run {m.key}")
 
     def _count(self, outcome: int) -> None:
@@ -140,6 +161,7 @@ class Shadow:
                 "matched": self.matched,
                 "missing": self.missing,
                 "mismatched": self.mismatched,
+                "lost_with_writer": self.lost,
                 "waiting": len(self.waiting),
                 "slots": self.slots.report(int(time.time())),
             }

@@ -26,8 +26,8 @@ SENT, FAILED, ROUTED, ACTED, HANDED, MAX_AGE_MS = range(6)
 _HIST = 6
 BUS_WIDTH = _HIST + len(LATENCY_BUCKETS_MS) + 1
 # the shadow's slot (by the second of the comparison)
-COMPARED, MATCHED, MISSING, MISMATCHED = range(4)
-SHADOW_WIDTH = 4
+COMPARED, MATCHED, MISSING, MISMATCHED, LOST = range(5)  # lost: with a writer that died
+SHADOW_WIDTH = 5
 
 
 class Slots:
@@ -113,12 +113,14 @@ class ShadowWindow:
     matched: int = 0
     missing: int = 0
     mismatched: int = 0
+    lost: int = 0  # copies not written because their writer was killed: not Kafka's loss
 
     def add(self, slot: list[int]) -> None:
         self.compared += slot[COMPARED]
         self.matched += slot[MATCHED]
         self.missing += slot[MISSING]
         self.mismatched += slot[MISMATCHED]
+        self.lost += slot[LOST] if len(slot) > LOST else 0
 
 
 @dataclass

@@ -90,7 +90,8 @@ def checks(w: Window, baseline: Mapping[str, Any] | None, t: Thresholds) -> list
     return [
         _write_success(kafka, t, seen),
         Check("shadow_missing", shadow.missing, "= 0", shadow.missing == 0 if compared else None,
-              detail=f"{shadow.missing} of {shadow.compared} copies compared {seen}"),
+              detail=f"{shadow.missing} of {shadow.compared} copies compared {seen} (and "
+              f"{shadow.lost} not written: their writer was killed first)"),
         Check("shadow_mismatched", shadow.mismatched, "= 0",
               shadow.mismatched == 0 if compared else None,
               detail=f"{shadow.mismatched} of {shadow.compared} copies compared {seen}"),

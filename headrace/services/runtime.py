@@ -25,7 +25,7 @@ from headrace.config import Settings
 from headrace.errors import InfraError, InputError
 from headrace.flags import FlagWatcher
 from headrace.flags import initial as initial_flags
-from headrace.migration.figures import FigureReporter
+from headrace.migration.figures import FigureReporter, gone_writers
 from headrace.migration.monitor import Monitor
 from headrace.migration.shadow import Shadow
 from headrace.migration.steps import Migration, Thresholds
@@ -191,6 +191,7 @@ class Runtime:
                 {"redis": self.bus.redis, "kafka": self.bus.kafka},  # type: ignore[attr-defined]
                 name=f"shadow-{self.settings.process_name}",
                 grace_s=self.settings.shadow_grace_s,
+                gone=functools.partial(gone_writers, self.store),
             )
             self.loops.append(Supervised("shadow", shadow.run))
             reads.append(shadow.figures)

@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from headrace.bus import Delivery
+from headrace.bus.migrating import CID, COPIES, MID
 from headrace.engine import Start, decide, new_run
 from headrace.errors import Conflict, InputError
+from headrace.events import Message
 from headrace.flags import FlagWatcher, initial
 from headrace.migration.figures import now_ms
 from headrace.migration.monitor import Monitor
+from headrace.migration.shadow import Shadow
 from headrace.migration.slots import (
     ACTED,
     BUS_WIDTH,
@@ -363,3 +367,18 @@ def test_a_killed_process_counts_in_its_window_and_the_read_rate_starts_after_it
     assert found["kafka_read_success_rate"].value == 1.0  # 50 of 50 since the death
     assert found["kafka_write_success_rate"].detail.startswith("100 of 100")
     assert found["kafka_p95_latency_ms"].detail.startswith("149 messages")
+
+
+def test_a_copy_whose_writer_died_first_is_lost_with_it_not_missing() -> None:
+    """A process SIGKILLed with a Kafka copy still in its producer's queue: that copy never
+    comes, and the shadow says so (lost with its writer) instead of blaming the bus."""
+    shadow = Shadow({}, grace_s=1)
+    shadow.live = {"redis", "kafka"}
+    for writer in ("dead0001", "live0001"):
+        headers = {COPIES: "kafka,redis", MID: f"mid-{writer}", CID: f"{writer}-7"}
+        shadow.see("redis", Delivery("t", "1-0", Message("t", "run", b"x", headers)))
+    shadow.gone_now = {"dead0001"}
+    shadow.expire(time.monotonic() + 5)
+    figures = shadow.figures()["shadow"]
+    assert (figures["lost_with_writer"], figures["missing"]) == (1, 1)
+    assert shadow.problems == [("mid-live0001", "missing: no kafka copy of t for run run")]
