@@ -189,12 +189,14 @@ async def _dev(settings: Any, host: str, port: int) -> None:
 
     from headrace.api.app import create_app
     from headrace.services.runtime import Embedded
-    from headrace.services.serve import bound_port, listen
+    from headrace.services.serve import KEEP_ALIVE_S, bound_port, listen
 
     sock = listen(host, port, "--port")
     log_to_stderr()
     async with Embedded(settings) as rt:
-        config = uvicorn.Config(create_app(rt), log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            create_app(rt), log_level="warning", lifespan="off", timeout_keep_alive=KEEP_ALIVE_S
+        )
         server = uvicorn.Server(config)
         err.print(
             f"headrace dev: API on http://{host}:{bound_port(sock)} (docs: /docs), "

@@ -47,8 +47,16 @@ def bound_port(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
+# An idle connection is kept longer than clients keep theirs (httpx: 5 s, most pools less
+# than a minute), so a client never sends on a connection the server is closing (at
+# uvicorn's default of 5 s the two timers raced: a ReadError now and then).
+KEEP_ALIVE_S = 75
+
+
 def _server(app: Any) -> uvicorn.Server:
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", timeout_keep_alive=KEEP_ALIVE_S
+    )
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     return server
