@@ -285,17 +285,29 @@ def print_status(status: dict[str, Any]) -> None:
         print(f"  [{mark}] {c['name']} = {value} (want {c['limit']}): {c['detail']}")
 
 
+FromOption = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        help="The step you mean to leave (as `migrate status` showed it): refused if the "
+        "migration is elsewhere by then. Default: the step it is at now.",
+    ),
+]
+
+
 @migrate_app.command("advance")
 def migrate_advance(
     why: WhyOption,
     who: WhoOption = "cli",
     force: Annotated[bool, typer.Option("--force", help="Even though checks fail.")] = False,
+    from_: FromOption = None,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """Show the checks, then move one step forward (refused while a check fails)."""
+    """Show the checks, then move one step forward (refused while a check fails, or when
+    the migration is no longer at --from)."""
     status = _call("GET", url, "/v1/migration")
     print_status(status)
-    body = {"from": status["step"], "why": why, "who": who, "force": force}
+    body = {"from": from_ or status["step"], "why": why, "who": who, "force": force}
     moved = _call("POST", url, "/v1/migration/advance", json=body)
     print(f"moved {moved['from']} -> {moved['to']}")
 
@@ -305,13 +317,15 @@ def migrate_rollback(
     why: WhyOption,
     who: WhoOption = "cli",
     to: Annotated[str | None, typer.Option("--to", help="The step to go back to.")] = None,
+    from_: FromOption = None,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """Show the checks, then move one step back (or back --to a step); runs on Kafka are
-    re-pinned to Redis and their jobs in flight republished."""
+    """Show the checks, then move one step back (or back --to a step; refused when the
+    migration is no longer at --from). Going back to dual-write or phase-1 re-pins the
+    unfinished Kafka runs to Redis and republishes their jobs in flight."""
     status = _call("GET", url, "/v1/migration")
     print_status(status)
-    body = {"from": status["step"], "why": why, "who": who, "to": to}
+    body = {"from": from_ or status["step"], "why": why, "who": who, "to": to}
     moved = _call("POST", url, "/v1/migration/rollback", json=body)
     print(
         f"moved {moved['from']} -> {moved['to']}: {moved['repinned_runs']} runs re-pinned, "
