@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import heapq
 import logging
 import re
@@ -107,6 +108,7 @@ class KafkaBus:
         self._producer = self._new_producer()
         self._renew = threading.Event()  # the producer hit a fatal error: replace it
         self._in_flight: dict[_Batch, float] = {}  # publishes awaiting reports: since when
+        self._generation = 0  # of the producer: errors of a replaced one replace nothing
         self._topics: dict[str, str] = {}  # kafka name -> topic, for those known to exist
         self._groups: dict[str, _Group] = {}
         self._closed = threading.Event()
@@ -159,7 +161,8 @@ class KafkaBus:
         when the broker acknowledged them all, or with the first InfraError."""
         await self._ensure_topics(list(dict.fromkeys(m.topic for m in messages)))
         self._start_poller()
-        batch = _Batch(asyncio.get_running_loop(), len(messages), self._renew)
+        renew = functools.partial(self._renew_if_current, self._generation)
+        batch = _Batch(asyncio.get_running_loop(), len(messages), renew)
         self._in_flight[batch] = time.monotonic()
         batch.future.add_done_callback(lambda _: self._in_flight.pop(batch, None))
         with _edge("publish"):
@@ -215,11 +218,18 @@ class KafkaBus:
         else:
             log.warning("kafka producer: %s", err)
 
+    def _renew_if_current(self, generation: int) -> None:
+        """A delivery report says the producer is fenced or out of sequence: replace it,
+        unless the report came from one already replaced (its purged messages)."""
+        if generation == self._generation:
+            self._renew.set()
+
     def _renew_producer(self) -> None:
         """An idempotent producer stops for good after a fatal error (a broker that lost
         writes it had acknowledged leaves it out of sequence). Fail what it still holds, so
         those publishes raise and are sent again by their callers, and take a new one."""
         old, self._producer = self._producer, self._new_producer()
+        self._generation += 1
         self._renew.clear()
         log.error("kafka producer: fatal error; a new producer takes over")
         with contextlib.suppress(KafkaException):
@@ -370,7 +380,7 @@ _RENEW_ON = frozenset(
 class _Batch:
     """Counts the delivery reports of one publish; its future ends with the first error."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, n: int, renew: threading.Event) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int, renew: Callable[[], None]) -> None:
         self.loop = loop
         self.left = n
         self.renew = renew
@@ -380,7 +390,7 @@ class _Batch:
         self.left -= 1
         if err is not None:
             if err.fatal() or err.code() in _RENEW_ON:
-                self.renew.set()
+                self.renew()
             self.loop.call_soon_threadsafe(self._end, InfraError(f"kafka publish: {err}"))
         elif self.left == 0:
             self.loop.call_soon_threadsafe(self._end, None)
