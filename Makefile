@@ -27,8 +27,9 @@ typecheck: install
 unit: install
 	.venv/bin/pytest -q tests/unit
 
+# PYTHONFAULTHANDLER: a crash even after pytest's own handler is gone prints its stacks
 test: lint typecheck
-	.venv/bin/pytest -q
+	PYTHONFAULTHANDLER=1 .venv/bin/pytest -q
 
 BACKEND ?= sqlite+memory
 

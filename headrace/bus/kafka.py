@@ -345,6 +345,7 @@ class KafkaBus:
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join)
         await asyncio.to_thread(self._producer.flush, self.timeout_s)
+        self._in_flight.clear()  # its batches refer back to this bus: no cycle outlives it
 
 
 def _text(value: str | bytes | None) -> str:
