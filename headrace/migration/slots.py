@@ -78,9 +78,12 @@ class BusWindow:
     acted: int = 0
     handed: int = 0
     max_age_ms: int = 0
+    first_routed_s: int | None = None  # the second of the oldest message routed
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
 
-    def add(self, slot: list[int]) -> None:
+    def add(self, slot: list[int], second: int) -> None:
+        if slot[ROUTED] and (self.first_routed_s is None or second < self.first_routed_s):
+            self.first_routed_s = second
         self.sent += slot[SENT]
         self.failed += slot[FAILED]
         self.routed += slot[ROUTED]
@@ -158,9 +161,9 @@ def window(reports: Iterable[Mapping[str, Any]], start_s: int, end_s: int, grace
         out.processes += 1
         for name, f in r.get("buses", {}).items():
             for second, slot in _in(f.get("slots", {}), start_s, end_s):
-                out.buses.setdefault(name, BusWindow()).add(slot)
+                out.buses.setdefault(name, BusWindow()).add(slot, second)
                 if read_from <= second < out.settled_s:
-                    out.settled.setdefault(name, BusWindow()).add(slot)
+                    out.settled.setdefault(name, BusWindow()).add(slot, second)
         for _, slot in _in(r.get("shadow", {}).get("slots", {}), start_s, end_s):
             out.shadow.add(slot)
     return out

@@ -155,14 +155,14 @@ def _p95(w: Window, baseline: Mapping[str, Any] | None, t: Thresholds, seen: str
 
 def _lag(w: Window, t: Thresholds, seen: str) -> Check:
     """The oldest message consumers took from Kafka (rebalances left out); or, when Kafka
-    was routed messages and consumers took none for the whole window, its length."""
+    was routed messages and consumers took none of them, the age of the oldest."""
     kafka = w.bus(KAFKA)
-    span = w.end_s - w.start_s
     if kafka.acted > kafka.handed:
         lag: float | None = kafka.max_age_ms / 1000
         what = f"the oldest of {kafka.acted - kafka.handed} messages taken {seen}"
-    elif kafka.routed and not kafka.acted and span >= t.kafka_lag_s:
-        lag, what = float(span), f"{kafka.routed} messages routed, none taken {seen}"
+    elif kafka.routed and not kafka.acted and kafka.first_routed_s is not None:
+        lag = float(w.end_s - kafka.first_routed_s)
+        what = f"{kafka.routed} messages routed {seen}, none taken; the oldest {lag:g} s ago"
     else:
         lag, what = None, f"nothing taken from Kafka {seen}"
     return Check(

@@ -344,6 +344,22 @@ def test_messages_handed_over_by_a_rebalance_are_not_lag() -> None:
     assert "40 handed over" in found["kafka_p95_latency_ms"].detail
 
 
+def test_lag_of_messages_none_taken_is_the_age_of_the_oldest() -> None:
+    """A message routed a second ago and not yet taken is not 30 s of lag because the
+    window is 30 s long (a step just begun failed its checklist so); one routed 20 s ago
+    and still not taken is 20 s of lag."""
+    now = int(time.time())
+    slots = {str(now - 1): slot(routed=1)}
+    w = window([{"buses": {"kafka": {"slots": slots}}}], now - 30, now + 1, 15)
+    lag = {c.name: c for c in checks(w, None, Thresholds())}["kafka_consumer_lag_s"]
+    assert (lag.value, lag.ok) == (2.0, True)
+    slots[str(now - 20)] = slot(routed=3)
+    w = window([{"buses": {"kafka": {"slots": slots}}}], now - 30, now + 1, 15)
+    lag = {c.name: c for c in checks(w, None, Thresholds())}["kafka_consumer_lag_s"]
+    assert (lag.value, lag.ok) == (21.0, False)
+    assert lag.detail == "4 messages routed in the last 31 s, none taken; the oldest 21 s ago"
+
+
 def test_a_killed_process_counts_in_its_window_and_the_read_rate_starts_after_it() -> None:
     """A killed life's report stays (its figures count); the read rate is judged only on
     messages published after its death, since what it did in its last second is lost."""
