@@ -1,6 +1,11 @@
-"""Shared test settings: a pinned hypothesis profile so CI is deterministic."""
+"""Shared test settings (a pinned hypothesis profile so CI is deterministic) and servers."""
 
+from collections.abc import Iterator
+
+import pytest
 from hypothesis import HealthCheck, settings
+
+from headrace.testing.kafka import Tansu, external_broker
 
 settings.register_profile(
     "ci",
@@ -78,3 +83,14 @@ def pytest_sessionfinish(session: object, exitstatus: int) -> None:
             server.remove()
         elif isinstance(server, throwaway.ThrowawayRedis):
             server.stop(signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Kafka-protocol broker for the module: HEADRACE_TEST_KAFKA, or the test broker."""
+    external = external_broker()
+    if external:
+        yield external
+        return
+    with Tansu(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker.bootstrap

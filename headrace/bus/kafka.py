@@ -94,6 +94,7 @@ class KafkaBus:
         fetch_wait_ms: int = 10,
         timeout_s: float = 10.0,
         max_buffered: int = 10_000,
+        queue_max: int = 100_000,
     ) -> None:
         self.bootstrap = bootstrap
         self.prefix = prefix
@@ -104,6 +105,7 @@ class KafkaBus:
         self.fetch_wait_ms = fetch_wait_ms
         self.timeout_s = timeout_s
         self.max_buffered = max_buffered
+        self.queue_max = queue_max  # messages the producer holds before publish waits
         self._admin = AdminClient({"bootstrap.servers": bootstrap}, logger=log)
         self._producer = self._new_producer()
         self._renew = threading.Event()  # the producer hit a fatal error: replace it
@@ -121,6 +123,7 @@ class KafkaBus:
             "acks": "all",
             "linger.ms": 1,
             "message.timeout.ms": int(self.timeout_s * 1000),
+            "queue.buffering.max.messages": self.queue_max,
         }
         return Producer(config, logger=log)
 
@@ -167,7 +170,7 @@ class KafkaBus:
         batch.future.add_done_callback(lambda _: self._in_flight.pop(batch, None))
         with _edge("publish"):
             for m in messages:
-                self._produce(m, batch.delivered)
+                await self._produce(m, batch.delivered)
         if not messages:
             batch.future.set_result(None)
         return batch.future
@@ -182,7 +185,7 @@ class KafkaBus:
         """Messages the producer holds, not yet acknowledged by the broker."""
         return len(self._producer)
 
-    def _produce(self, m: Message, on_delivery: Callable[[Any, Any], None]) -> None:
+    async def _produce(self, m: Message, on_delivery: Callable[[Any, Any], None]) -> None:
         headers: list[tuple[str, str | bytes | None]] = [(k, v) for k, v in m.headers.items()]
         while True:
             try:
@@ -191,8 +194,8 @@ class KafkaBus:
                     on_delivery=on_delivery,
                 )  # fmt: skip
                 return
-            except BufferError:  # the local queue is full: let the poll thread drain it
-                time.sleep(0.01)
+            except BufferError:  # the local queue is full: the poll thread drains it
+                await asyncio.sleep(0.01)
             except KafkaException as e:
                 self._failed(e)
                 raise
@@ -281,6 +284,11 @@ class KafkaBus:
         first member, so its age says nothing of the broker."""
         g = self._groups.get(group)
         return g is not None and g.handed_over(delivery, published_ms)
+
+    def assigned(self, group: str) -> int:
+        """Partitions the group's member in this process was ever given (0: not joined)."""
+        g = self._groups.get(group)
+        return len(g.assigned_at) if g is not None else 0
 
     def buffered(self, group: str) -> int:
         """Records of `group` fetched by this process and not yet handed out (a gauge)."""

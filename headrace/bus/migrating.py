@@ -49,7 +49,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from headrace.bus.base import Bus, Delivery, PartlyPublished
+from headrace.bus.base import Bus, Delivery, PartlyPublished, dead_letter_message
 from headrace.errors import InfraError
 from headrace.events import Message
 from headrace.migration.slots import FAILED, ROUTED, SENT, BusSlots
@@ -400,9 +400,12 @@ class MigratingBus:
                 await self.buses[backend].touch(group, consumer, mine)
 
     async def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
+        """To the dead-letter topic of the bus it came from, under the id its consumer saw
+        (which names that bus)."""
         for backend, mine in self._split([delivery]).items():
-            for d in mine:
-                await self.buses[backend].dead_letter(group, d, reason)
+            if mine:
+                await self.buses[backend].publish([dead_letter_message(group, delivery, reason)])
+                await self.buses[backend].ack(group, mine)
 
     async def depth(self, topic: str) -> int:
         return sum([await bus.depth(topic) for bus in self.buses.values()])

@@ -1,15 +1,22 @@
-"""The Bus contract (headrace/bus/base.py), run against every adapter: memory and Redis.
+"""The Bus contract (headrace/bus/base.py): one class of cases, `BusContract`, run against
+every adapter by a subclass of its own: memory, Redis, Kafka (the test broker) and the
+migrating bus in each of its modes. A case an adapter cannot honour is overridden in its
+subclass by a skip that says why. Adapter-only cases follow the classes.
 
-Redis cases use the test server with a key prefix of their own (never flushed). Visibility
-is 300 ms on both, so redelivery cases take about a second; the deadlines in the helpers are
-generous ceilings, never the expected time.
+Redis cases use the test server with a key prefix of their own (never flushed); Kafka
+cases a topic prefix of their own on the module's broker. Visibility is 300 ms, so
+redelivery cases take about a second; the deadlines are generous ceilings, never the
+expected time. Every case runs with asyncio's debug mode: a callback that holds the event
+loop longer than SLOW_S (a blocking call in a coroutine's path) fails it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,16 +25,20 @@ import redis.asyncio as aioredis
 
 from headrace.bus import Bus, Delivery, MemoryBus
 from headrace.bus.base import DEAD_LETTER_TOPIC, DL_GROUP, DL_ID, DL_REASON, DL_TOPIC
+from headrace.bus.kafka import KafkaBus
+from headrace.bus.migrating import MigratingBus
 from headrace.bus.redis import RedisBus
 from headrace.bus.topics import JOB_LANES, JOBS_HIGH, JOBS_LOW, JOBS_NORMAL
 from headrace.errors import InfraError
 from headrace.events import Message
+from headrace.store.sqlite import SqliteStore
 from headrace.testing.servers import free_port
 from headrace.testing.services import redis_prefix
 
 VISIBILITY_MS = 300
 VISIBILITY_S = VISIBILITY_MS / 1000
-CEILING_S = 5.0  # the longest any wait below may take before the test fails
+CEILING_S = 30.0  # the longest any wait below may take before the test fails
+SLOW_S = 0.25  # a callback holding the loop this long is a blocking call
 T = "t.a"
 
 
@@ -35,27 +46,18 @@ def msg(topic: str, i: int, **headers: str) -> Message:
     return Message(topic, f"run-{i}", f"payload-{i}".encode(), headers)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
-async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
-    if request.param == "memory":
-        memory = MemoryBus(visibility_ms=VISIBILITY_MS)
-        yield memory
-        await memory.close()
-        return
-    with redis_prefix() as (url, prefix):
-        rbus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
-        yield rbus
-        await rbus.close()
-
-
-@pytest.fixture
-def redis_env() -> Iterator[tuple[str, str]]:
-    with redis_prefix() as env:
-        yield env
+def payloads(deliveries: Sequence[Delivery]) -> list[bytes]:
+    return [d.message.payload for d in deliveries]
 
 
 async def take(
-    bus: Bus, topics: Sequence[str], group: str, consumer: str, n: int, *, ack: bool = True
+    bus: Bus,
+    topics: Sequence[str],
+    group: str,
+    consumer: str,
+    n: int,
+    *,
+    ack: bool = True,
 ) -> list[Delivery]:
     """Consume until `n` messages arrived (fails after CEILING_S)."""
     got: list[Delivery] = []
@@ -77,159 +79,370 @@ async def nothing_for(bus: Bus, topic: str, group: str, consumer: str, seconds: 
         assert got == [], [d.message for d in got]
 
 
-def payloads(deliveries: Sequence[Delivery]) -> list[bytes]:
-    return [d.message.payload for d in deliveries]
+class BusContract:
+    """What every bus does. A subclass gives the `bus` fixture, and for a bus whose records
+    arrive in the background (Kafka) how to wait for a group's join and for its fetches."""
 
+    own_headers: tuple[str, ...] = ()  # prefixes of headers the adapter adds itself
 
-async def test_publish_consume_keeps_order_per_topic(bus: Bus) -> None:
-    await bus.publish([msg(T if i % 2 else "t.b", i, n=str(i)) for i in range(40)])
-    got = await take(bus, [T, "t.b"], "g", "c1", 40)
-    for topic, parity in ((T, 1), ("t.b", 0)):
-        mine = [d for d in got if d.topic == topic]
-        assert [d.message for d in mine] == [
-            msg(topic, i, n=str(i)) for i in range(40) if i % 2 == parity
+    @pytest.fixture(autouse=True)
+    async def never_blocks_the_loop(self, caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = SLOW_S
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            yield
+        slow = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "asyncio" and " took " in r.getMessage()
         ]
-    assert len({(d.topic, d.id) for d in got}) == 40  # an id is unique within its topic
+        assert not slow, slow
+
+    async def joined(self, bus: Bus, topics: Sequence[str], group: str) -> None:
+        """Make `group` a member of `topics`, ready for what is published next."""
+        assert await bus.consume(topics, group, "joining", 1, 0) == []
+
+    async def fetched(self, bus: Bus, group: str, n: int) -> None:
+        """Wait until `n` records of `group` can be consumed without blocking."""
+
+    def seen(self, m: Message) -> Message:
+        """`m` as the test published it: without the headers the adapter adds."""
+        if not self.own_headers:
+            return m
+        keep = {k: v for k, v in m.headers.items() if not k.startswith(self.own_headers)}
+        return Message(m.topic, m.key, m.payload, keep)
+
+    async def test_a_run_s_messages_keep_their_order_and_headers(self, bus: Bus) -> None:
+        await self.joined(bus, [T, "t.b"], "g")
+        sent = [msg(T if i % 2 else "t.b", i % 5, n=str(i)) for i in range(60)]
+        await bus.publish(sent)
+        got = await take(bus, [T, "t.b"], "g", "c1", 60)
+        for topic in (T, "t.b"):
+            for key in {m.key for m in sent}:
+                mine = [
+                    self.seen(d.message) for d in got if d.topic == topic and d.message.key == key
+                ]
+                assert mine == [m for m in sent if m.topic == topic and m.key == key]
+        assert len({(d.topic, d.id) for d in got}) == 60  # an id is unique within its topic
+
+    async def test_lanes_are_drained_in_the_given_order(self, bus: Bus) -> None:
+        await self.joined(bus, JOB_LANES, "workers")
+        await bus.publish([msg(JOBS_LOW, i) for i in range(3)])
+        await bus.publish([msg(JOBS_NORMAL, i) for i in range(3)])
+        await bus.publish([msg(JOBS_HIGH, i) for i in range(3)])
+        await self.fetched(bus, "workers", 9)  # all there: the order is the bus's, not a race's
+        first = await bus.consume(JOB_LANES, "workers", "w1", 4, 0)
+        assert [d.topic for d in first] == [JOBS_HIGH] * 3 + [JOBS_NORMAL]
+        rest = await bus.consume(JOB_LANES, "workers", "w1", 10, 0)
+        assert [d.topic for d in rest] == [JOBS_NORMAL] * 2 + [JOBS_LOW] * 3
+
+    async def test_every_group_sees_every_message(self, bus: Bus) -> None:
+        for group in ("g1", "g2"):
+            await self.joined(bus, [T], group)
+        await bus.publish([msg(T, i) for i in range(10)])
+        one = await take(bus, [T], "g1", "c", 10)
+        two = await take(bus, [T], "g2", "c", 10)
+        assert sorted(payloads(one)) == sorted(payloads(two))
+        assert sorted(payloads(one)) == sorted(f"payload-{i}".encode() for i in range(10))
+
+    async def test_consumers_of_one_group_share_without_duplicates(self, bus: Bus) -> None:
+        await self.joined(bus, [T], "g")
+        await bus.publish([msg(T, i) for i in range(20)])
+        got: list[Delivery] = []
+        deadline = time.monotonic() + CEILING_S
+        while len(got) < 20:
+            assert time.monotonic() < deadline, f"only {len(got)} of 20 arrived"
+            for consumer in ("c1", "c2"):
+                batch = await bus.consume([T], "g", consumer, 5, 50)
+                await bus.ack("g", batch)
+                got += batch
+        assert len({d.id for d in got}) == len(got) == 20
+        assert sorted(payloads(got)) == sorted(f"payload-{i}".encode() for i in range(20))
+        await nothing_for(bus, T, "g", "c3", VISIBILITY_S * 1.5)
+
+    async def test_acknowledged_messages_are_not_redelivered(self, bus: Bus) -> None:
+        await self.joined(bus, [T], "g")
+        await bus.publish([msg(T, i) for i in range(3)])
+        got = await take(bus, [T], "g", "c1", 3, ack=False)
+        await bus.ack("g", got)
+        await bus.ack("g", got)  # twice is a no-op
+        await asyncio.sleep(VISIBILITY_S * 1.5)
+        await nothing_for(bus, T, "g", "c2", VISIBILITY_S * 1.5)
+
+    async def test_publish_and_ack_sends_the_reply_and_acknowledges_the_job(self, bus: Bus) -> None:
+        await self.joined(bus, [T], "workers")
+        await self.joined(bus, ["t.r"], "coordinators")
+        await bus.publish([msg(T, 1)])
+        (job,) = await take(bus, [T], "workers", "w1", 1, ack=False)
+        await bus.publish_and_ack([msg("t.r", 1)], "workers", [job])
+        (reply,) = await take(bus, ["t.r"], "coordinators", "c", 1)
+        assert self.seen(reply.message) == msg("t.r", 1)
+        await asyncio.sleep(VISIBILITY_S * 1.5)
+        await nothing_for(bus, T, "workers", "w2", VISIBILITY_S * 1.5)  # acknowledged
+
+    async def test_unacknowledged_message_goes_to_another_consumer_after_visibility(
+        self, bus: Bus
+    ) -> None:
+        await self.joined(bus, [T], "g")
+        await bus.publish([msg(T, 1)])
+        (held,) = await take(bus, [T], "g", "dead", 1, ack=False)  # dies holding it
+        t0 = time.monotonic()
+        assert await bus.consume([T], "g", "alive", 10, 0) == []  # not yet
+        (again,) = await take(bus, [T], "g", "alive", 1)
+        assert time.monotonic() - t0 >= VISIBILITY_S * 0.9
+        assert (again.id, again.message) == (held.id, held.message)
+        await nothing_for(bus, T, "g", "dead", VISIBILITY_S * 1.5)  # acknowledged
+
+    async def test_touch_keeps_a_message_from_redelivery(self, bus: Bus) -> None:
+        await self.joined(bus, [T], "g")
+        await bus.publish([msg(T, 1)])
+        (held,) = await take(bus, [T], "g", "slow", 1, ack=False)
+        until = time.monotonic() + VISIBILITY_S * 4
+        while time.monotonic() < until:  # a long job: heartbeats well within the visibility
+            await bus.touch("g", "slow", [held])
+            assert await bus.consume([T], "g", "other", 10, 0) == []
+            await asyncio.sleep(VISIBILITY_S / 5)
+        (again,) = await take(bus, [T], "g", "other", 1)  # the heartbeats stop
+        assert again.id == held.id
+
+    async def test_dead_letter_moves_the_message_with_its_reason(self, bus: Bus) -> None:
+        await self.joined(bus, [T], "g")
+        await self.joined(bus, [DEAD_LETTER_TOPIC], "ops")
+        await bus.publish([msg(T, 7, origin="test")])
+        (poison,) = await take(bus, [T], "g", "c1", 1, ack=False)
+        await bus.dead_letter("g", poison, "undecodable: bad json")
+        (dead,) = await take(bus, [DEAD_LETTER_TOPIC], "ops", "c", 1)
+        assert dead.topic == DEAD_LETTER_TOPIC
+        assert (dead.message.key, dead.message.payload) == ("run-7", b"payload-7")
+        assert self.seen(dead.message).headers == {
+            "origin": "test",
+            DL_TOPIC: T,
+            DL_ID: poison.id,
+            DL_GROUP: "g",
+            DL_REASON: "undecodable: bad json",
+        }
+        await asyncio.sleep(VISIBILITY_S)
+        await nothing_for(bus, T, "g", "c2", VISIBILITY_S * 1.5)
+
+    async def test_consume_blocks_until_the_timeout_when_empty(self, bus: Bus) -> None:
+        await self.joined(bus, [T, "t.b"], "g")
+        for topics in ([T, "t.b"], [T]):
+            t0 = time.monotonic()
+            assert await bus.consume(topics, "g", "c", 10, 300) == []
+            assert 0.25 <= time.monotonic() - t0 < CEILING_S
+
+    @pytest.mark.parametrize("topics", [[T], [T, "t.b"]])
+    async def test_consume_wakes_when_a_message_is_published(
+        self, bus: Bus, topics: list[str]
+    ) -> None:
+        await self.joined(bus, topics, "g")
+        t0 = time.monotonic()
+        waiting = asyncio.create_task(bus.consume(topics, "g", "c", 10, 10_000))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        await bus.publish([msg(topics[-1], 1)])
+        got = await asyncio.wait_for(waiting, CEILING_S)
+        assert payloads(got) == [b"payload-1"]
+        assert time.monotonic() - t0 < 5.0  # well before the 10 s block ran out
+
+    async def test_blocking_read_never_returns_more_than_asked(self, bus: Bus) -> None:
+        await self.joined(bus, [T, "t.b"], "g")
+        waiting = asyncio.create_task(bus.consume([T, "t.b"], "g", "c", 1, 2_000))
+        await asyncio.sleep(0.05)
+        await bus.publish([msg("t.b", 1), msg(T, 2), msg("t.b", 3)])
+        first = await asyncio.wait_for(waiting, CEILING_S)
+        assert len(first) <= 1
+        rest = await take(bus, [T, "t.b"], "g", "c", 3 - len(first))
+        assert sorted(payloads([*first, *rest])) == [b"payload-1", b"payload-2", b"payload-3"]
+
+    async def test_depth_counts_messages_not_yet_delivered(self, bus: Bus) -> None:
+        assert await bus.depth(T) == 0
+        await bus.publish([msg(T, i) for i in range(5)])
+        assert await bus.depth(T) == 5  # no group yet: all of them wait
+        got = await take(bus, [T], "g", "c", 2, ack=False)
+        assert await bus.depth(T) == 3
+        await bus.ack("g", got)
+        assert await bus.depth(T) == 3
+        await take(bus, [T], "g", "c", 3)
+        assert await bus.depth(T) == 0
 
 
-async def test_topics_are_drained_in_the_given_order(bus: Bus) -> None:
-    await bus.publish([msg(JOBS_LOW, i) for i in range(3)])
-    await bus.publish([msg(JOBS_NORMAL, i) for i in range(3)])
-    await bus.publish([msg(JOBS_HIGH, i) for i in range(3)])
-    first = await bus.consume(JOB_LANES, "workers", "w1", 4, 0)
-    assert [d.topic for d in first] == [JOBS_HIGH] * 3 + [JOBS_NORMAL]
-    rest = await bus.consume(JOB_LANES, "workers", "w1", 10, 0)
-    assert [d.topic for d in rest] == [JOBS_NORMAL] * 2 + [JOBS_LOW] * 3
-    assert payloads(rest[2:]) == [b"payload-0", b"payload-1", b"payload-2"]
+class OrderedTopics(BusContract):
+    """Memory and Redis: one stream per topic, so a topic keeps its order whatever the key."""
+
+    async def test_a_topic_keeps_its_order(self, bus: Bus) -> None:
+        await bus.publish([msg(T if i % 2 else "t.b", i, n=str(i)) for i in range(40)])
+        got = await take(bus, [T, "t.b"], "g", "c1", 40)
+        for topic, parity in ((T, 1), ("t.b", 0)):
+            mine = [d.message for d in got if d.topic == topic]
+            assert mine == [msg(topic, i, n=str(i)) for i in range(40) if i % 2 == parity]
 
 
-async def test_every_group_sees_every_message(bus: Bus) -> None:
-    for group in ("g1", "g2"):
-        assert await bus.consume([T], group, "c", 10, 0) == []  # join before publishing
-    await bus.publish([msg(T, i) for i in range(10)])
-    one = await take(bus, [T], "g1", "c", 10)
-    two = await take(bus, [T], "g2", "c", 10)
-    assert payloads(one) == payloads(two) == [f"payload-{i}".encode() for i in range(10)]
+class TestMemoryBus(OrderedTopics):
+    @pytest.fixture
+    async def bus(self) -> AsyncIterator[Bus]:
+        memory = MemoryBus(visibility_ms=VISIBILITY_MS)
+        yield memory
+        await memory.close()
 
 
-async def test_consumers_of_one_group_share_without_duplicates(bus: Bus) -> None:
-    await bus.publish([msg(T, i) for i in range(20)])
-    got: dict[str, list[Delivery]] = {"c1": [], "c2": []}
-    for consumer in ("c1", "c2", "c1", "c2"):
-        batch = await bus.consume([T], "g", consumer, 5, 0)
-        await bus.ack("g", batch)
-        got[consumer] += batch
-    assert len(got["c1"]) == len(got["c2"]) == 10
-    ids = [d.id for d in got["c1"] + got["c2"]]
-    assert len(set(ids)) == 20
-    assert await bus.consume([T], "g", "c3", 5, 0) == []
+@pytest.mark.integration
+class TestRedisBus(OrderedTopics):
+    @pytest.fixture
+    async def bus(self) -> AsyncIterator[Bus]:
+        with redis_prefix() as (url, prefix):
+            rbus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
+            yield rbus
+            await rbus.close()
 
 
-async def test_acknowledged_messages_are_not_redelivered(bus: Bus) -> None:
-    await bus.publish([msg(T, i) for i in range(3)])
-    got = await bus.consume([T], "g", "c1", 10, 0)
-    assert len(got) == 3
-    await bus.ack("g", got)
-    await bus.ack("g", got)  # twice is a no-op
-    await asyncio.sleep(VISIBILITY_S * 1.5)
-    await nothing_for(bus, T, "g", "c2", VISIBILITY_S * 1.5)
+def kafka_bus(bootstrap: str, **options: int) -> KafkaBus:
+    # a group's join takes about half the session timeout on tansu (docs/kafka.md)
+    options = {
+        "visibility_ms": VISIBILITY_MS,
+        "partitions": 4,
+        "session_timeout_ms": 1_000,
+    } | options
+    return KafkaBus(bootstrap, prefix=f"test-{uuid.uuid4().hex[:10]}.", **options)
 
 
-async def test_publish_and_ack_sends_the_reply_and_acknowledges_the_job(bus: Bus) -> None:
-    await bus.publish([msg(T, 1)])
-    (job,) = await bus.consume([T], "workers", "w1", 10, 0)
-    await bus.publish_and_ack([msg("t.r", 1)], "workers", [job])
-    (reply,) = await take(bus, ["t.r"], "coordinators", "c", 1)
-    assert reply.message == msg("t.r", 1)
-    await asyncio.sleep(VISIBILITY_S * 1.5)
-    await nothing_for(bus, T, "workers", "w2", VISIBILITY_S * 1.5)  # acknowledged
+async def kafka_joined(kafka: KafkaBus, group: str) -> None:
+    """A group's first join takes seconds on tansu (docs/kafka.md)."""
+    deadline = time.monotonic() + CEILING_S
+    while kafka.assigned(group) == 0:
+        assert time.monotonic() < deadline, f"{group} never joined"
+        await asyncio.sleep(0.05)
 
 
-async def test_unacknowledged_message_goes_to_another_consumer_after_visibility(
-    bus: Bus,
-) -> None:
-    await bus.publish([msg(T, 1)])
-    t0 = time.monotonic()
-    (held,) = await bus.consume([T], "g", "dead", 10, 0)  # this consumer dies holding it
-    assert await bus.consume([T], "g", "alive", 10, 0) == []  # not yet
-    (again,) = await take(bus, [T], "g", "alive", 1)
-    assert time.monotonic() - t0 >= VISIBILITY_S
-    assert (again.id, again.message) == (held.id, held.message)
-    await nothing_for(bus, T, "g", "dead", VISIBILITY_S * 1.5)  # acknowledged by `take`
+async def kafka_fetched(kafka: KafkaBus, group: str, n: int) -> None:
+    deadline = time.monotonic() + CEILING_S
+    while kafka.buffered(group) < n:
+        assert time.monotonic() < deadline, f"{kafka.buffered(group)} of {n} fetched"
+        await asyncio.sleep(0.05)
 
 
-async def test_touch_keeps_a_message_from_redelivery(bus: Bus) -> None:
-    await bus.publish([msg(T, 1)])
-    (held,) = await bus.consume([T], "g", "slow", 10, 0)
-    until = time.monotonic() + VISIBILITY_S * 4
-    while time.monotonic() < until:  # a long job: heartbeats well within the visibility
-        await bus.touch("g", "slow", [held])
-        assert await bus.consume([T], "g", "other", 10, 0) == []
-        await asyncio.sleep(VISIBILITY_S / 5)
-    (again,) = await take(bus, [T], "g", "other", 1)  # the heartbeats stop: redelivered
-    assert again.id == held.id
+DEPTH_ON_KAFKA = (
+    "Kafka's depth is watermarks minus committed positions, and tansu's watermarks are wrong "
+    "on multi-partition topics fed with batches (docs/kafka.md): see the one-partition case"
+)
 
 
-async def test_dead_letter_moves_the_message_with_its_reason(bus: Bus) -> None:
-    await bus.publish([msg(T, 7, origin="test")])
-    (poison,) = await bus.consume([T], "g", "c1", 10, 0)
-    await bus.dead_letter("g", poison, "undecodable: bad json")
-    (dead,) = await take(bus, [DEAD_LETTER_TOPIC], "ops", "c", 1)
-    assert dead.topic == DEAD_LETTER_TOPIC
-    assert (dead.message.key, dead.message.payload) == ("run-7", b"payload-7")
-    assert dead.message.headers == {
-        "origin": "test",
-        DL_TOPIC: T,
-        DL_ID: poison.id,
-        DL_GROUP: "g",
-        DL_REASON: "undecodable: bad json",
-    }
-    await asyncio.sleep(VISIBILITY_S)
-    await nothing_for(bus, T, "g", "c2", VISIBILITY_S * 1.5)
+@pytest.mark.integration
+class TestKafkaBus(BusContract):
+    @pytest.fixture
+    async def bus(self, bootstrap: str) -> AsyncIterator[Bus]:
+        kafka = kafka_bus(bootstrap)
+        yield kafka
+        await kafka.close()
+
+    async def joined(self, bus: Bus, topics: Sequence[str], group: str) -> None:
+        await super().joined(bus, topics, group)
+        assert isinstance(bus, KafkaBus)
+        await kafka_joined(bus, group)
+
+    async def fetched(self, bus: Bus, group: str, n: int) -> None:
+        assert isinstance(bus, KafkaBus)
+        await kafka_fetched(bus, group, n)
+
+    @pytest.mark.skip(reason=DEPTH_ON_KAFKA)
+    async def test_depth_counts_messages_not_yet_delivered(self, bus: Bus) -> None: ...
+
+    async def test_a_full_producer_queue_never_blocks_the_loop(self, bootstrap: str) -> None:
+        """More messages than the producer holds: publish waits for room without holding
+        the event loop (it slept in a coroutine's path)."""
+        kafka = kafka_bus(bootstrap, queue_max=20)
+        try:
+            await kafka.publish([msg(T, i) for i in range(2_000)])
+            got = await take(kafka, [T], "g", "c", 2_000)
+            assert len(set(payloads(got))) == 2_000
+        finally:
+            await kafka.close()
 
 
-async def test_consume_blocks_until_the_timeout_when_empty(bus: Bus) -> None:
-    t0 = time.monotonic()
-    assert await bus.consume([T, "t.b"], "g", "c", 10, 300) == []
-    assert 0.25 <= time.monotonic() - t0 < CEILING_S
-    t0 = time.monotonic()
-    assert await bus.consume([T], "g", "c", 10, 300) == []
-    assert 0.25 <= time.monotonic() - t0 < CEILING_S
+# the migrating bus: its modes are the migration's steps (headrace/migration/steps.py)
+MODES: Mapping[str, Mapping[str, bool | int]] = {
+    "phase-1": {"ENABLE_REDIS_WRITE": True},
+    "dual-write": {"ENABLE_REDIS_WRITE": True, "ENABLE_KAFKA_WRITE": True},
+    "kafka-50": {
+        "ENABLE_REDIS_WRITE": True,
+        "ENABLE_KAFKA_WRITE": True,
+        "ENABLE_KAFKA": True,
+        "KAFKA_TRAFFIC_PERCENT": 50,
+    },
+    "redis-off": {
+        "ENABLE_REDIS_WRITE": False,
+        "ENABLE_KAFKA_WRITE": True,
+        "ENABLE_KAFKA": True,
+        "KAFKA_TRAFFIC_PERCENT": 100,
+    },
+}
+TWO_COPIES = "each message is on both buses while copies are written: depth counts both"
 
 
-@pytest.mark.parametrize("topics", [[T], [T, "t.b"]])
-async def test_consume_wakes_when_a_message_is_published(bus: Bus, topics: list[str]) -> None:
-    t0 = time.monotonic()
-    waiting = asyncio.create_task(bus.consume(topics, "g", "c", 10, 5_000))
-    await asyncio.sleep(0.1)
-    assert not waiting.done()
-    await bus.publish([msg(topics[-1], 1)])
-    got = await asyncio.wait_for(waiting, CEILING_S)
-    assert payloads(got) == [b"payload-1"]
-    assert time.monotonic() - t0 < 2.0  # well before the 5 s block ran out
+@pytest.mark.integration
+class Migrating(BusContract):
+    """The migrating bus at one step; its routing headers (hr-*) are its own."""
+
+    mode = ""
+    own_headers = ("hr-",)
+
+    @pytest.fixture
+    async def bus(self, bootstrap: str, tmp_path: Path) -> AsyncIterator[Bus]:
+        store = SqliteStore(str(tmp_path / "pins.db"))
+        await store.open()
+        with redis_prefix() as (url, prefix):
+            redis_bus = RedisBus(url, prefix=prefix, visibility_ms=VISIBILITY_MS)
+            migrating = MigratingBus(redis_bus, kafka_bus(bootstrap), dict(MODES[self.mode]), store)
+            yield migrating
+            await migrating.close()
+        await store.close()
+
+    async def joined(self, bus: Bus, topics: Sequence[str], group: str) -> None:
+        await super().joined(bus, topics, group)
+        assert isinstance(bus, MigratingBus)
+        await kafka_joined(bus.kafka, group)
+
+    async def fetched(self, bus: Bus, group: str, n: int) -> None:
+        assert isinstance(bus, MigratingBus)
+        if bus.flags.get("ENABLE_KAFKA"):
+            await kafka_fetched(bus.kafka, group, n)
 
 
-async def test_blocking_read_never_returns_more_than_asked(bus: Bus) -> None:
-    await bus.consume([T, "t.b"], "g", "c", 1, 0)  # join
-    waiting = asyncio.create_task(bus.consume([T, "t.b"], "g", "c", 1, 2_000))
-    await asyncio.sleep(0.05)
-    await bus.publish([msg("t.b", 1), msg(T, 2), msg("t.b", 3)])
-    first = await asyncio.wait_for(waiting, CEILING_S)
-    assert len(first) == 1
-    rest = await take(bus, [T, "t.b"], "g", "c", 2)
-    assert sorted(payloads([*first, *rest])) == [b"payload-1", b"payload-2", b"payload-3"]
+class TestMigratingPhase1(Migrating):
+    mode = "phase-1"
 
 
-async def test_depth_counts_messages_not_yet_delivered(bus: Bus) -> None:
-    assert await bus.depth(T) == 0
-    await bus.publish([msg(T, i) for i in range(5)])
-    assert await bus.depth(T) == 5  # no group yet: all of them wait
-    got = await bus.consume([T], "g", "c", 2, 0)
-    assert await bus.depth(T) == 3
-    await bus.ack("g", got)
-    assert await bus.depth(T) == 3
-    await bus.consume([T], "g", "c", 10, 0)
-    assert await bus.depth(T) == 0
+class TestMigratingDualWrite(Migrating):
+    mode = "dual-write"
+
+    @pytest.mark.skip(reason=TWO_COPIES)
+    async def test_depth_counts_messages_not_yet_delivered(self, bus: Bus) -> None: ...
+
+
+class TestMigratingKafka50(Migrating):
+    mode = "kafka-50"
+
+    @pytest.mark.skip(
+        reason="each bus drains its lanes in order; across the two, Kafka's come first"
+    )
+    async def test_lanes_are_drained_in_the_given_order(self, bus: Bus) -> None: ...
+
+    @pytest.mark.skip(reason=TWO_COPIES)
+    async def test_depth_counts_messages_not_yet_delivered(self, bus: Bus) -> None: ...
+
+
+class TestMigratingRedisOff(Migrating):
+    mode = "redis-off"
+
+    @pytest.mark.skip(reason=DEPTH_ON_KAFKA)
+    async def test_depth_counts_messages_not_yet_delivered(self, bus: Bus) -> None: ...
+
+
+@pytest.fixture
+def redis_env() -> Iterator[tuple[str, str]]:
+    with redis_prefix() as env:
+        yield env
 
 
 # Redis only: durability, trimming, recovery and errors

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -11,7 +11,6 @@ import pytest
 from headrace.api.app import create_app
 from headrace.config import Settings
 from headrace.services.runtime import Embedded
-from headrace.testing.kafka import Tansu, external_broker
 from headrace.testing.servers import serve
 
 SECRET = "tok-7f3a9c-very-secret"
@@ -41,14 +40,3 @@ async def api(runtime: Embedded) -> AsyncIterator[httpx.AsyncClient]:
         httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as client,
     ):
         yield client
-
-
-@pytest.fixture(scope="module")
-def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Kafka-protocol broker for the module: HEADRACE_TEST_KAFKA, or the test broker."""
-    external = external_broker()
-    if external:
-        yield external
-        return
-    with Tansu(tmp_path_factory.mktemp("kafka")) as broker:
-        yield broker.bootstrap

@@ -1,7 +1,6 @@
-"""The Kafka bus against the Bus contract (headrace/bus/base.py), on the test broker (or
-`HEADRACE_TEST_KAFKA`). Kafka delivers what a group fetched in the background, so where
-the Redis cases consume with `block_ms=0` right after a publish, these wait for messages
-with `take`; and a group's first join takes a few seconds on tansu (docs/kafka.md).
+"""What only the Kafka bus does, on the test broker (or `HEADRACE_TEST_KAFKA`): a group
+shared by processes, committed positions, a SIGKILLed member, depth, a broker that is not
+there or lost writes. The Bus contract's cases run on it in tests/contract/.
 
 One broker serves the module; each test has a prefix (its topics and groups) of its own.
 """
@@ -14,15 +13,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from headrace.bus import Delivery
-from headrace.bus.base import DEAD_LETTER_TOPIC, DL_GROUP, DL_ID, DL_REASON, DL_TOPIC
 from headrace.bus.kafka import KafkaBus
-from headrace.bus.topics import JOB_LANES, JOBS_HIGH, JOBS_LOW, JOBS_NORMAL
 from headrace.errors import InfraError
 from headrace.events import Message
 from headrace.testing.kafka import MotoS3, Tansu, external_broker
@@ -53,13 +50,6 @@ def new_bus(bootstrap: str, prefix: str, **options: int) -> KafkaBus:
     return KafkaBus(bootstrap, prefix=prefix, **options)
 
 
-@pytest.fixture
-async def bus(bootstrap: str, prefix: str) -> AsyncIterator[KafkaBus]:
-    kafka = new_bus(bootstrap, prefix)
-    yield kafka
-    await kafka.close()
-
-
 async def take(
     bus: KafkaBus, topics: Sequence[str], group: str, consumer: str, n: int, *, ack: bool = True
 ) -> list[Delivery]:
@@ -79,40 +69,6 @@ async def nothing_for(bus: KafkaBus, topic: str, group: str, consumer: str, s: f
     while time.monotonic() < until:
         got = await bus.consume([topic], group, consumer, 10, 50)
         assert got == [], [d.message for d in got]
-
-
-async def test_publish_consume_keeps_order_per_run_and_headers(bus: KafkaBus) -> None:
-    sent = [msg(T if i % 2 else "t.b", i % 5, n=str(i)) for i in range(60)]
-    await bus.publish(sent)
-    got = await take(bus, [T, "t.b"], "g", "c1", 60)
-    for topic in (T, "t.b"):
-        for key in {m.key for m in sent}:
-            mine = [d.message for d in got if d.topic == topic and d.message.key == key]
-            assert mine == [m for m in sent if m.topic == topic and m.key == key]
-    assert len({(d.topic, d.id) for d in got}) == 60
-
-
-async def test_fetched_lanes_are_drained_in_the_given_order(bus: KafkaBus) -> None:
-    await bus.consume(JOB_LANES, "workers", "w1", 1, 0)  # join
-    await bus.publish([msg(JOBS_LOW, i) for i in range(3)])
-    await bus.publish([msg(JOBS_NORMAL, i) for i in range(3)])
-    await bus.publish([msg(JOBS_HIGH, i) for i in range(3)])
-    deadline = time.monotonic() + CEILING_S
-    while bus.buffered("workers") < 9:  # all fetched: the order is the bus's, not the race's
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
-    first = await bus.consume(JOB_LANES, "workers", "w1", 4, 0)
-    assert [d.topic for d in first] == [JOBS_HIGH] * 3 + [JOBS_NORMAL]
-    rest = await bus.consume(JOB_LANES, "workers", "w1", 10, 0)
-    assert [d.topic for d in rest] == [JOBS_NORMAL] * 2 + [JOBS_LOW] * 3
-
-
-async def test_every_group_sees_every_message(bus: KafkaBus) -> None:
-    await bus.publish([msg(T, i) for i in range(10)])
-    one = await take(bus, [T], "g1", "c", 10)
-    two = await take(bus, [T], "g2", "c", 10)
-    assert sorted(payloads(one)) == sorted(payloads(two))
-    assert len(set(payloads(one))) == 10
 
 
 async def test_two_processes_of_a_group_share_without_duplicates(
@@ -139,57 +95,6 @@ async def test_two_processes_of_a_group_share_without_duplicates(
     finally:
         await first.close()
         await second.close()
-
-
-async def test_unacknowledged_message_goes_to_another_consumer_after_visibility(
-    bus: KafkaBus,
-) -> None:
-    await bus.publish([msg(T, 1)])
-    (held,) = await take(bus, [T], "g", "dead", 1, ack=False)  # dies holding it
-    t0 = time.monotonic()
-    assert await bus.consume([T], "g", "alive", 10, 0) == []  # not yet
-    (again,) = await take(bus, [T], "g", "alive", 1)
-    assert time.monotonic() - t0 >= VISIBILITY_S * 0.9
-    assert (again.id, again.message) == (held.id, held.message)
-    await nothing_for(bus, T, "g", "dead", VISIBILITY_S * 1.5)
-
-
-async def test_publish_and_ack_sends_the_reply_and_acknowledges_the_job(bus: KafkaBus) -> None:
-    await bus.publish([msg(T, 1)])
-    (job,) = await take(bus, [T], "workers", "w1", 1, ack=False)
-    await bus.publish_and_ack([msg("t.r", 1)], "workers", [job])
-    (reply,) = await take(bus, ["t.r"], "coordinators", "c", 1)
-    assert reply.message == msg("t.r", 1)
-    await asyncio.sleep(VISIBILITY_S * 1.5)
-    await nothing_for(bus, T, "workers", "w2", VISIBILITY_S * 1.5)  # acknowledged
-
-
-async def test_touch_keeps_a_message_from_redelivery(bus: KafkaBus) -> None:
-    await bus.publish([msg(T, 1)])
-    (held,) = await take(bus, [T], "g", "slow", 1, ack=False)
-    until = time.monotonic() + VISIBILITY_S * 4
-    while time.monotonic() < until:
-        await bus.touch("g", "slow", [held])
-        assert await bus.consume([T], "g", "other", 10, 0) == []
-        await asyncio.sleep(VISIBILITY_S / 5)
-    (again,) = await take(bus, [T], "g", "other", 1)
-    assert again.id == held.id
-
-
-async def test_dead_letter_moves_the_message_with_its_reason(bus: KafkaBus) -> None:
-    await bus.publish([msg(T, 7, origin="test")])
-    (poison,) = await take(bus, [T], "g", "c1", 1, ack=False)
-    await bus.dead_letter("g", poison, "undecodable: bad json")
-    (dead,) = await take(bus, [DEAD_LETTER_TOPIC], "ops", "c", 1)
-    assert (dead.message.key, dead.message.payload) == ("run-7", b"payload-7")
-    assert dead.message.headers == {
-        "origin": "test",
-        DL_TOPIC: T,
-        DL_ID: poison.id,
-        DL_GROUP: "g",
-        DL_REASON: "undecodable: bad json",
-    }
-    await nothing_for(bus, T, "g", "c2", VISIBILITY_S * 2)
 
 
 async def test_acknowledged_offsets_are_committed_and_the_rest_comes_back(
