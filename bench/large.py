@@ -6,11 +6,15 @@
   through the API from its start to its end.
 - W-stream: 100 short runs, each followed through the API's event stream from its start,
   five at a time: how long after its run ended each stream closed (p50, p99).
+- W-cancel: `POST /v1/runs/{id}/cancel` on a run whose 100,000-wide map is done and which
+  waits for a signal, against the same on one-node runs (a median of 7), and once more on
+  each after it ended (medians of 7).
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ import httpx
 
 from headrace.api.app import create_app
 from headrace.services.runtime import Runtime
-from headrace.spec import parse_workflow, plan_of
+from headrace.spec import Plan, parse_workflow, plan_of
 from headrace.testing.servers import serve
 from headrace.testing.streams import close_delay
 
@@ -75,3 +79,65 @@ async def stream_close_delays(rt: Runtime, runs: int = 100, at_once: int = 5) ->
         for _ in range(runs // at_once):
             delays += await asyncio.gather(*(close_delay(client, "short") for _ in range(at_once)))
     return delays
+
+
+NOOP = "headrace.testing.tasks.noop"
+WIDE_HOLD = {
+    "name": "wide-hold",
+    "inputs": {"xs": {"type": "array"}},
+    "nodes": {
+        "fan": {"map": "${{ inputs.xs }}", "task": NOOP},
+        "hold": {"needs": ["fan"], "wait": {"signal": "go"}},
+    },
+}
+ONE_HOLD = {"name": "one-hold", "nodes": {"hold": {"wait": {"signal": "go"}}}}
+
+
+async def cancel_times(rt: Runtime, width: int, repeat: int = 7) -> dict[str, float]:
+    """Milliseconds of a cancel request, each on a run waiting at `hold`: with a `width`-wide
+    map done before it (the state in the driver's memory, as in `headrace dev`; and not, as
+    in an API process of a cluster), or `hold` alone (median of `repeat` runs); then the
+    same request on those runs once ended (medians of `repeat`)."""
+    wide, one = await _register(rt, WIDE_HOLD), await _register(rt, ONE_HOLD)
+    xs = {"xs": list(range(width))}
+    wide_ids = await asyncio.gather(_waiting(rt, wide, xs), _waiting(rt, wide, xs))
+    one_ids = [await _waiting(rt, one, {}) for _ in range(repeat + 1)]
+    async with serve(create_app(rt)) as url, httpx.AsyncClient(base_url=url, timeout=600) as client:
+        await _cancel_ms(client, one_ids.pop())  # first-call costs are not the point
+        cancel_wide = await _cancel_ms(client, wide_ids[0])
+        rt.driver.cache.pop(wide_ids[1], None)  # a process that has not driven the run
+        cancel_wide_cold = await _cancel_ms(client, wide_ids[1])
+        cancel_one = [await _cancel_ms(client, run_id) for run_id in one_ids]
+        ended_wide = [await _cancel_ms(client, wide_ids[0]) for _ in range(repeat)]
+        ended_one = [await _cancel_ms(client, one_ids[0]) for _ in range(repeat)]
+    return {
+        "cancel_wide_ms": cancel_wide,
+        "cancel_wide_cold_ms": cancel_wide_cold,
+        "cancel_one_ms": statistics.median(cancel_one),
+        "ended_wide_ms": statistics.median(ended_wide),
+        "ended_one_ms": statistics.median(ended_one),
+    }
+
+
+async def _register(rt: Runtime, spec: dict[str, Any]) -> Plan:
+    ir = parse_workflow(spec)
+    await rt.register(ir, "")
+    return plan_of(ir)
+
+
+async def _waiting(rt: Runtime, plan: Plan, inputs: dict[str, Any]) -> str:
+    """A run started and waiting at its node `hold`."""
+    run_id = await rt.start(plan, inputs)
+    while True:
+        _, nodes = await rt.store.get_run(run_id)
+        if next(n for n in nodes if n.node_id == "hold").status == "waiting":
+            return run_id
+        await asyncio.sleep(0.2)
+
+
+async def _cancel_ms(client: httpx.AsyncClient, run_id: str) -> float:
+    started = time.perf_counter()
+    r = await client.post(f"/v1/runs/{run_id}/cancel")
+    ms = (time.perf_counter() - started) * 1000
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    return round(ms, 2)

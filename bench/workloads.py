@@ -214,6 +214,8 @@ def measure(name: str, db: Path) -> dict[str, Any]:
         return loop.run(_steady(db, nodes_per_s=1000, seconds=W4_SECONDS))
     if name.startswith(("W-chain-20k", "W-map-200k", "W-stream")):
         return _large_workload(name, db)
+    if name == "W-cancel":
+        return {"width": 100_000, **loop.run(_cancels(db, 100_000))}
     raise SystemExit(f"unknown workload {name}")
 
 
@@ -253,6 +255,12 @@ async def _streams(db: Path) -> list[float]:
     with contextlib.ExitStack() as stack:
         async with _runtime(_settings(db, stack)) as rt:
             return await large.stream_close_delays(rt)
+
+
+async def _cancels(db: Path, width: int) -> dict[str, float]:
+    with contextlib.ExitStack() as stack:
+        async with _runtime(_settings(db, stack)) as rt:
+            return await large.cancel_times(rt, width)
 
 
 W4_SECONDS = float(os.environ.get("W4_SECONDS", "30"))

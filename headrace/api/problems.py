@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import Request
@@ -128,7 +129,18 @@ def allowed_methods(request: Request) -> list[str]:
     """Every method the routes of this path take (the framework's 405 names only the first
     matching route's, and a path is often several routes: GET and POST /v1/workflows)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    for route in _every_route(request.app.router.routes):
         if isinstance(route, BaseRoute) and route.matches(request.scope)[0] != Match.NONE:
             methods |= getattr(route, "methods", None) or set()
     return sorted(methods)
+
+
+def _every_route(routes: Iterable[Any]) -> Iterator[Any]:
+    """The routes, those of included routers among them: FastAPI (since 0.16x) keeps an
+    included router as one route that holds it (`original_router`), not as its routes."""
+    for route in routes:
+        router = getattr(route, "original_router", None)
+        if router is None:
+            yield route
+        else:
+            yield from _every_route(router.routes)

@@ -28,8 +28,8 @@ async def follow_events(
             yield batch
             seq = batch[-1].seq
             continue
-        record = await store.get_run_record(run_id)
-        if record.status in RUN_TERMINAL and record.seq <= seq:
+        head = await store.get_run_head(run_id)
+        if head.status in RUN_TERMINAL and head.seq <= seq:
             return
         if await hub.wait(run_id, seq, min(idle_s, 1.0)) <= seq:
             yield []

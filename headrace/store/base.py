@@ -114,6 +114,17 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class RunHead:
+    """What a check of a run reads: its row without the inputs and outputs, whose size
+    grows with the run's (a 100,000-item list mapped over, the outputs of every child)."""
+
+    run_id: str
+    workflow_tag: str
+    status: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class StoredEvent:
     seq: int
     type: str
@@ -223,6 +234,11 @@ class Store(Protocol):
 
     async def get_run_record(self, run_id: str) -> RunRecord:
         """The run alone (one query); NotFound for an unknown id."""
+
+    async def get_run_head(self, run_id: str) -> RunHead:
+        """The run's status, workflow and last event: one row, read without its inputs and
+        outputs, so it costs the same whatever the size of the run; NotFound for an
+        unknown id."""
 
     async def list_runs(
         self, status: str | None, workflow: str | None, limit: int, cursor: str | None

@@ -47,6 +47,7 @@ from headrace.store.base import (
     Holder,
     NodeRecord,
     OutboxEntry,
+    RunHead,
     RunRecord,
     StoredEvent,
     Transition,
@@ -715,6 +716,12 @@ class PostgresStore:
         if row is None:
             raise NotFound("run", run_id)
         return rows.run_record(row)
+
+    async def get_run_head(self, run_id: str) -> RunHead:
+        row = await self._one(f"SELECT {rows.RUN_HEAD_SELECT} FROM runs WHERE run_id = $1", run_id)
+        if row is None:
+            raise NotFound("run", run_id)
+        return rows.run_head(row)
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[NodeRecord]]:
         async with self._conn() as conn:

@@ -26,7 +26,14 @@ from headrace.events import (
     Timer,
 )
 from headrace.spec import Plan, decode_ir
-from headrace.store.base import FlagChange, NodeRecord, RunRecord, Transition, WorkflowRecord
+from headrace.store.base import (
+    FlagChange,
+    NodeRecord,
+    RunHead,
+    RunRecord,
+    Transition,
+    WorkflowRecord,
+)
 
 _CURSOR = re.compile(r"([0-9]{1,15})\.([0-9a-f]{32})")  # the API documents this shape
 _enc = msgspec.json.Encoder()
@@ -94,6 +101,7 @@ RUN_SELECT = (
     "run_id, workflow_name, workflow_version, ir_hash, status, inputs, outputs, error, "
     "failed_node, cost_cents, seq, created_at, started_at, ended_at"
 )
+RUN_HEAD_SELECT = "run_id, workflow_name, workflow_version, status, seq"
 RUN_STATE_SELECT = (
     "ir_hash, status, version, seq, inputs, vars, signals, outputs, error, failed_node, "
     "cost_cents, created_at, started_at, ended_at"
@@ -293,6 +301,11 @@ def run_record(r: Any) -> RunRecord:
         started_at_ms=r[12],
         ended_at_ms=r[13],
     )
+
+
+def run_head(r: Any) -> RunHead:
+    """A RunHead from a row holding RUN_HEAD_SELECT."""
+    return RunHead(run_id=r[0], workflow_tag=f"{r[1]}@{r[2]}", status=r[3], seq=r[4])
 
 
 def node_record(node_id: str, row: Any, children: dict[str, int] | None) -> NodeRecord:

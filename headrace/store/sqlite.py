@@ -27,6 +27,7 @@ from headrace.store.base import (
     Holder,
     NodeRecord,
     OutboxEntry,
+    RunHead,
     RunRecord,
     StoredEvent,
     Transition,
@@ -436,6 +437,14 @@ class SqliteStore:
 
     async def get_run_record(self, run_id: str) -> RunRecord:
         return self._run_record(run_id)
+
+    async def get_run_head(self, run_id: str) -> RunHead:
+        row = self.db.execute(
+            f"SELECT {rows.RUN_HEAD_SELECT} FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound("run", run_id)
+        return rows.run_head(row)
 
     def _run_record(self, run_id: str) -> RunRecord:
         row = self.db.execute(

@@ -30,7 +30,7 @@ from headrace.engine.decide import Decision
 from headrace.errors import Conflict, InfraError, InputError, NotFound
 from headrace.events import Job, Message, SignalReceived, Timer, decode_job, encode
 from headrace.spec import Plan, canonical_json, parse_workflow, plan_of
-from headrace.store import Holder, Store, Transition
+from headrace.store import Holder, RunHead, Store, Transition
 from headrace.store.migrate import HEAD, head
 from headrace.store.postgres import PostgresStore
 from headrace.store.sqlite import SqliteStore
@@ -286,6 +286,22 @@ async def test_get_run_counts_map_children_by_status(store: Store) -> None:
         await store.get_run("no-such-run")
     with pytest.raises(NotFound):
         await store.get_run_record("no-such-run")
+
+
+async def test_a_run_head_has_its_status_workflow_and_last_event(store: Store) -> None:
+    plan = await register(store)
+    state = await started(store, plan, xs=list(range(1000)))
+    running = await store.get_run_head(state.run_id)
+    assert running == RunHead(state.run_id, "shop@1", "running", state.seq)
+    record = await store.get_run_record(state.run_id)
+    assert (record.workflow_tag, record.status, record.seq) == ("shop@1", "running", running.seq)
+    d = decide(state, Cancel(at_ms=3_000))
+    assert not (await store.commit([step(state, d)])).conflicts
+    ended = await store.get_run_head(state.run_id)
+    assert ended == RunHead(state.run_id, "shop@1", "cancelled", state.seq)
+    assert ended.seq > running.seq
+    with pytest.raises(NotFound):
+        await store.get_run_head("no-such-run")
 
 
 async def test_list_runs_filters_and_pages_newest_first(store: Store) -> None:
