@@ -48,6 +48,10 @@ class Delivery:
 class Bus(Protocol):
     durable: bool  # whether messages survive a restart of this process
 
+    @property
+    def description(self) -> str:
+        """What it is and where, for the logs (never a password)."""
+
     async def publish(self, messages: Sequence[Message]) -> None:
         """Send all messages, in order per topic (one pipelined round trip where possible).
         When it returns, every message is in the backend."""

@@ -47,16 +47,12 @@ import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from headrace.bus.base import Bus, Delivery, PartlyPublished, dead_letter_message
 from headrace.errors import InfraError
 from headrace.events import Message
 from headrace.migration.slots import FAILED, ROUTED, SENT, BusSlots
-
-if TYPE_CHECKING:  # imported by services/adapters.py, only when configured
-    from headrace.bus.kafka import KafkaBus
-    from headrace.bus.redis import RedisBus
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +113,26 @@ class BusFigures:
         return {**self.totals, "slots": self.slots.report(now_s)}
 
 
+class KafkaPart(Bus, Protocol):
+    """What the migrating bus asks of its Kafka bus beyond the Bus protocol: to hand over
+    messages without waiting for the broker, and how the broker is doing."""
+
+    async def send(self, messages: Sequence[Message]) -> asyncio.Future[None]: ...
+
+    def stalled_s(self) -> float: ...
+
+    def backlog(self) -> int: ...
+
+    def handed_over(self, group: str, delivery: Delivery, published_ms: int) -> bool: ...
+
+
 class MigratingBus:
     durable = True
 
     def __init__(
         self,
-        redis: RedisBus,
-        kafka: KafkaBus,
+        redis: Bus,
+        kafka: KafkaPart,
         flags: Mapping[str, bool | int],
         pins: PinBook,
     ) -> None:
