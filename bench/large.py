@@ -38,7 +38,7 @@ async def one_large_run(
     plan = plan_of(ir)
     async with serve(create_app(rt)) as url:
         started = time.perf_counter()
-        run_id = await rt.start(plan, inputs)
+        run_id = await rt.start_run(plan, inputs)
         watcher = await _watch(url, run_id) if watched else None
         record = await rt.wait(run_id, timeout_s=1800)
         seconds = time.perf_counter() - started
@@ -127,7 +127,7 @@ async def _register(rt: Runtime, spec: dict[str, Any]) -> Plan:
 
 async def _waiting(rt: Runtime, plan: Plan, inputs: dict[str, Any]) -> str:
     """A run started and waiting at its node `hold`."""
-    run_id = await rt.start(plan, inputs)
+    run_id = await rt.start_run(plan, inputs)
     while True:
         _, nodes = await rt.store.get_run(run_id)
         if next(n for n in nodes if n.node_id == "hold").status == "waiting":

@@ -119,7 +119,7 @@ async def _timed(
         plan = plan_of(ir)
         await _warm_up(rt, plan, inputs, runs)
         started, started_ms = time.perf_counter(), now_ms()
-        ids = await asyncio.gather(*(rt.start(plan, inputs) for _ in range(runs)))
+        ids = await asyncio.gather(*(rt.start_run(plan, inputs) for _ in range(runs)))
         if runs > 1:  # the runs' own clocks say when the last one ended
             records = await _all_ended(rt, ids)
             seconds = (max(r.ended_at_ms or 0 for r in records) - started_ms) / 1000
@@ -137,7 +137,7 @@ async def _warm_up(rt: Runtime, plan: Plan, inputs: dict[str, Any], runs: int) -
     """Runs of the workload's shape, up to 200 at once, before the measured ones: first-call
     costs are not the point. As many as it starts, so the jobs that a process's own worker
     has no slot for take the bus's path (a Kafka consumer joins its group then: ~3 s)."""
-    warm = await asyncio.gather(*(rt.start(plan, inputs) for _ in range(min(runs, 200))))
+    warm = await asyncio.gather(*(rt.start_run(plan, inputs) for _ in range(min(runs, 200))))
     if len(warm) > 1:
         await _all_ended(rt, warm)
     else:
@@ -281,7 +281,7 @@ async def _steady(db: Path, nodes_per_s: int, seconds: float) -> dict[str, Any]:
             start = loop.time()
             tick = 0
             while loop.time() - start < seconds:
-                ids += await asyncio.gather(*(rt.start(plan, {}) for _ in range(runs_per_tick)))
+                ids += await asyncio.gather(*(rt.start_run(plan, {}) for _ in range(runs_per_tick)))
                 tick += 1
                 await asyncio.sleep(max(0.0, start + tick * 0.01 - loop.time()))
             for run_id in ids:

@@ -7,7 +7,6 @@
     ├── Conflict         the request contradicts stored state (409)
     ├── NodeError        one attempt of a node failed (carries type and retryable)
     └── InfraError       a store or bus failed; always retryable
-        └── VersionConflict  another writer committed the run first
 
 Backends translate their own exceptions into these at the adapter's edge.
 """
@@ -67,11 +66,3 @@ class NodeError(HeadraceError):
 
 class InfraError(HeadraceError):
     """A store or bus operation failed; the caller may retry."""
-
-
-class VersionConflict(InfraError):
-    """Another writer committed a transition of `run_id` first."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id} was changed by another writer")
-        self.run_id = run_id

@@ -35,7 +35,7 @@ class Backend(Protocol):
 
     async def register(self, ir: WorkflowIR, source: str) -> tuple[WorkflowRecord, bool]: ...
 
-    async def begin(
+    async def start_or_reuse(
         self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
     ) -> tuple[str, bool]: ...
 

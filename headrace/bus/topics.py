@@ -6,7 +6,6 @@ JOBS_LOW = "node.jobs.low"
 JOB_LANES = (JOBS_HIGH, JOBS_NORMAL, JOBS_LOW)  # drained in this order
 RESULTS = "node.results"
 CANCELS = "node.cancels"  # broadcast: every worker sees every cancel
-WORKFLOW_EVENTS = "workflow.events"
 
 # consumer groups
 WORKERS = "workers"  # of the job lanes

@@ -133,7 +133,7 @@ async def _run(
     console = Console()
     async with Embedded(settings) as rt:
         await rt.register(ir, source)
-        run_id = await rt.start(plan_of(ir), inputs)
+        run_id = await rt.start_run(plan_of(ir), inputs)
         if signals:  # kept by the run until its wait is reached
             await rt.driver.apply([(run_id, Signal(n, p, now_ms())) for n, p in signals])
         if not as_json:

@@ -140,7 +140,6 @@ class Window:
     buses: dict[str, BusWindow] = field(default_factory=dict)
     settled: dict[str, BusWindow] = field(default_factory=dict)
     shadow: ShadowWindow = field(default_factory=ShadowWindow)
-    processes: int = 0
 
     def bus(self, name: str) -> BusWindow:
         return self.buses.get(name) or BusWindow()
@@ -158,7 +157,6 @@ def window(reports: Iterable[Mapping[str, Any]], start_s: int, end_s: int, grace
     read_from = max([start_s, *(d + 1 for d in deaths)])
     out = Window(start_s, end_s, max(start_s, end_s - grace_s), read_from)
     for r in reports:
-        out.processes += 1
         for name, f in r.get("buses", {}).items():
             for second, slot in _in(f.get("slots", {}), start_s, end_s):
                 out.buses.setdefault(name, BusWindow()).add(slot, second)

@@ -2,8 +2,8 @@
 
 from headrace.nodes.agent import AgentExecutor
 from headrace.nodes.base import NodeExecutor, Outcome
-from headrace.nodes.http import HttpRequest, call_http, redact
-from headrace.nodes.http_node import HttpExecutor
+from headrace.nodes.http import HttpExecutor
+from headrace.nodes.http_call import HttpRequest, call_http, redact
 from headrace.nodes.task import TaskRegistry
 
 __all__ = [

@@ -22,15 +22,18 @@ log = logging.getLogger(__name__)
 GROUP = COORDINATORS
 
 
-def command_of(delivery: Delivery) -> tuple[str, Command] | str:
-    """The engine command a result message asks for, or why it cannot be decoded."""
+def command_from_delivery(delivery: Delivery) -> tuple[str, Command] | str:
+    """Decode a result message from the bus: (run id, the engine command it asks for), or
+    why it cannot be decoded."""
     try:
-        return command_for(decode_result(delivery.message.payload))
+        return command_from_result(decode_result(delivery.message.payload))
     except msgspec.DecodeError as e:
         return f"undecodable result: {e}"
 
 
-def command_for(r: Result) -> tuple[str, Command]:
+def command_from_result(r: Result) -> tuple[str, Command]:
+    """(run id, the engine command) of a decoded result: from the bus or this process's
+    worker."""
     if isinstance(r, Started):
         return r.run_id, MarkStarted(r.node_id, r.attempt, r.at_ms)
     assert isinstance(r, Finished)
@@ -76,7 +79,7 @@ class Coordinator:
             taken = await self.local.take()
             self.driver.crash.reached("after_handoff")  # results taken, not yet committed
             try:
-                await self.apply([(command_for(r), job) for r, job in taken], WORKERS)
+                await self.apply([(command_from_result(r), job) for r, job in taken], WORKERS)
             finally:
                 self.local.settle(len(taken))
 
@@ -89,7 +92,7 @@ class Coordinator:
             deliveries += await self.bus.consume([RESULTS], GROUP, self.name, more, 0)
         items: list[Item] = []
         for delivery in deliveries:
-            command = command_of(delivery)
+            command = command_from_delivery(delivery)
             if isinstance(command, str):  # poison: set aside, never blocks the others
                 log.error("result %s goes to the dead-letter topic: %s", delivery.id, command)
                 await self.bus.dead_letter(GROUP, delivery, command)

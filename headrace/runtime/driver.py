@@ -48,7 +48,10 @@ class Applied:
 
 
 @dataclass
-class _Batch:
+class _Decisions:
+    """What one pass of the engine over a batch of commands decided: each run's transition
+    to commit, and each command's effect for the caller."""
+
     transitions: dict[str, Transition] = field(default_factory=dict)
     applied: list[tuple[str, Applied]] = field(default_factory=list)
 
@@ -274,8 +277,8 @@ class Driver:
             fired_by_run.setdefault(timer.run_id, []).append(timer)
         results: list[tuple[str, Applied]] = []
         for _ in range(MAX_CONFLICT_RETRIES):
-            batch, conflicts = await self._try(pending, fired_by_run, acks)
-            results += [(rid, a) for rid, a in batch.applied if rid not in conflicts]
+            decisions, conflicts = await self._try(pending, fired_by_run, acks)
+            results += [(rid, a) for rid, a in decisions.applied if rid not in conflicts]
             pending = [(rid, c) for rid, c in pending if rid in conflicts]
             if not pending:
                 return results
@@ -283,8 +286,8 @@ class Driver:
 
     async def _try(
         self, commands: Sequence[tuple[str, Command]], fired: dict[str, list[Timer]], acks: Acks
-    ) -> tuple[_Batch, set[str]]:
-        batch = _Batch()
+    ) -> tuple[_Decisions, set[str]]:
+        decisions = _Decisions()
         stale: set[str] = set()
         async with self.lock:
             try:
@@ -297,16 +300,16 @@ class Driver:
                     if not decision.events and await self._is_stale(state):
                         stale.add(run_id)  # another process moved the run: retry it fresh
                         continue
-                    self._collect(batch, state, decision, fired)
-                    batch.applied.append((run_id, Applied(state, decision)))
+                    self._collect(decisions, state, decision, fired)
+                    decisions.applied.append((run_id, Applied(state, decision)))
                 todo = [
                     t
-                    for t in batch.transitions.values()
+                    for t in decisions.transitions.values()
                     if (t.events or t.fired) and t.state.run_id not in stale
                 ]
                 committed = await self._commit(todo)
             except BaseException:
-                for run_id in batch.transitions:  # their cached states hold uncommitted events
+                for run_id in decisions.transitions:  # their cached states hold uncommitted events
                     self.cache.pop(run_id, None)
                 raise
             conflicts = committed.conflicts | stale
@@ -314,7 +317,7 @@ class Driver:
                 self.cache.pop(run_id, None)
         done = [t for t in todo if t.state.run_id not in conflicts]
         await self._publish(done, committed, None if conflicts else acks)
-        return batch, conflicts
+        return decisions, conflicts
 
     async def _is_stale(self, state: RunState) -> bool:
         """Whether the store holds a newer version of a run than this cached state. A command
@@ -325,11 +328,11 @@ class Driver:
         return await self.store.run_version(state.run_id) != state.version
 
     def _collect(
-        self, batch: _Batch, state: RunState, d: Decision, fired: dict[str, list[Timer]]
+        self, decisions: _Decisions, state: RunState, d: Decision, fired: dict[str, list[Timer]]
     ) -> None:
-        t = batch.transitions.get(state.run_id)
+        t = decisions.transitions.get(state.run_id)
         if t is None:
-            t = batch.transitions[state.run_id] = Transition(state, [])
+            t = decisions.transitions[state.run_id] = Transition(state, [])
             t.fired = list(fired.get(state.run_id, ()))
         t.events += d.events
         t.messages += messages_of(state.run_id, d)

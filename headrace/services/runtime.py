@@ -248,18 +248,18 @@ class Runtime:
     async def register(self, ir: WorkflowIR, source: str) -> tuple[WorkflowRecord, bool]:
         return await self.store.put_workflow(ir, source, now_ms())
 
-    async def start(
+    async def start_run(
         self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
     ) -> str:
-        """Validate inputs and start a run; InputError names the bad input."""
-        return (await self.begin(plan, inputs, idempotency_key))[0]
+        """Validate inputs and start a run; its id. InputError names the bad input."""
+        return (await self.start_or_reuse(plan, inputs, idempotency_key))[0]
 
-    async def begin(
+    async def start_or_reuse(
         self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
     ) -> tuple[str, bool]:
-        """`start`, saying whether this call created the run (False: the key's run). A key
-        used before with another workflow or other inputs is refused (InputError), also when
-        the two requests race."""
+        """`start_run`, or reuse the run `idempotency_key` started before: (run id, whether
+        this call created it). A key used before with another workflow or other inputs is
+        refused (InputError), also when the two requests race."""
         await self.validate_inputs(plan, inputs)
         inputs = with_defaults(plan, inputs)
         if idempotency_key is not None:

@@ -28,8 +28,8 @@ from headrace.spec.ir import (
     WaitSpec,
     WorkflowIR,
 )
-from headrace.spec.memory import parse_memory_bytes
 from headrace.spec.schemas import check_input_schema
+from headrace.spec.sizes import parse_memory_bytes
 from headrace.spec.values import join_path, json_problem
 
 BUILTIN_RETRY: dict[str, Any] = {

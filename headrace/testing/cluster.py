@@ -9,13 +9,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-import redis
 
 from headrace.store.postgres import PostgresStore
 from headrace.testing.replay import replay_diff
 from headrace.testing.servers import free_port
+
+if TYPE_CHECKING:
+    import redis
 
 HEADRACE = str(Path(sys.executable).parent / "headrace")
 ROLES = {
@@ -112,6 +115,8 @@ class ProcessCluster:
         )
 
     def redis(self) -> redis.Redis:
+        import redis  # a dev dependency, not the package's
+
         return redis.Redis.from_url(self.env["HEADRACE_BUS"])
 
     def key(self, topic: str) -> str:

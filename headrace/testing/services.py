@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-import redis
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -52,6 +51,8 @@ def postgres_database() -> Iterator[str]:
 @contextmanager
 def redis_prefix() -> Iterator[tuple[str, str]]:
     """(url, prefix): a key prefix of its own on the test Redis; its keys are deleted after."""
+    import redis  # a dev dependency, not the package's
+
     client = redis.Redis.from_url(redis_url(), socket_connect_timeout=5)
     try:
         client.ping()

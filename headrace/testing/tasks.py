@@ -22,10 +22,6 @@ async def noop(**kwargs: Any) -> None:
     """Does nothing: the cost of the runtime alone."""
 
 
-def sync_noop(**kwargs: Any) -> None:
-    """Does nothing, as a plain function (runs in a thread)."""
-
-
 def echo(**kwargs: Any) -> dict[str, Any]:
     return kwargs
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import psycopg
-import redis
 
 from headrace.testing.servers import free_port
 
@@ -31,6 +30,8 @@ class ThrowawayRedis:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        import redis  # a dev dependency, not the package's
+
         with (self.dir / "redis-server.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [

@@ -135,7 +135,7 @@ async def test_racing_requests_with_one_key_and_other_inputs(runtime: Embedded) 
     plan = plan_of(record.ir)
     inputs = [{"x": 1}, {"x": 2}, {"x": 1, "y": 5}, {"x": 2, "y": 6}] * 2
     got = await asyncio.gather(
-        *(runtime.begin(plan, i, "race-1") for i in inputs), return_exceptions=True
+        *(runtime.start_or_reuse(plan, i, "race-1") for i in inputs), return_exceptions=True
     )
     created = [i for i, g in enumerate(got) if isinstance(g, tuple) and g[1]]
     assert len(created) == 1, got

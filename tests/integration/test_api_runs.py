@@ -68,7 +68,9 @@ async def test_concurrent_starts_with_one_key_make_one_run(runtime: Embedded) ->
     # creates the run, the others are told it was not theirs (the API answers them 200).
     record, _ = await runtime.register(parse_workflow(CHAIN), CHAIN)
     plan = plan_of(record.ir)
-    started = await asyncio.gather(*(runtime.begin(plan, {"x": 1}, "k-2") for _ in range(8)))
+    started = await asyncio.gather(
+        *(runtime.start_or_reuse(plan, {"x": 1}, "k-2") for _ in range(8))
+    )
     assert sorted(created for _, created in started) == [False] * 7 + [True]
     assert len({run_id for run_id, _ in started}) == 1
     assert len((await runtime.store.list_runs(None, None, 10, None))[0]) == 1

@@ -228,7 +228,7 @@ async def test_a_job_delivered_after_its_attempt_ended_is_not_run(tmp_path: Path
         ir = parse_workflow(spec)
         await rt.register(ir, "")
         plan = plan_of(ir)
-        done = await rt.start(plan, {})
+        done = await rt.start_run(plan, {})
         assert (await rt.wait(done, timeout_s=TIMEOUT_S)).status == "completed"
         assert tasks.calls(key) == 1
         late = Job(
@@ -244,7 +244,7 @@ async def test_a_job_delivered_after_its_attempt_ended_is_not_run(tmp_path: Path
             task="headrace.testing.tasks.counted_sleep",
         )
         await rt.bus.publish([Message(jobs_topic("normal"), done, encode(late))])
-        after = await rt.start(plan, {})  # its job comes after the late one on the lane
+        after = await rt.start_run(plan, {})  # its job comes after the late one on the lane
         assert (await rt.wait(after, timeout_s=TIMEOUT_S)).status == "completed"
         assert tasks.calls(key) == 2  # the new run's, not the late copy
 

@@ -45,7 +45,7 @@ async def run_long_job(
     async with Embedded(settings) as rt:
         ir = parse_workflow(spec)
         await rt.register(ir, "")
-        run_id = await rt.start(plan_of(ir), {})
+        run_id = await rt.start_run(plan_of(ir), {})
         async with contextlib.AsyncExitStack() as stack:
             if second_worker:
                 while not tasks.calls(key):

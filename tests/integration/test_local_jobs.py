@@ -32,7 +32,7 @@ CHAIN = {
 async def run(rt: Embedded, spec: dict[str, Any]) -> None:
     ir = parse_workflow(spec)
     await rt.register(ir, "")
-    run_id = await rt.start(plan_of(ir), {})
+    run_id = await rt.start_run(plan_of(ir), {})
     assert (await rt.wait(run_id, timeout_s=60)).status == "completed"
 
 
@@ -97,7 +97,7 @@ async def test_a_cancelled_local_job_leaves_no_outbox_row(tmp_path: Path) -> Non
     async with Embedded(make_settings(tmp_path, lease_s=60)) as rt:  # no lapsed hold
         ir = parse_workflow(long)
         await rt.register(ir, "")
-        run_id = await rt.start(plan_of(ir), {})
+        run_id = await rt.start_run(plan_of(ir), {})
         deadline = time.monotonic() + 30
         while not rt.worker.running:  # the job runs here
             assert time.monotonic() < deadline
@@ -122,7 +122,7 @@ async def test_a_long_job_is_seen_running_before_it_ends(tmp_path: Path, local_j
     async with Embedded(make_settings(tmp_path, local_jobs=local_jobs)) as rt:
         ir = parse_workflow(spec)
         await rt.register(ir, "")
-        run_id = await rt.start(plan_of(ir), {})
+        run_id = await rt.start_run(plan_of(ir), {})
         deadline = time.monotonic() + 30
         while True:
             record, nodes = await rt.store.get_run(run_id)

@@ -28,10 +28,10 @@ async def test_a_high_priority_job_overtakes_waiting_low_ones(tmp_path: Path) ->
             plans[name] = plan_of(record.ir)
         record, _ = await rt.register(parse_workflow(one_node("high", "high", 0.05)), "")
         plans["high"] = plan_of(record.ir)
-        blocker = await rt.start(plans["blocker"], {})
+        blocker = await rt.start_run(plans["blocker"], {})
         await asyncio.sleep(0.1)  # the only slot is taken: what follows waits in the lanes
-        lows = [await rt.start(plans["low"], {}) for _ in range(3)]
-        high = await rt.start(plans["high"], {})
+        lows = [await rt.start_run(plans["low"], {}) for _ in range(3)]
+        high = await rt.start_run(plans["high"], {})
         for run_id in [blocker, *lows, high]:
             assert (await rt.wait(run_id, timeout_s=60)).status == "completed"
 

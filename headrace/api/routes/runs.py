@@ -58,7 +58,7 @@ async def start_run(
             stored = (await store.get_run_head(existing)).workflow_tag
             tag = stored if stored.partition("@")[0] == tag else tag
     plan = await plan_off_loop(store, tag)
-    run_id, created = await backend.begin(plan, body.inputs, idempotency_key)
+    run_id, created = await backend.start_or_reuse(plan, body.inputs, idempotency_key)
     head = await store.get_run_head(run_id)
     view = {"run_id": run_id, "status": head.status}
     return view if created else JSONResponse(view)  # the key's run: 200

@@ -18,7 +18,7 @@ import pytest
 
 from headrace.envs import Limits, LocalJob, LocalResult, run_local
 from headrace.errors import NodeError
-from headrace.spec.memory import parse_memory
+from headrace.spec.sizes import parse_memory
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 

@@ -1,4 +1,5 @@
-"""Tests for the ``http`` node executor against a real HTTP server on 127.0.0.1."""
+"""Tests for one call of an ``http`` node (`nodes/http_call.py`) against a real HTTP server on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from headrace.errors import NodeError
-from headrace.nodes.http import HttpRequest, call_http, redact
+from headrace.nodes.http_call import HttpRequest, call_http, redact
 
 TOKEN = "s3cret-bearer-token"
 USER, PASSWORD = "alice", "pa55-w0rd"
