@@ -122,11 +122,7 @@ class Runtime:
         self.secrets = settings.all_secrets()
         self.tasks = TaskRegistry(settings.task_modules if "worker" in roles else [])
         self.http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
-        self.executors: dict[str, NodeExecutor] = {
-            "task": self.tasks.run,
-            "http": HttpExecutor(self.http, self.secrets).run,
-            "agent": AgentExecutor(self.secrets).run,
-        }
+        self.executors = self._executors()
         self.coordinator = Coordinator(
             self.driver,
             self.bus,
@@ -134,7 +130,39 @@ class Runtime:
             name=f"coordinator-{settings.process_name}",
             local=local,
         )
-        self.worker = Worker(
+        self.worker = self._worker(crash, local, local_jobs)
+        self.relay = Relay(
+            self.store,
+            self.bus,
+            self.driver.republish_in_flight,
+            self.holder,
+            redispatch_s=settings.redispatch_s,
+        )
+        self.migration = self._migration()
+        self._watch_depth()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _executors(self) -> dict[str, NodeExecutor]:
+        return {
+            "task": self.tasks.run,
+            "http": HttpExecutor(self.http, self.secrets).run,
+            "agent": AgentExecutor(self.secrets).run,
+        }
+
+    def _migration(self) -> Migration:
+        enabled = self.settings.kafka_url is not None
+        if {"monitor", "shadow"} & set(self.roles) and not enabled:
+            raise InputError("HEADRACE_KAFKA_URL", "monitor and shadow need the migrating bus")
+        republish = self.driver.republish_in_flight
+        return Migration(
+            self.store, self.flags, republish, enabled=enabled, thresholds=thresholds(self.settings)
+        )
+
+    def _worker(
+        self, crash: CrashPoints, local: LocalResults | None, local_jobs: LocalJobs | None
+    ) -> Worker:
+        settings = self.settings
+        return Worker(
             self.bus,
             self.executors,
             self.secrets,
@@ -146,35 +174,12 @@ class Runtime:
             local_jobs=local_jobs,
             fence=self.store.open_attempts,
         )
-        self.relay = Relay(
-            self.store,
-            self.bus,
-            self.driver.republish_in_flight,
-            self.holder,
-            redispatch_s=settings.redispatch_s,
-        )
-        self.migration = Migration(
-            self.store,
-            self.flags,
-            self.driver.republish_in_flight,
-            enabled=settings.kafka_url is not None,
-            thresholds=Thresholds(
-                error_rate=settings.monitor_error_rate,
-                latency_factor=settings.monitor_latency_factor,
-                latency_floor_ms=settings.monitor_latency_floor_ms,
-                latency_samples=settings.monitor_latency_samples,
-                kafka_lag_s=settings.monitor_kafka_lag_s,
-                window_s=settings.migration_window_s,
-                read_grace_s=settings.migration_read_grace_s,
-            ),
-        )
-        if {"monitor", "shadow"} & set(roles) and not self.migration.enabled:
-            raise InputError("HEADRACE_KAFKA_URL", "monitor and shadow need the migrating bus")
+
+    def _watch_depth(self) -> None:
         if isinstance(self.bus, MemoryBus):
             bus = self.bus
             for lane in JOB_LANES:
                 self.metrics.watch_depth(lane, functools.partial(bus.depth_now, lane))
-        self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Self:
         tune_gc()
@@ -327,3 +332,16 @@ def _small(inputs: Any) -> bool:
 
 class Embedded(Runtime):
     """Every role in one process: `async with Embedded(settings) as rt:`."""
+
+
+def thresholds(settings: Settings) -> Thresholds:
+    """The checklist's and the monitor's thresholds, from the HEADRACE_MONITOR_* settings."""
+    return Thresholds(
+        error_rate=settings.monitor_error_rate,
+        latency_factor=settings.monitor_latency_factor,
+        latency_floor_ms=settings.monitor_latency_floor_ms,
+        latency_samples=settings.monitor_latency_samples,
+        kafka_lag_s=settings.monitor_kafka_lag_s,
+        window_s=settings.migration_window_s,
+        read_grace_s=settings.migration_read_grace_s,
+    )
