@@ -21,7 +21,7 @@ from headrace.config import over_body_limit
 from headrace.errors import InputError, NotFound
 from headrace.spec import MAX_VERSION, Plan, WorkflowIR, parse_workflow, plan_of
 from headrace.spec.values import join_path, json_problem
-from headrace.store import Store
+from headrace.store import Catalogue
 
 _SIGNAL = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,99}")  # fullmatch: `$` passes a final newline
 _VERSION = re.compile(r"[0-9]{1,10}")
@@ -38,7 +38,7 @@ def _parse_and_plan(source: str) -> WorkflowIR:
     return ir
 
 
-async def plan_off_loop(store: Store, tag: str) -> Plan:
+async def plan_off_loop(store: Catalogue, tag: str) -> Plan:
     """The plan of the workflow `tag`, compiled (if this process has not yet) on a thread."""
     check_tag(tag)
     record = await store.get_workflow(tag)

@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 
 from headrace.events import RUN_TERMINAL
 from headrace.runtime.hub import Hub
-from headrace.store import Store, StoredEvent
+from headrace.store import RunQueries, StoredEvent
 
 TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
 
 
 async def follow_events(
-    store: Store, hub: Hub, run_id: str, after_seq: int, *, idle_s: float = 15.0
+    store: RunQueries, hub: Hub, run_id: str, after_seq: int, *, idle_s: float = 15.0
 ) -> AsyncIterator[list[StoredEvent]]:
     """Yield the stored events after `after_seq` as they come, a batch per read, until the
     run's terminal event; yields an empty batch after `idle_s` without news (for

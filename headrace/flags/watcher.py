@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from headrace.flags.definitions import FlagValue
-from headrace.store import Store
+from headrace.store import FlagBook
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 class FlagWatcher:
     def __init__(
         self,
-        store: Store,
+        store: FlagBook,
         initial: dict[str, FlagValue],
         *,
         every_s: float = 1.0,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from headrace.migration.slots import KEEP_S, SILENT_S, Window, window
-from headrace.store import Store
+from headrace.store import FigureBook
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def now_ms() -> int:
 class FigureReporter:
     def __init__(
         self,
-        store: Store,
+        store: FigureBook,
         read: Callable[[], dict[str, Any]],
         process: str,
         *,
@@ -46,14 +46,14 @@ class FigureReporter:
         await self.store.put_figures(f"{self.process}@{self.started_ms}", figures, at)
 
 
-async def window_of(store: Store, start_s: int, end_s: int, grace_s: int) -> Window:
+async def window_of(store: FigureBook, start_s: int, end_s: int, grace_s: int) -> Window:
     """The cluster's figures over [start_s, end_s): the slots of every process that
     reported since the window began (one killed in it still counts what it did)."""
     reports = await store.figures_since(start_s * 1000)
     return window(reports.values(), start_s, end_s, grace_s)
 
 
-async def gone_writers(store: Store) -> set[str]:
+async def gone_writers(store: FigureBook) -> set[str]:
     """The writers (process lives, by the copy-id prefix their migrating bus reports) that
     stopped reporting: what they had not yet written never will be."""
     now = now_ms()

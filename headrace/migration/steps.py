@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from headrace.bus.migrating import KAFKA, REDIS
 from headrace.errors import Conflict, InputError
@@ -19,7 +19,7 @@ from headrace.flags import FlagWatcher
 from headrace.flags.definitions import FlagValue
 from headrace.migration.figures import now_ms, window_of
 from headrace.migration.slots import BusWindow, Window
-from headrace.store import Store
+from headrace.store import FigureBook, FlagBook, PinBook
 
 
 @dataclass(frozen=True)
@@ -174,12 +174,16 @@ def _lag(w: Window, t: Thresholds, seen: str) -> Check:
 Republish = Callable[[list[str]], Awaitable[int]]
 
 
+class MigrationStore(FlagBook, PinBook, FigureBook, Protocol):
+    """What the migration moves and reads: flags (compare-and-set), pins, figures and notes."""
+
+
 class Migration:
     """Status, advance and rollback, for the API and the monitor."""
 
     def __init__(
         self,
-        store: Store,
+        store: MigrationStore,
         flags: FlagWatcher,
         republish: Republish,
         *,

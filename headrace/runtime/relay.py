@@ -26,10 +26,11 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from headrace.bus import Bus
 from headrace.runtime.clock import now_ms
-from headrace.store import Holder, Store
+from headrace.store import Holder, Leases, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def seems_alive(h: Holder, me: Holder) -> bool:
 class Liveness:
     """This process's heartbeat in the store: while it beats, its outbox rows are its own."""
 
-    def __init__(self, store: Store, holder: Holder, *, lease_s: float, every_s: float) -> None:
+    def __init__(self, store: Leases, holder: Holder, *, lease_s: float, every_s: float) -> None:
         self.store = store
         self.holder = holder
         self.lease_s = lease_s
@@ -84,10 +85,14 @@ class Liveness:
             await self.beat()
 
 
+class RelayStore(Outbox, Leases, Protocol):
+    """What the relay reads and writes: the outbox, and who is alive to own its rows."""
+
+
 class Relay:
     def __init__(
         self,
-        store: Store,
+        store: RelayStore,
         bus: Bus,
         redispatch: Redispatch,
         me: Holder,

@@ -138,11 +138,8 @@ class OutboxEntry:
     message: Message
 
 
-class Store(Protocol):
-    async def open(self) -> None:
-        """Connect and apply migrations."""
-
-    async def close(self) -> None: ...
+class Catalogue(Protocol):
+    """The workflow catalogue: registered workflows by `name@version`."""
 
     async def put_workflow(
         self, ir: WorkflowIR, source: str, now_ms: int
@@ -154,6 +151,34 @@ class Store(Protocol):
         """By `name@version`, or `name` for the highest version; NotFound otherwise."""
 
     async def list_workflows(self) -> list[WorkflowRecord]: ...
+
+
+class Outbox(Protocol):
+    """What a process owes the bus: outbox rows until published, and the attempts still open
+    (a job of any other is stale)."""
+
+    async def pending_outbox(self, dead: Collection[str], limit: int) -> list[OutboxEntry]:
+        """What a dead process left unpublished: rows released, or held by one of `dead`,
+        oldest first. Job rows among them whose attempt is no longer scheduled or running
+        are deleted in the same transaction, never returned."""
+
+    async def outbox_sent(self, ids: list[int]) -> None: ...
+
+    async def release_outbox(self, ids: list[int]) -> None:
+        """Hand these rows to any relay now (their holder will not publish them)."""
+
+    async def open_attempts(self, keys: Sequence[AttemptKey]) -> set[AttemptKey]:
+        """Those of `keys` whose node is still scheduled or running that attempt (a job of
+        any other is stale: its attempt ended, or a later one superseded it)."""
+
+    async def unstarted_runs(self, scheduled_before_ms: int, limit: int) -> list[str]:
+        """Ids of runs not yet ended with an attempt scheduled before the given time and
+        not started: their job may have been lost by the bus."""
+
+
+class RunLog(Outbox, Protocol):
+    """Run commits and loads: the driver's store. A commit writes its outbox rows, so the
+    outbox goes with it."""
 
     async def run_for_key(self, idempotency_key: str) -> str | None:
         """The run id created under this idempotency key, if any."""
@@ -174,6 +199,41 @@ class Store(Protocol):
 
     async def load_run(self, run_id: str) -> RunState:
         """The run's current state (NotFound for an unknown id)."""
+
+    async def load_runs(self, run_ids: Sequence[str]) -> list[RunState]:
+        """The current states of the known runs among `run_ids`, in one round trip."""
+
+    async def active_runs(self) -> list[str]:
+        """Ids of runs not yet ended (recovery republishes their jobs)."""
+
+
+class Leases(Protocol):
+    """Which processes are alive: an outbox row belongs to its writer while its lease holds."""
+
+    async def beat(self, holder: Holder, alive_until_ms: int) -> None:
+        """Say that `holder` is alive until `alive_until_ms` (its rows stay its own)."""
+
+    async def holders(self) -> list[tuple[Holder, int]]:
+        """Every process that beat and has not left or been forgotten, with the time its
+        last beat said it is alive until."""
+
+    async def leave(self, holder: str) -> None:
+        """A graceful stop: release every row of `holder` and forget it."""
+
+    async def forget(self, holder: str) -> None:
+        """Forget a dead holder, unless it still holds rows."""
+
+
+class TimerBook(Protocol):
+    """Durable timers: retries' backoff, wait timeouts, attempt deadlines."""
+
+    async def due_timers(self, now_ms: int, limit: int) -> list[Timer]: ...
+
+    async def next_timer_at(self) -> int | None: ...
+
+
+class FlagBook(Protocol):
+    """Feature flags and their audit trail."""
 
     async def stored_flags(self) -> dict[str, bool | int]:
         """The flags set in the store (the others keep their initial value)."""
@@ -200,6 +260,10 @@ class Store(Protocol):
         `values` in order, recording each change, and return None; otherwise change nothing
         and return the values found for `expect`'s flags."""
 
+
+class PinBook(Protocol):
+    """The bus each run is pinned to during the Redis → Kafka migration."""
+
     async def pin_runs(self, choices: Mapping[str, str], now_ms: int) -> dict[str, str]:
         """Pin each run of `choices` to its bus (redis | kafka) unless it has a pin already
         (the first pin wins); returns the pin of every one of them."""
@@ -212,6 +276,10 @@ class Store(Protocol):
 
     async def pin_counts(self, since_ms: int) -> dict[str, int]:
         """How many runs first pinned since `since_ms` are pinned to each bus now."""
+
+
+class FigureBook(Protocol):
+    """The migration's figures (each process's report) and notes (e.g. the latency baseline)."""
 
     async def put_figures(self, process: str, figures: dict[str, Any], now_ms: int) -> None:
         """Replace what `process` reported (its figures of the last second); forget the
@@ -226,8 +294,9 @@ class Store(Protocol):
     async def note(self, name: str) -> Any:
         """A note's value, or None."""
 
-    async def load_runs(self, run_ids: Sequence[str]) -> list[RunState]:
-        """The current states of the known runs among `run_ids`, in one round trip."""
+
+class RunQueries(Protocol):
+    """Reads for the API: runs, their nodes and events, a page at a time."""
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[NodeRecord]]:
         """The run and its top-level nodes, map children counted by status."""
@@ -250,40 +319,14 @@ class Store(Protocol):
 
     async def read_events(self, run_id: str, after_seq: int, limit: int) -> list[StoredEvent]: ...
 
-    async def active_runs(self) -> list[str]:
-        """Ids of runs not yet ended (recovery republishes their jobs)."""
 
-    async def unstarted_runs(self, scheduled_before_ms: int, limit: int) -> list[str]:
-        """Ids of runs not yet ended with an attempt scheduled before the given time and
-        not started: their job may have been lost by the bus."""
+class Store(
+    Catalogue, RunLog, Leases, TimerBook, FlagBook, PinBook, FigureBook, RunQueries, Protocol
+):
+    """Everything a backend stores, in the role-sized protocols above: one class per backend
+    implements them all; a caller names the protocol it uses."""
 
-    async def pending_outbox(self, dead: Collection[str], limit: int) -> list[OutboxEntry]:
-        """What a dead process left unpublished: rows released, or held by one of `dead`,
-        oldest first. Job rows among them whose attempt is no longer scheduled or running
-        are deleted in the same transaction, never returned."""
+    async def open(self) -> None:
+        """Connect and apply migrations."""
 
-    async def outbox_sent(self, ids: list[int]) -> None: ...
-
-    async def release_outbox(self, ids: list[int]) -> None:
-        """Hand these rows to any relay now (their holder will not publish them)."""
-
-    async def beat(self, holder: Holder, alive_until_ms: int) -> None:
-        """Say that `holder` is alive until `alive_until_ms` (its rows stay its own)."""
-
-    async def holders(self) -> list[tuple[Holder, int]]:
-        """Every process that beat and has not left or been forgotten, with the time its
-        last beat said it is alive until."""
-
-    async def leave(self, holder: str) -> None:
-        """A graceful stop: release every row of `holder` and forget it."""
-
-    async def forget(self, holder: str) -> None:
-        """Forget a dead holder, unless it still holds rows."""
-
-    async def open_attempts(self, keys: Sequence[AttemptKey]) -> set[AttemptKey]:
-        """Those of `keys` whose node is still scheduled or running that attempt (a job of
-        any other is stale: its attempt ended, or a later one superseded it)."""
-
-    async def due_timers(self, now_ms: int, limit: int) -> list[Timer]: ...
-
-    async def next_timer_at(self) -> int | None: ...
+    async def close(self) -> None: ...
