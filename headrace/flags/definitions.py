@@ -49,6 +49,27 @@ def flag(name: str) -> Flag:
     return found
 
 
+class FlagValues:
+    """Flag values read through their definitions: a name no flag of that kind has is an
+    error (a misspelled flag must not read as off), an absent one is its default."""
+
+    def __init__(self, values: Mapping[str, FlagValue]) -> None:
+        self.values = values  # may be a live view: the process's watcher updates it
+
+    def on(self, name: str) -> bool:
+        return bool(self.values.get(name, _defined(name, "bool").default))
+
+    def percent(self, name: str) -> int:
+        return int(self.values.get(name, _defined(name, "percent").default))
+
+
+def _defined(name: str, kind: str) -> Flag:
+    f = FLAGS.get(name)
+    if f is None or f.kind != kind:
+        raise KeyError(f"no {kind} flag is named {name!r}")
+    return f
+
+
 def parse(name: str, value: Any, field: str = "value") -> FlagValue:
     """`value` (JSON, or text from a command line or the environment) as flag `name`'s
     value; InputError names `field` and says what is accepted."""

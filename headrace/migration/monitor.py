@@ -16,6 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from headrace.errors import Conflict
+from headrace.flags import FlagValues
 from headrace.migration.figures import now_ms
 from headrace.migration.steps import CUSTOM, STEPS, Check, Migration, checks, current_step
 
@@ -44,7 +45,8 @@ class Monitor:
         step = current_step(flags)
         if step != self.step:
             self.step, self.since_s = step, time.time()
-        if not (flags.get("ENABLE_KAFKA") or flags.get("ENABLE_KAFKA_WRITE")):
+        on = FlagValues(flags).on
+        if not (on("ENABLE_KAFKA") or on("ENABLE_KAFKA_WRITE")):
             return None
         window = await self.migration.window(self.window_s, self.since_s)
         found = checks(window, await self.migration.baseline(), self.migration.thresholds)
@@ -55,7 +57,7 @@ class Monitor:
 
     async def roll_back(self, fired: list[Check]) -> dict[str, Any] | None:
         flags = self.migration.flags.values
-        to = "dual-write" if flags.get("ENABLE_KAFKA") else "phase-1"
+        to = "dual-write" if FlagValues(flags).on("ENABLE_KAFKA") else "phase-1"
         why = "monitor: " + "; ".join(f"{c.name}={_show(c.value)} (limit {c.limit})" for c in fired)
         started = time.monotonic()
         step = current_step(flags)

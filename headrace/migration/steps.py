@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from headrace.bus.migrating import KAFKA, REDIS
 from headrace.errors import Conflict, InputError
-from headrace.flags import FlagWatcher
+from headrace.flags import FlagValues, FlagWatcher
 from headrace.flags.definitions import FlagValue
 from headrace.migration.figures import now_ms, window_of
 from headrace.migration.slots import BusWindow, Window
@@ -291,7 +291,7 @@ class Migration:
         await self._swap(before, target, list(reversed(target.flags)), who, why)
         repinned: list[str] = []
         republished = 0
-        if before.get("ENABLE_KAFKA") and not target.flags["ENABLE_KAFKA"]:
+        if FlagValues(before).on("ENABLE_KAFKA") and not target.flags["ENABLE_KAFKA"]:
             repinned = await self.store.repin("kafka", "redis", now_ms())
             republished = await self.republish(repinned)
         return {

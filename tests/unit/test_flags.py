@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from headrace.errors import InputError, NotFound
-from headrace.flags import FLAGS, initial, parse
+from headrace.flags import FLAGS, FlagValues, initial, parse
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,14 @@ def test_initial_values_come_from_the_environment_else_the_defaults() -> None:
     with pytest.raises(InputError) as bad:
         initial({"ENABLE_GRPC": "yes please"})
     assert bad.value.path == "ENABLE_GRPC"
+
+
+def test_flags_are_read_through_their_definitions() -> None:
+    values = FlagValues({"ENABLE_KAFKA": True})
+    assert values.on("ENABLE_KAFKA") is True
+    assert values.on("ENABLE_REDIS_WRITE") is True  # absent: its default, from FLAGS
+    assert values.percent("KAFKA_TRAFFIC_PERCENT") == 0
+    with pytest.raises(KeyError, match="ENABLE_KAFAK"):
+        values.on("ENABLE_KAFAK")  # a misspelled flag is an error, never off
+    with pytest.raises(KeyError, match="no percent flag"):
+        values.percent("ENABLE_KAFKA")  # a bool is not a percentage
