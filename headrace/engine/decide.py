@@ -15,6 +15,7 @@ from headrace.engine.evolve import evolve
 from headrace.engine.policy import backoff_ms, may_retry
 from headrace.engine.state import NodesView, RunState, child_id, split_child
 from headrace.events import (
+    NODE_OPEN,
     NODE_TERMINAL,
     RUN_TERMINAL,
     CancelJob,
@@ -142,7 +143,7 @@ def jobs_in_flight(state: RunState, unstarted_before_ms: int | None = None) -> l
             node.status == "scheduled" and (node.scheduled_at_ms or 0) < unstarted_before_ms
         ):
             continue
-        if node.status in ("scheduled", "running") and node.width is None:
+        if node.status in NODE_OPEN and node.width is None:
             job = d.build_job(nid, node.attempt, node.scheduled_at_ms or 0)
             if job is not None:
                 jobs.append(job)
@@ -206,7 +207,7 @@ class _Decider:
     def _accept(self, node_id: str, attempt: int, started_at_ms: int) -> bool:
         """Whether a result is for the live attempt; emits NodeStarted if not yet seen."""
         node = self.state.nodes.get(node_id)
-        if node is None or node.attempt != attempt or node.status not in ("scheduled", "running"):
+        if node is None or node.attempt != attempt or node.status not in NODE_OPEN:
             return False
         if node.status == "scheduled":
             self.emit(
@@ -241,7 +242,7 @@ class _Decider:
             return
         if timer.kind == "retry" and node.status == "retrying":
             self.schedule(timer.node_id, timer.attempt + 1)
-        elif timer.kind == "deadline" and node.status in ("scheduled", "running"):
+        elif timer.kind == "deadline" and node.status in NODE_OPEN:
             timeout = self.plan_node(timer.node_id).ir.timeout_ms
             error = ErrorInfo("timeout", f"no result within the {timeout} ms timeout", True)
             self.attempt_failed(timer.node_id, timer.attempt, error)
@@ -453,7 +454,7 @@ class _Decider:
         """Cancel every node still open, then emit the run's terminal event."""
         for nid in [n for n, s in self.state.nodes.items() if s.status not in NODE_TERMINAL]:
             node = self.state.nodes[nid]
-            if node.status in ("scheduled", "running") and node.width is None:
+            if node.status in NODE_OPEN and node.width is None:
                 self.out.cancels.append(
                     CancelJob(run_id=self.state.run_id, node_id=nid, attempt=node.attempt)
                 )

@@ -6,13 +6,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from headrace.events import ErrorInfo
+from headrace.events import ErrorInfo, NodeStatus, RunStatus
 from headrace.spec import Plan
 
 
 @dataclass
 class NodeState:
-    status: str = "pending"
+    status: NodeStatus = "pending"
     attempt: int = 0
     output: Any = None
     error: ErrorInfo | None = None
@@ -29,7 +29,7 @@ class NodeState:
 class RunState:
     run_id: str
     plan: Plan
-    status: str = "pending"
+    status: RunStatus = "pending"
     inputs: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
     seq: int = 0

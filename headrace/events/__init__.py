@@ -11,6 +11,7 @@ from headrace.events.codec import (
 )
 from headrace.events.types import (
     NODE_DONE,
+    NODE_OPEN,
     NODE_TERMINAL,
     RUN_TERMINAL,
     CancelJob,
@@ -42,6 +43,7 @@ from headrace.events.types import (
 __all__ = [
     "CONTENT_TYPE",
     "NODE_DONE",
+    "NODE_OPEN",
     "NODE_TERMINAL",
     "RUN_TERMINAL",
     "CancelJob",

@@ -22,9 +22,10 @@ NodeStatus = Literal[
     "skipped",
     "cancelled",
 ]
-RUN_TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
-NODE_TERMINAL: frozenset[str] = frozenset({"completed", "failed", "skipped", "cancelled"})
-NODE_DONE: frozenset[str] = frozenset({"completed", "skipped"})
+RUN_TERMINAL: frozenset[RunStatus] = frozenset({"completed", "failed", "cancelled"})
+NODE_TERMINAL: frozenset[NodeStatus] = frozenset({"completed", "failed", "skipped", "cancelled"})
+NODE_DONE: frozenset[NodeStatus] = frozenset({"completed", "skipped"})
+NODE_OPEN: frozenset[NodeStatus] = frozenset({"scheduled", "running"})  # an attempt in flight
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):

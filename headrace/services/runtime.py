@@ -23,6 +23,7 @@ from headrace.bus import Bus, MemoryBus
 from headrace.bus.topics import JOB_LANES
 from headrace.config import Settings
 from headrace.errors import InfraError, InputError
+from headrace.events import RUN_TERMINAL
 from headrace.flags import FlagWatcher
 from headrace.flags import initial as initial_flags
 from headrace.migration.figures import FigureReporter, gone_writers
@@ -310,7 +311,7 @@ class Runtime:
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
             record = await self.store.get_run_record(run_id)
-            if record.status in ("completed", "failed", "cancelled"):
+            if record.status in RUN_TERMINAL:
                 return record
             if deadline is not None and loop.time() > deadline:
                 raise TimeoutError(f"run {run_id} still {record.status}")

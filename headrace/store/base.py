@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from headrace.engine import RunState
-from headrace.events import ErrorInfo, Event, Message, Timer
+from headrace.events import ErrorInfo, Event, Message, NodeStatus, RunStatus, Timer
 from headrace.spec import WorkflowIR
 
 
@@ -84,7 +84,7 @@ class WorkflowRecord:
 @dataclass(frozen=True)
 class NodeRecord:
     node_id: str
-    status: str
+    status: NodeStatus
     attempt: int
     output: Any
     error: ErrorInfo | None
@@ -101,7 +101,7 @@ class RunRecord:
     run_id: str
     workflow_tag: str
     ir_hash: str
-    status: str
+    status: RunStatus
     inputs: dict[str, Any]
     outputs: dict[str, Any] | None
     error: ErrorInfo | None
@@ -120,7 +120,7 @@ class RunHead:
 
     run_id: str
     workflow_tag: str
-    status: str
+    status: RunStatus
     seq: int
 
 

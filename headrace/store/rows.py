@@ -15,6 +15,7 @@ from headrace.engine import NodeState, RunState, split_child
 from headrace.errors import InputError
 from headrace.events import (
     NODE_DONE,
+    NODE_OPEN,
     NODE_TERMINAL,
     ErrorInfo,
     Event,
@@ -49,7 +50,7 @@ class _JobRef(msgspec.Struct):
 
 _job_ref_dec = msgspec.json.Decoder(_JobRef)
 # SQL: the statuses of a node whose current attempt may still run (its job is not stale)
-OPEN_ATTEMPT = "('scheduled', 'running')"
+OPEN_ATTEMPT = "(" + ", ".join(f"'{s}'" for s in sorted(NODE_OPEN)) + ")"  # SQL
 
 
 def job_ref(m: Message) -> tuple[str | None, int | None]:
