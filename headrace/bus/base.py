@@ -13,8 +13,12 @@ The contract every adapter keeps (tests/contract/test_bus_contract.py checks it 
   is delivered again, to whichever consumer of the group asks next; `touch` restarts that
   clock for a consumer still working on it. So a message can be delivered twice, and its
   consumer must be idempotent; it is never lost while the backend keeps it.
-- **Poison.** A message its consumer cannot decode goes to `dead_letter`, which moves it to
-  `DEAD_LETTER_TOPIC` with the reason and acknowledges the original, so it blocks nobody.
+- **Format.** Every message names its payload's format in `CONTENT_TYPE_HEADER` (the
+  runtime sets it; adapters carry headers as they are). A message without it is JSON (see
+  `content_type`).
+- **Poison.** A message its consumer cannot decode, or whose content type it does not know,
+  goes to `dead_letter`, which moves it to `DEAD_LETTER_TOPIC` with the reason and
+  acknowledges the original, so it blocks nobody.
 - **Errors.** Adapters raise `headrace.errors.InfraError` for a backend failure, never their
   driver's exceptions; the next call after the backend returns works again.
 """
@@ -26,9 +30,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from headrace.errors import InfraError
-from headrace.events import Message
+from headrace.events import CONTENT_TYPE, Message
 
 DEAD_LETTER_TOPIC = "dead-letter"
+# the header naming the format of a message's payload: a codec's CONTENT_TYPE
+CONTENT_TYPE_HEADER = "content-type"
 # headers a dead-lettered message carries beside its own: where it came from, and why
 DL_TOPIC = "dead-letter-topic"
 DL_ID = "dead-letter-id"
@@ -130,6 +136,14 @@ def dead_letter_message(group: str, delivery: Delivery, reason: str) -> Message:
         DL_REASON: reason,
     }
     return Message(DEAD_LETTER_TOPIC, m.key, m.payload, headers)
+
+
+def content_type(message: Message) -> str:
+    """The format of a message's payload, as its header names it. A message without the
+    header is JSON: a version before the header wrote none, and its messages may still wait
+    in an outbox or a stream during a rolling upgrade. Reading them as JSON, which they are,
+    is what makes that upgrade safe."""
+    return message.headers.get(CONTENT_TYPE_HEADER, CONTENT_TYPE)
 
 
 def reply_headers(delivery: Delivery) -> dict[str, str]:

@@ -1,4 +1,8 @@
-"""JSON codecs for events and bus messages (msgspec: fast, validating)."""
+"""JSON codecs for events and bus messages (msgspec: fast, validating).
+
+Every bus message names its format in a header (headrace/bus/base.py, CONTENT_TYPE_HEADER):
+`CONTENT_TYPE` for these codecs. A second codec (Protobuf) will add a value of its own, and
+consumers decode by the value, so messages of both formats can share a topic."""
 
 from __future__ import annotations
 
@@ -14,7 +18,15 @@ _job_decoder = msgspec.json.Decoder(Job)
 _result_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Result)
 _cancel_decoder = msgspec.json.Decoder(CancelJob)
 
-CONTENT_TYPE = "application/json"
+CONTENT_TYPE = "application/json"  # the format `encode` writes and the decoders read
+
+
+def unreadable(content_type: str) -> str | None:
+    """Why a payload in `content_type` cannot be decoded here (a reason that names it), or
+    None when it can. Compared exactly: the runtime writes the value, it is never free text."""
+    if content_type == CONTENT_TYPE:
+        return None
+    return f"unknown content-type {content_type!r} (this version reads {CONTENT_TYPE})"
 
 
 def encode(value: Any) -> bytes:

@@ -9,10 +9,11 @@ import logging
 import msgspec
 
 from headrace.bus import Bus, Delivery
+from headrace.bus.base import content_type
 from headrace.bus.topics import COORDINATORS, RESULTS, WORKERS
 from headrace.engine import Command, Complete, Fail, Fire, MarkStarted
 from headrace.errors import InfraError
-from headrace.events import Finished, Result, Started, decode_result
+from headrace.events import Finished, Result, Started, decode_result, unreadable
 from headrace.runtime.clock import now_ms
 from headrace.runtime.driver import Driver
 from headrace.runtime.local import LocalResults
@@ -24,7 +25,10 @@ GROUP = COORDINATORS
 
 def command_from_delivery(delivery: Delivery) -> tuple[str, Command] | str:
     """Decode a result message from the bus: (run id, the engine command it asks for), or
-    why it cannot be decoded."""
+    why it cannot be decoded (its format is unknown here, or its payload does not decode)."""
+    refused = unreadable(content_type(delivery.message))
+    if refused is not None:
+        return refused
     try:
         return command_from_result(decode_result(delivery.message.payload))
     except msgspec.DecodeError as e:

@@ -24,10 +24,17 @@ from typing import Any
 import msgspec
 
 from headrace.bus import Bus, Delivery
-from headrace.bus.base import PartlyPublished, dead_letter_message, reply_headers
+from headrace.bus.base import (
+    CONTENT_TYPE_HEADER,
+    PartlyPublished,
+    content_type,
+    dead_letter_message,
+    reply_headers,
+)
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS, WORKERS
 from headrace.errors import InfraError, NodeError
 from headrace.events import (
+    CONTENT_TYPE,
     ErrorInfo,
     Finished,
     Job,
@@ -36,6 +43,7 @@ from headrace.events import (
     decode_cancel,
     decode_job,
     encode,
+    unreadable,
 )
 from headrace.nodes import NodeExecutor, Outcome, redact
 from headrace.runtime.clock import now_ms
@@ -153,15 +161,21 @@ class Worker:
             self._start(job, decoded)
 
     def _decode(self, delivery: Delivery) -> Job | None:
-        """The job; None for a poison message (sent to the dead-letter topic)."""
-        try:
-            return decode_job(delivery.message.payload)
-        except msgspec.DecodeError as e:
-            log.error("undecodable job %s goes to the dead-letter topic: %s", delivery.id, e)
-            self._release()
-            self._poison.append((delivery, f"undecodable job: {e}"))
-            self.flush_needed.set()
-            return None
+        """The job; None for a poison message (sent to the dead-letter topic): one in a
+        format this worker does not know, or that does not decode."""
+        reason = unreadable(content_type(delivery.message))
+        if reason is None:
+            try:
+                return decode_job(delivery.message.payload)
+            except msgspec.DecodeError as e:
+                log.error("undecodable job %s goes to the dead-letter topic: %s", delivery.id, e)
+                reason = f"undecodable job: {e}"
+        else:
+            log.error("job %s goes to the dead-letter topic: %s", delivery.id, reason)
+        self._release()
+        self._poison.append((delivery, reason))
+        self.flush_needed.set()
+        return None
 
     def _start(self, delivery: Delivery, job: Job) -> None:
         key = _key(job)
@@ -356,7 +370,14 @@ class Worker:
         group = f"cancels-{self.name}"  # a group per worker: every worker sees every cancel
         while True:
             deliveries = await self.bus.consume([CANCELS], group, self.name, 100, 1000)
+            read: list[Delivery] = []
             for d in deliveries:
+                reason = unreadable(content_type(d.message))
+                if reason is not None:  # each worker's group refuses its own copy
+                    log.error("cancel %s goes to the dead-letter topic: %s", d.id, reason)
+                    await self.bus.dead_letter(group, d, reason)
+                    continue
+                read.append(d)
                 try:
                     c = decode_cancel(d.message.payload)
                 except msgspec.DecodeError:
@@ -364,8 +385,8 @@ class Worker:
                 task = self.running.get((c.run_id, c.node_id, c.attempt))
                 if task is not None:
                     task.cancel()
-            if deliveries:
-                await self.bus.ack(group, deliveries)
+            if read:
+                await self.bus.ack(group, read)
 
 
 def _redact_tree(value: Any, secrets: list[str]) -> Any:
@@ -397,5 +418,8 @@ def _key(job: Job) -> AttemptKey:
 
 
 def reply(job: Delivery, payload: bytes) -> Message:
-    """A result of the job `job` delivered: to its run, with the headers replies inherit."""
-    return Message(RESULTS, job.message.key, payload, reply_headers(job))
+    """A result of the job `job` delivered, `payload` in JSON: to its run, with the headers
+    replies inherit."""
+    headers = reply_headers(job)
+    headers[CONTENT_TYPE_HEADER] = CONTENT_TYPE
+    return Message(RESULTS, job.message.key, payload, headers)

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from msgspec.structs import replace
 
 from headrace.bus import Delivery
-from headrace.bus.base import PartlyPublished
+from headrace.bus.base import CONTENT_TYPE_HEADER, PartlyPublished
 from headrace.bus.kafka import KafkaBus
 from headrace.bus.migrating import (
     COPIES,
@@ -28,9 +28,12 @@ from headrace.bus.migrating import (
     message_id,
 )
 from headrace.bus.redis import RedisBus
+from headrace.bus.topics import JOBS_NORMAL
 from headrace.errors import InfraError
-from headrace.events import Message
+from headrace.events import Finished, Job, Message, encode
 from headrace.migration.shadow import Shadow
+from headrace.runtime.driver import json_message
+from headrace.runtime.worker import reply
 from headrace.store.sqlite import SqliteStore
 from headrace.testing.kafka import Tansu
 from headrace.testing.services import redis_prefix
@@ -243,6 +246,38 @@ async def test_a_republish_after_a_rollback_is_a_pair_of_its_own(
         await shadow.step(block_ms=100)
     figures = shadow.figures()["shadow"]
     assert (figures["matched"], figures["mismatched"], figures["missing"]) == (7, 0, 0), (
+        shadow.problems
+    )
+
+
+async def test_the_format_header_crosses_both_buses_and_the_copies_match(rig: Rig) -> None:
+    """Results as a worker sends them say their format (`content-type`): both copies carry
+    it, read back as written from Redis (a JSON field) and from Kafka (a record header), so
+    the shadow finds them equal; a result of an older version, without it, too."""
+    rig.flags["ENABLE_KAFKA_WRITE"] = True
+    shadow = Shadow({"redis": rig.bus.redis, "kafka": rig.bus.kafka}, grace_s=5, topics=[T])
+    deadline = time.monotonic() + CEILING_S
+    await rig.bus.publish(msgs(runs(1)))
+    while shadow.matched < 1:  # its groups joined both buses
+        assert time.monotonic() < deadline, shadow.figures()
+        await shadow.step(block_ms=100)
+    sent = []
+    for run_id in runs(3):
+        job = Job(run_id=run_id, node_id="a", attempt=1, kind="task", priority="normal",
+                  timeout_ms=1000, scheduled_at_ms=0, idempotency_key=f"{run_id}/a")  # fmt: skip
+        delivered = Delivery(JOBS_NORMAL, "1-0", json_message(JOBS_NORMAL, run_id, job))
+        done = Finished(run_id=run_id, node_id="a", attempt=1, started_at_ms=1, at_ms=2)
+        sent.append(reply(delivered, encode(done)))
+    await rig.bus.publish(sent)
+    got = await rig.take(4)
+    assert sorted(d.message.headers.get(CONTENT_TYPE_HEADER, "none") for d in got) == [
+        "application/json", "application/json", "application/json", "none"
+    ]  # fmt: skip
+    while shadow.compared < 4:
+        assert time.monotonic() < deadline, shadow.figures()
+        await shadow.step(block_ms=100)
+    figures = shadow.figures()["shadow"]
+    assert (figures["matched"], figures["mismatched"], figures["missing"]) == (4, 0, 0), (
         shadow.problems
     )
 
