@@ -12,6 +12,7 @@ from headrace.engine.decide import (
     Start,
     decide,
     jobs_in_flight,
+    maps_to_load,
 )
 from headrace.engine.evolve import evolve
 from headrace.engine.policy import backoff_ms
@@ -34,6 +35,7 @@ __all__ = [
     "decide",
     "evolve",
     "jobs_in_flight",
+    "maps_to_load",
     "new_run",
     "split_child",
 ]

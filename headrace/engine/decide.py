@@ -15,7 +15,7 @@ from headrace.engine.evolve import evolve
 from headrace.engine.policy import backoff_ms, may_retry
 from headrace.engine.state import NodesView, RunState, child_id, split_child
 from headrace.events import (
-    NODE_OPEN,
+    IN_FLIGHT,
     NODE_TERMINAL,
     RUN_TERMINAL,
     CancelJob,
@@ -133,6 +133,19 @@ def decide(state: RunState, command: Command) -> Decision:
     return d.out
 
 
+def maps_to_load(state: RunState, command: Command) -> list[str]:
+    """The maps whose every child the decision on `command` reads: a child's result that
+    may complete its map (the map's output is its children's). A state loaded with only
+    its open children (a reload of a run with a wide map) needs those children first."""
+    parent = split_child(command.node_id) if isinstance(command, Complete) else None
+    if parent is None:
+        return []
+    p = state.nodes.get(parent[0])
+    if p is None or p.width is None or p.done + 1 < p.width:
+        return []
+    return [parent[0]]
+
+
 def jobs_in_flight(state: RunState, unstarted_before_ms: int | None = None) -> list[Job]:
     """Jobs for every attempt the run is waiting on: republished when a bus lost them.
     With `unstarted_before_ms`, only those scheduled before then and not started."""
@@ -143,7 +156,7 @@ def jobs_in_flight(state: RunState, unstarted_before_ms: int | None = None) -> l
             node.status == "scheduled" and (node.scheduled_at_ms or 0) < unstarted_before_ms
         ):
             continue
-        if node.status in NODE_OPEN and node.width is None:
+        if node.status in IN_FLIGHT and node.width is None:
             job = d.build_job(nid, node.attempt, node.scheduled_at_ms or 0)
             if job is not None:
                 jobs.append(job)
@@ -207,7 +220,7 @@ class _Decider:
     def _accept(self, node_id: str, attempt: int, started_at_ms: int) -> bool:
         """Whether a result is for the live attempt; emits NodeStarted if not yet seen."""
         node = self.state.nodes.get(node_id)
-        if node is None or node.attempt != attempt or node.status not in NODE_OPEN:
+        if node is None or node.attempt != attempt or node.status not in IN_FLIGHT:
             return False
         if node.status == "scheduled":
             self.emit(
@@ -242,7 +255,7 @@ class _Decider:
             return
         if timer.kind == "retry" and node.status == "retrying":
             self.schedule(timer.node_id, timer.attempt + 1)
-        elif timer.kind == "deadline" and node.status in NODE_OPEN:
+        elif timer.kind == "deadline" and node.status in IN_FLIGHT:
             timeout = self.plan_node(timer.node_id).ir.timeout_ms
             error = ErrorInfo("timeout", f"no result within the {timeout} ms timeout", True)
             self.attempt_failed(timer.node_id, timer.attempt, error)
@@ -452,14 +465,24 @@ class _Decider:
 
     def end_run(self, final: RunFailed | RunCancelled | RunCompleted) -> None:
         """Cancel every node still open, then emit the run's terminal event."""
-        for nid in [n for n, s in self.state.nodes.items() if s.status not in NODE_TERMINAL]:
+        for nid in sorted(
+            (n for n, s in self.state.nodes.items() if s.status not in NODE_TERMINAL),
+            key=self.position,
+        ):
             node = self.state.nodes[nid]
-            if node.status in NODE_OPEN and node.width is None:
+            if node.status in IN_FLIGHT and node.width is None:
                 self.out.cancels.append(
                     CancelJob(run_id=self.state.run_id, node_id=nid, attempt=node.attempt)
                 )
             self.emit(NodeCancelled(seq=self.seq, at_ms=self.now, node_id=nid))
         self.emit(msgspec.structs.replace(final, seq=self.seq))  # built before the loop
+
+    def position(self, node_id: str) -> tuple[int, int, int]:
+        """Top-level nodes in plan order, then map children by map and index: the same
+        order whatever order the nodes were loaded or launched in."""
+        parent = split_child(node_id)
+        top, index = parent if parent else (node_id, -1)
+        return (parent is not None, self.plan.position[top], index)
 
     def after_done(self, node_id: str) -> None:
         """`node_id` completed or was skipped: advance its map or its dependents."""

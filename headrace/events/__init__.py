@@ -8,8 +8,10 @@ from headrace.events.codec import (
     decode_result,
     encode,
     to_builtins,
+    unreadable,
 )
 from headrace.events.types import (
+    IN_FLIGHT,
     NODE_DONE,
     NODE_OPEN,
     NODE_TERMINAL,
@@ -42,6 +44,7 @@ from headrace.events.types import (
 
 __all__ = [
     "CONTENT_TYPE",
+    "IN_FLIGHT",
     "NODE_DONE",
     "NODE_OPEN",
     "NODE_TERMINAL",
@@ -76,4 +79,5 @@ __all__ = [
     "decode_result",
     "encode",
     "to_builtins",
+    "unreadable",
 ]

@@ -6,7 +6,7 @@ sequence number; the engine assigns it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -25,7 +25,8 @@ NodeStatus = Literal[
 RUN_TERMINAL: frozenset[RunStatus] = frozenset({"completed", "failed", "cancelled"})
 NODE_TERMINAL: frozenset[NodeStatus] = frozenset({"completed", "failed", "skipped", "cancelled"})
 NODE_DONE: frozenset[NodeStatus] = frozenset({"completed", "skipped"})
-NODE_OPEN: frozenset[NodeStatus] = frozenset({"scheduled", "running"})  # an attempt in flight
+IN_FLIGHT: frozenset[NodeStatus] = frozenset({"scheduled", "running"})  # an attempt in flight
+NODE_OPEN: frozenset[NodeStatus] = frozenset(get_args(NodeStatus)) - NODE_TERMINAL
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):

@@ -17,10 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headrace.bus import Bus, Delivery
+from headrace.bus.base import CONTENT_TYPE_HEADER
 from headrace.bus.topics import CANCELS, JOB_LANES, jobs_topic
-from headrace.engine import Command, Decision, RunState, Start, decide, jobs_in_flight, new_run
+from headrace.engine import (
+    Command,
+    Decision,
+    RunState,
+    Start,
+    child_id,
+    decide,
+    jobs_in_flight,
+    maps_to_load,
+    new_run,
+)
 from headrace.errors import Conflict, InfraError
-from headrace.events import RUN_TERMINAL, Message, Timer, encode
+from headrace.events import CONTENT_TYPE, RUN_TERMINAL, CancelJob, Job, Message, Timer, encode
 from headrace.runtime.clock import now_ms
 from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.hub import Hub
@@ -56,9 +67,15 @@ class _Decisions:
     applied: list[tuple[str, Applied]] = field(default_factory=list)
 
 
+def json_message(topic: str, run_id: str, value: Job | CancelJob) -> Message:
+    """`value` for `topic` as JSON, with the header that says so (every message names its
+    format: a consumer refuses one it cannot read)."""
+    return Message(topic, run_id, encode(value), {CONTENT_TYPE_HEADER: CONTENT_TYPE})
+
+
 def messages_of(run_id: str, decision: Decision) -> list[Message]:
-    out = [Message(jobs_topic(j.priority), run_id, encode(j)) for j in decision.jobs]
-    out += [Message(CANCELS, run_id, encode(c)) for c in decision.cancels]
+    out = [json_message(jobs_topic(j.priority), run_id, j) for j in decision.jobs]
+    out += [json_message(CANCELS, run_id, c) for c in decision.cancels]
     return out
 
 
@@ -296,6 +313,7 @@ class Driver:
                     if run_id in stale:
                         continue
                     state = await self._state(run_id)
+                    await self._load_maps(state, command)
                     decision = decide(state, command)
                     if not decision.events and await self._is_stale(state):
                         stale.add(run_id)  # another process moved the run: retry it fresh
@@ -343,17 +361,27 @@ class Driver:
         started by another process, or evicted)."""
         missing = [r for r in dict.fromkeys(run_ids) if r not in self.cache]
         if len(missing) > 1:
-            for state in await self.store.load_runs(missing):
+            for state in await self.store.load_runs(missing, children="open"):
                 self._remember(state)
 
     async def _state(self, run_id: str) -> RunState:
         state = self.cache.get(run_id)
         if state is None:
-            state = await self.store.load_run(run_id)
+            state = await self.store.load_run(run_id, children="open")
             self._remember(state)
         else:
             self.cache.move_to_end(run_id)
         return state
+
+    async def _load_maps(self, state: RunState, command: Command) -> None:
+        """A state reloaded holds its open map children only (a reload reads what a decision
+        touches, not a 100,000-wide map's every row): the result that may complete a map
+        needs the rest, once."""
+        for pid in maps_to_load(state, command):
+            width = state.nodes[pid].width or 0
+            if any(child_id(pid, i) not in state.nodes for i in range(width)):
+                for nid, node in (await self.store.load_children(state.run_id, pid)).items():
+                    state.nodes.setdefault(nid, node)
 
     def _remember(self, state: RunState) -> None:
         if state.status in RUN_TERMINAL:
@@ -419,11 +447,11 @@ class Driver:
         started. The number of jobs published."""
         count = 0
         for run_id in await self.store.active_runs() if run_ids is None else run_ids:
-            state = await self.store.load_run(run_id)
+            state = await self.store.load_run(run_id, children="open")  # jobs: open nodes
             jobs = jobs_in_flight(state, unstarted_before_ms)
             if jobs:
                 await self.bus.publish(
-                    [Message(jobs_topic(j.priority), run_id, encode(j)) for j in jobs]
+                    [json_message(jobs_topic(j.priority), run_id, j) for j in jobs]
                 )
                 count += len(jobs)
         return count

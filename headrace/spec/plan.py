@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from jsonschema.protocols import Validator
@@ -47,6 +47,11 @@ class Plan:
     @property
     def tag(self) -> str:
         return self.ir.tag
+
+    @cached_property
+    def position(self) -> dict[str, int]:
+        """Each node's place in the workflow as written."""
+        return {nid: i for i, nid in enumerate(self.nodes)}
 
     def validate_inputs(self, inputs: Any) -> None:
         """Raise InputError naming the first input that does not match its schema, or that

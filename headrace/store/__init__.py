@@ -3,6 +3,7 @@
 from headrace.store.base import (
     AttemptKey,
     Catalogue,
+    Children,
     Committed,
     FigureBook,
     FlagBook,
@@ -27,6 +28,7 @@ from headrace.store.base import (
 __all__ = [
     "AttemptKey",
     "Catalogue",
+    "Children",
     "Committed",
     "FigureBook",
     "FlagBook",

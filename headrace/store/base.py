@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from headrace.engine import RunState
+from headrace.engine import NodeState, RunState
 from headrace.events import ErrorInfo, Event, Message, NodeStatus, RunStatus, Timer
 from headrace.spec import WorkflowIR
 
@@ -66,6 +66,7 @@ class Holder:
 
 
 AttemptKey = tuple[str, str, int]  # (run id, node id, attempt)
+Children = Literal["all", "open"]  # a run's map children to load: all, or those not ended
 
 
 @dataclass(frozen=True)
@@ -197,10 +198,17 @@ class RunLog(Outbox, Protocol):
     async def run_version(self, run_id: str) -> int:
         """The committed version of a run (NotFound for an unknown id)."""
 
-    async def load_run(self, run_id: str) -> RunState:
-        """The run's current state (NotFound for an unknown id)."""
+    async def load_run(self, run_id: str, *, children: Children = "all") -> RunState:
+        """The run's current state (NotFound for an unknown id). With `children="open"`,
+        only the map children not yet ended are in it, whatever the map's width: what a
+        decision reads, but for the result that may complete a map (`load_children`)."""
 
-    async def load_runs(self, run_ids: Sequence[str]) -> list[RunState]:
+    async def load_children(self, run_id: str, parent: str) -> dict[str, NodeState]:
+        """Every child of map `parent`, by node id."""
+
+    async def load_runs(
+        self, run_ids: Sequence[str], *, children: Children = "all"
+    ) -> list[RunState]:
         """The current states of the known runs among `run_ids`, in one round trip."""
 
     async def active_runs(self) -> list[str]:

@@ -14,6 +14,7 @@ from headrace.bus.topics import JOB_LANES
 from headrace.engine import NodeState, RunState, split_child
 from headrace.errors import InputError
 from headrace.events import (
+    IN_FLIGHT,
     NODE_DONE,
     NODE_OPEN,
     NODE_TERMINAL,
@@ -50,7 +51,11 @@ class _JobRef(msgspec.Struct):
 
 _job_ref_dec = msgspec.json.Decoder(_JobRef)
 # SQL: the statuses of a node whose current attempt may still run (its job is not stale)
-OPEN_ATTEMPT = "(" + ", ".join(f"'{s}'" for s in sorted(NODE_OPEN)) + ")"  # SQL
+OPEN_ATTEMPT = "(" + ", ".join(f"'{s}'" for s in sorted(IN_FLIGHT)) + ")"  # SQL
+# SQL: a map child not yet ended (the partial index node_states_open holds these)
+OPEN_CHILD = (
+    "parent IS NOT NULL AND status IN (" + ", ".join(f"'{s}'" for s in sorted(NODE_OPEN)) + ")"
+)
 
 
 def job_ref(m: Message) -> tuple[str | None, int | None]:

@@ -25,10 +25,19 @@ from hypothesis import strategies as st
 from test_engine_properties import Checker, workflows
 
 from headrace.bus.topics import jobs_topic
-from headrace.engine import Cancel, Complete, MarkStarted, RunState, Start, decide, new_run
+from headrace.engine import (
+    Cancel,
+    Complete,
+    MarkStarted,
+    RunState,
+    Start,
+    decide,
+    maps_to_load,
+    new_run,
+)
 from headrace.engine.decide import Decision
 from headrace.errors import Conflict, InfraError, InputError, NotFound
-from headrace.events import Job, Message, SignalReceived, Timer, decode_job, encode
+from headrace.events import NODE_OPEN, Job, Message, SignalReceived, Timer, decode_job, encode
 from headrace.spec import Plan, canonical_json, parse_workflow, plan_of
 from headrace.store import Holder, RunHead, Store, Transition
 from headrace.store.migrate import HEAD, head
@@ -643,6 +652,63 @@ async def test_reloaded_state_equals_engine_state(
     events = checker.events[committed:]
     assert not (await store.commit([Transition(checker.state, events)])).conflicts
     await same(store, checker.state)
+
+
+@settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(wf=workflows(), seed=st.integers(0, 2**32))
+async def test_a_run_reloaded_with_its_open_children_decides_as_the_whole_run(
+    store: Store, wf: tuple[dict[str, Any], dict[str, Any]], seed: int
+) -> None:
+    """A reload to decide reads the top-level nodes and the map children not yet ended
+    (not a wide map's every row); with the children of a map its command may complete
+    (`maps_to_load`), it decides every command exactly as the whole run in memory does."""
+    spec, inputs = wf
+    ir = parse_workflow({**spec, "version": next(_versions)})
+    await store.put_workflow(ir, canonical_json(ir).decode(), 0)
+    checker = Recorder(plan_of(ir), inputs, random.Random(seed))
+    checker.state.run_id = run_id = str(uuid.uuid4())
+    committed, new = 0, True
+    for _ in range(2000):
+        t = Transition(checker.state, checker.events[committed:], new=new)
+        assert not (await store.commit([t])).conflicts
+        new, committed = False, len(checker.events)
+        if checker.state.status != "running":
+            break
+        partial = await store.load_run(run_id, children="open")
+        assert all(
+            n.status in NODE_OPEN for nid, n in partial.nodes.items() if nid not in ir_nodes(ir)
+        )
+        events_before, first = len(checker.events), len(checker.commands)
+        going = checker.step()
+        for command in checker.commands[first:]:
+            for pid in maps_to_load(partial, command):
+                for nid, node in (await store.load_children(run_id, pid)).items():
+                    partial.nodes.setdefault(nid, node)
+            decision = decide(partial, command)
+            assert (
+                decision.events
+                == checker.events[events_before : events_before + len(decision.events)]
+            )
+            events_before += len(decision.events)
+        assert events_before == len(checker.events)
+        if not going:
+            break
+
+
+def ir_nodes(ir: Any) -> set[str]:
+    return {n.id for n in ir.nodes}
+
+
+class Recorder(Checker):
+    """A Checker that keeps every command it applied."""
+
+    def __init__(self, *args: Any) -> None:
+        self.commands: list[Any] = []
+        super().__init__(*args)
+
+    def apply(self, command: Any) -> None:
+        self.commands.append(command)
+        super().apply(command)
 
 
 # --- Postgres only ---

@@ -13,13 +13,14 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from headrace.engine import RunState
+from headrace.engine import NodeState, RunState
 from headrace.errors import Conflict, InfraError, InputError, NotFound
 from headrace.events import Message, Timer
 from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_json
 from headrace.store import rows
 from headrace.store.base import (
     AttemptKey,
+    Children,
     Committed,
     FlagChange,
     Holder,
@@ -70,6 +71,12 @@ WITH due AS (
     DELETE FROM outbox WHERE id IN (SELECT id FROM due WHERE NOT open)
 )
 SELECT id, topic, key, payload, headers FROM due WHERE open ORDER BY id"""
+
+_NODES = f"SELECT run_id, {rows.NODE_SELECT} FROM node_states WHERE run_id = ANY($1)"
+_NODES_OF = {  # a reload to decide needs the top-level nodes and the open map children only
+    "all": _NODES,
+    "open": f"{_NODES} AND parent IS NULL UNION ALL {_NODES} AND {rows.OPEN_CHILD}",
+}
 
 _OPEN_ATTEMPTS = f"""
 SELECT n.run_id, n.node_id, n.attempt
@@ -312,22 +319,21 @@ class PostgresStore:
             raise NotFound("run", run_id)
         return int(row[0])
 
-    async def load_run(self, run_id: str) -> RunState:
-        found = await self.load_runs([run_id])
+    async def load_run(self, run_id: str, *, children: Children = "all") -> RunState:
+        found = await self.load_runs([run_id], children=children)
         if not found:
             raise NotFound("run", run_id)
         return found[0]
 
-    async def load_runs(self, run_ids: Sequence[str]) -> list[RunState]:
+    async def load_runs(
+        self, run_ids: Sequence[str], *, children: Children = "all"
+    ) -> list[RunState]:
         ids = list(run_ids)
         async with self._conn() as conn:
             found = await conn.fetch(
                 f"SELECT run_id, {rows.RUN_STATE_SELECT} FROM runs WHERE run_id = ANY($1)", ids
             )
-            nodes = await conn.fetch(
-                f"SELECT run_id, {rows.NODE_SELECT} FROM node_states WHERE run_id = ANY($1)",
-                ids,
-            )
+            nodes = await conn.fetch(_NODES_OF[children], ids)
             plans = {row[1]: await self._plan(conn, row[1]) for row in found}
         by_run: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
         for n in nodes:
@@ -449,6 +455,14 @@ class PostgresStore:
         return json.loads(row[0]) if row else None
 
     # --- reads ---
+
+    async def load_children(self, run_id: str, parent: str) -> dict[str, NodeState]:
+        found = await self._all(
+            f"SELECT {rows.NODE_SELECT} FROM node_states WHERE run_id = $1 AND parent = $2",
+            run_id,
+            parent,
+        )
+        return {n[0]: rows.node_from_row(n[1:]) for n in found}
 
     async def get_run_record(self, run_id: str) -> RunRecord:
         row = await self._one(f"SELECT {rows.RUN_SELECT} FROM runs WHERE run_id = $1", run_id)

@@ -1,9 +1,5 @@
-"""SQLite store (embedded mode): WAL, one connection, called on the event loop.
-
-SQLite calls are short and local, so they run inline: a thread hop would cost more than the
-call. Durability is PRAGMA synchronous: NORMAL (default; survives a process crash, may lose
-the last commits on power loss) or FULL.
-"""
+"""SqliteStore: workflows, runs, flags, pins, figures, reads, outbox and timers (the commit's
+writes are in commit.py)."""
 
 from __future__ import annotations
 
@@ -15,13 +11,14 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from headrace.engine import RunState
+from headrace.engine import NodeState, RunState
 from headrace.errors import Conflict, InfraError, NotFound
-from headrace.events import RUN_TERMINAL, Message, Timer, encode
+from headrace.events import Message, Timer
 from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_json
 from headrace.store import rows
 from headrace.store.base import (
     AttemptKey,
+    Children,
     Committed,
     FlagChange,
     Holder,
@@ -34,15 +31,9 @@ from headrace.store.base import (
     WorkflowRecord,
 )
 from headrace.store.migrate import HEAD, upgrade
+from headrace.store.sqlite.commit import ranges, write
 
 _NODE_SELECT = f"SELECT {rows.NODE_SELECT} FROM node_states"
-_NODE_UPSERT = (
-    f"INSERT INTO node_states ({', '.join(rows.NODE_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(rows.NODE_COLUMNS))}) ON CONFLICT (run_id, node_id) DO UPDATE "
-    "SET " + ", ".join(f"{c} = excluded.{c}" for c in rows.NODE_COLUMNS[4:])
-)
-# the job rows of an attempt that ended: never to be sent again
-_DELETE_JOBS = "DELETE FROM outbox WHERE key = ? AND node_id = ? AND attempt = ?"
 # whether outbox row `o`'s job is of its node's current, still open attempt
 _OPEN_ATTEMPT = (
     "SELECT 1 FROM node_states n WHERE n.run_id = o.key AND n.node_id = o.node_id "
@@ -54,11 +45,6 @@ _FLAG_UPSERT = (
     "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
 )
 _FLAG_CHANGE = "INSERT INTO flag_changes (name, old, new, who, why, at) VALUES (?, ?, ?, ?, ?, ?)"
-_RUN_UPDATE = (
-    "UPDATE runs SET "
-    + ", ".join(f"{c} = ?" for c in rows.RUN_COLUMNS)
-    + " WHERE run_id = ? AND version = ?"
-)
 
 
 class SqliteStore:
@@ -169,12 +155,7 @@ class SqliteStore:
         except sqlite3.OperationalError as e:  # locked by another process past busy_timeout
             raise InfraError(f"sqlite: {e}") from e
         try:
-            applied = self._write_runs(transitions)
-            self._write_details(applied)
-            outbox_ids = self._write_outbox(applied, "messages", holder, now)
-            local_ids = self._write_outbox(applied, "local", holder, now)
-            if sent:
-                db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _ranges(sent))
+            applied, outbox_ids, local_ids = write(db, transitions, sent, holder, now)
             db.execute("COMMIT")
         except BaseException as e:
             db.execute("ROLLBACK")
@@ -186,111 +167,42 @@ class SqliteStore:
         conflicts = {t.state.run_id for t in transitions} - {t.state.run_id for t in applied}
         return Committed(conflicts, outbox_ids, local_ids)
 
-    def _write_runs(self, transitions: list[Transition]) -> list[Transition]:
-        """Write the run rows; the transitions whose version check passed."""
-        updates = [t for t in transitions if not t.new]
-        if len(updates) > 1:  # fast path: one statement for all, if no version has moved
-            self.db.execute("SAVEPOINT runs")
-            rows_ = [(*_update_values(t)[:-2], t.state.run_id, t.state.version) for t in updates]
-            if self.db.executemany(_RUN_UPDATE, rows_).rowcount == len(updates):
-                self.db.execute("RELEASE runs")
-                return [t for t in transitions if not t.new or self._write_run(t)]
-            self.db.execute("ROLLBACK TO runs")
-            self.db.execute("RELEASE runs")
-        return [t for t in transitions if self._write_run(t)]
-
-    def _write_run(self, t: Transition) -> bool:
-        if t.new:
-            try:
-                self.db.execute(
-                    "INSERT INTO runs (run_id, workflow_name, workflow_version, ir_hash, inputs, "
-                    "vars, created_at, idempotency_key, " + ", ".join(rows.RUN_COLUMNS) + ") "
-                    f"VALUES ({', '.join('?' * (8 + len(rows.RUN_COLUMNS)))})",
-                    rows.new_run_values(t),
-                )
-            except sqlite3.IntegrityError:
-                return False
-            return True
-        cur = self.db.execute(_RUN_UPDATE, _update_values(t))
-        return cur.rowcount == 1
-
-    def _write_details(self, applied: list[Transition]) -> None:
-        db = self.db
-        events, nodes, timers, fired, ended = [], [], [], [], []
-        for t in applied:
-            s = t.state
-            events += [
-                (s.run_id, e.seq, type(e).__name__, e.at_ms, encode(e).decode()) for e in t.events
-            ]
-            nodes += [
-                rows.node_values(s.run_id, nid, s.nodes[nid]) for nid in rows.touched(t.events)
-            ]
-            timers += [
-                (s.run_id, tm.timer_id, tm.due_at_ms, encode(tm).decode()) for tm in t.timers
-            ]
-            fired += [(s.run_id, tm.timer_id) for tm in t.fired]
-            if s.status in RUN_TERMINAL:
-                ended.append((s.run_id,))
-        jobs_ended = [a for t in applied for a in rows.ended_attempts(t)]
-        for sql, values in (
-            ("INSERT INTO events (run_id, seq, type, at, data) VALUES (?, ?, ?, ?, ?)", events),
-            (_NODE_UPSERT, nodes),
-            ("DELETE FROM timers WHERE run_id = ? AND timer_id = ?", fired),
-            (
-                "INSERT OR REPLACE INTO timers (run_id, timer_id, due_at, data) "
-                "VALUES (?, ?, ?, ?)",
-                timers,
-            ),
-            ("DELETE FROM timers WHERE run_id = ?", ended),
-            (_DELETE_JOBS, jobs_ended),
-        ):
-            if values:  # an empty executemany still prepares its statement
-                db.executemany(sql, values)
-
-    def _write_outbox(
-        self, applied: list[Transition], which: str, holder: str | None, now: int
-    ) -> list[int]:
-        """Write the `messages` (or `local` jobs) of the transitions; their ids. Ids come from
-        the table's AUTOINCREMENT sequence (never reused), so they are known without a read
-        back: this transaction holds the write lock."""
-        values = [
-            rows.outbox_values(t.state.run_id, m, holder, now)
-            for t in applied
-            for m in getattr(t, which)
-        ]
-        if not values:
-            return []
-        first = self.db.execute(
-            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0) + 1"
-        ).fetchone()[0]
-        self.db.executemany(
-            "INSERT INTO outbox (id, topic, key, payload, headers, holder, node_id, attempt, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(first + i, *v) for i, v in enumerate(values)],
-        )
-        return list(range(first, first + len(values)))
-
     async def run_version(self, run_id: str) -> int:
         row = self.db.execute("SELECT version FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise NotFound("run", run_id)
         return int(row[0])
 
-    async def load_run(self, run_id: str) -> RunState:
+    async def load_run(self, run_id: str, *, children: Children = "all") -> RunState:
         row = self.db.execute(
             f"SELECT {rows.RUN_STATE_SELECT} FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
         if row is None:
             raise NotFound("run", run_id)
-        nodes = self.db.execute(_NODE_SELECT + " WHERE run_id = ?", (run_id,)).fetchall()
+        if children == "all":
+            nodes = self.db.execute(_NODE_SELECT + " WHERE run_id = ?", (run_id,)).fetchall()
+        else:
+            nodes = self.db.execute(
+                f"{_NODE_SELECT} WHERE run_id = ? AND parent IS NULL UNION ALL "
+                f"{_NODE_SELECT} WHERE run_id = ? AND {rows.OPEN_CHILD}",
+                (run_id, run_id),
+            ).fetchall()
         return rows.rebuild(run_id, self._plan(row[0]), row[1:], [(n[0], n[1:]) for n in nodes])
 
-    async def load_runs(self, run_ids: Sequence[str]) -> list[RunState]:
+    async def load_runs(
+        self, run_ids: Sequence[str], *, children: Children = "all"
+    ) -> list[RunState]:
         found = []
         for run_id in run_ids:  # in-process SQLite: a query per run costs no round trip
             with contextlib.suppress(NotFound):
-                found.append(await self.load_run(run_id))
+                found.append(await self.load_run(run_id, children=children))
         return found
+
+    async def load_children(self, run_id: str, parent: str) -> dict[str, NodeState]:
+        found = self.db.execute(
+            _NODE_SELECT + " WHERE run_id = ? AND parent = ?", (run_id, parent)
+        ).fetchall()
+        return {n[0]: rows.node_from_row(n[1:]) for n in found}
 
     # --- flags ---
 
@@ -515,13 +427,13 @@ class SqliteStore:
     async def outbox_sent(self, ids: list[int]) -> None:
         if ids:
             with self._transaction() as db:
-                db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _ranges(ids))
+                db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", ranges(ids))
 
     async def release_outbox(self, ids: list[int]) -> None:
         if ids:
             with self._transaction() as db:
                 db.executemany(
-                    "UPDATE outbox SET holder = NULL WHERE id BETWEEN ? AND ?", _ranges(ids)
+                    "UPDATE outbox SET holder = NULL WHERE id BETWEEN ? AND ?", ranges(ids)
                 )
 
     async def beat(self, holder: Holder, alive_until_ms: int) -> None:
@@ -580,23 +492,6 @@ class SqliteStore:
 
 def _holder_values(h: Holder) -> tuple[str, str, str, int, int]:
     return (h.id, h.name, h.host, h.pid, h.started_at_ms)
-
-
-def _update_values(t: Transition) -> tuple[Any, ...]:
-    s = t.state
-    values = rows.run_values(s)
-    return (*values[:1], s.version + 1, *values[2:], s.run_id, s.version)
-
-
-def _ranges(ids: Sequence[int]) -> list[tuple[int, int]]:
-    """Contiguous id ranges (a commit writes contiguous ids, so usually one)."""
-    out: list[tuple[int, int]] = []
-    for i in sorted(ids):
-        if out and out[-1][1] == i - 1:
-            out[-1] = (out[-1][0], i)
-        else:
-            out.append((i, i))
-    return out
 
 
 def _revision(path: Path) -> str | None:
