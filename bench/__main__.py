@@ -28,6 +28,7 @@ WORKLOADS = [
     "W-map-200k-watched",
     "W-stream",
     "W-cancel",
+    "W-reload",
 ]
 KEY = {
     "W-chain-20k": "ms_per_node",
@@ -36,6 +37,7 @@ KEY = {
     "W-map-200k-watched": "us_per_child",
     "W-stream": "close_p99_ms",
     "W-cancel": "cancel_wide_ms",
+    "W-reload": "load_open_ms",
     "W4": "dispatch_p99_ms",
     "W1": "ms_per_node",
     "W2": "nodes_per_s",

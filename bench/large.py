@@ -6,6 +6,9 @@
   through the API from its start to its end.
 - W-stream: 100 short runs, each followed through the API's event stream from its start,
   five at a time: how long after its run ended each stream closed (p50, p99).
+- W-reload: loading a run to decide on one child's result, its 100,000-wide map down to 10
+  children still running: the whole run (every node row, as before issue 21) against the
+  top-level nodes and the open children (`load_run(children="open")`), medians of 7.
 - W-cancel: `POST /v1/runs/{id}/cancel` on a run whose 100,000-wide map is done and which
   waits for a signal, against the same on one-node runs (a median of 7), and once more on
   each after it ended (medians of 7).
@@ -17,14 +20,17 @@ import asyncio
 import statistics
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from headrace.api.app import create_app
+from headrace.engine import Complete, Start, decide, new_run
 from headrace.services.runtime import Runtime
 from headrace.spec import Plan, parse_workflow, plan_of
+from headrace.store import Transition
 from headrace.testing.servers import serve
 from headrace.testing.streams import close_delay
 
@@ -117,6 +123,31 @@ async def cancel_times(rt: Runtime, width: int, repeat: int = 7) -> dict[str, fl
         "ended_wide_ms": statistics.median(ended_wide),
         "ended_one_ms": statistics.median(ended_one),
     }
+
+
+async def reload_times(rt: Runtime, width: int, open_: int, repeat: int = 7) -> dict[str, float]:
+    """Milliseconds of `load_run` of a run whose `width`-wide map has `open_` children left
+    (the rest completed), with every node (`all`) and with the open children only (`open`)."""
+    plan = await _register(rt, WIDE_HOLD)
+    state = new_run(str(uuid.uuid4()), plan, created_at_ms=1)
+    d = decide(state, Start(at_ms=1, inputs={"xs": list(range(width))}))
+    await rt.store.commit([Transition(state, d.events, new=True)])
+    done = range(width - open_)
+    for chunk in (done[i : i + 10_000] for i in range(0, len(done), 10_000)):
+        events = []
+        for i in chunk:
+            events += decide(state, Complete(f"fan[{i}]", 1, 2, 2, output=i)).events
+        assert not (await rt.store.commit([Transition(state, events)])).conflicts
+    out = {}
+    for children in ("all", "open"):
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            loaded = await rt.store.load_run(state.run_id, children=children)  # type: ignore[arg-type]
+            times.append((time.perf_counter() - started) * 1000)
+        out[f"load_{children}_ms"] = round(statistics.median(times), 2)
+        out[f"load_{children}_nodes"] = len(loaded.nodes)
+    return out
 
 
 async def _register(rt: Runtime, spec: dict[str, Any]) -> Plan:

@@ -216,6 +216,8 @@ def measure(name: str, db: Path) -> dict[str, Any]:
         return _large_workload(name, db)
     if name == "W-cancel":
         return {"width": 100_000, **loop.run(_cancels(db, 100_000))}
+    if name == "W-reload":
+        return {"width": 100_000, "open": 10, **loop.run(_reloads(db, 100_000, 10))}
     raise SystemExit(f"unknown workload {name}")
 
 
@@ -261,6 +263,12 @@ async def _cancels(db: Path, width: int) -> dict[str, float]:
     with contextlib.ExitStack() as stack:
         async with _runtime(_settings(db, stack)) as rt:
             return await large.cancel_times(rt, width)
+
+
+async def _reloads(db: Path, width: int, open_: int) -> dict[str, float]:
+    with contextlib.ExitStack() as stack:
+        async with _runtime(_settings(db, stack)) as rt:
+            return await large.reload_times(rt, width, open_)
 
 
 W4_SECONDS = float(os.environ.get("W4_SECONDS", "30"))

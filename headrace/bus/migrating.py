@@ -52,6 +52,7 @@ from typing import Any, Literal, Protocol
 from headrace.bus.base import Bus, Delivery, PartlyPublished, dead_letter_message
 from headrace.errors import InfraError
 from headrace.events import Message
+from headrace.flags.definitions import FlagValues
 from headrace.migration.slots import FAILED, ROUTED, SENT, BusSlots
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class MigratingBus:
         self.redis = redis
         self.kafka = kafka
         self.buses: dict[str, Bus] = {REDIS: redis, KAFKA: kafka}
-        self.flags = flags  # a live view: the process's flag watcher updates it
+        self.flags = FlagValues(flags)  # a live view: the process's flag watcher updates it
         self.pins = pins
         self._pin_cache: OrderedDict[str, str] = OrderedDict()
         self._kafka_was_on = False
@@ -156,27 +157,27 @@ class MigratingBus:
     # routing
 
     def choose(self, run_id: str) -> str:
-        share = int(self.flags.get("KAFKA_TRAFFIC_PERCENT", 0))
-        on = bool(self.flags.get("ENABLE_KAFKA"))
+        share = self.flags.percent("KAFKA_TRAFFIC_PERCENT")
+        on = self.flags.on("ENABLE_KAFKA")
         return KAFKA if on and in_kafka_share(run_id, share) else REDIS
 
     def via(self, pin: str) -> str:
-        if not self.flags.get("ENABLE_KAFKA"):
+        if not self.flags.on("ENABLE_KAFKA"):
             return REDIS
-        if pin == KAFKA or not self.flags.get("ENABLE_REDIS_WRITE", True):
+        if pin == KAFKA or not self.flags.on("ENABLE_REDIS_WRITE"):
             return KAFKA
         return REDIS
 
     def _copies(self, via: str) -> set[str]:
         out = {via}
-        if self.flags.get("ENABLE_KAFKA_WRITE"):
+        if self.flags.on("ENABLE_KAFKA_WRITE"):
             out.add(KAFKA)
-        if self.flags.get("ENABLE_REDIS_WRITE", True):
+        if self.flags.on("ENABLE_REDIS_WRITE"):
             out.add(REDIS)
         return out
 
     async def _pins_of(self, messages: Sequence[Message]) -> dict[str, str]:
-        kafka_on = bool(self.flags.get("ENABLE_KAFKA"))
+        kafka_on = self.flags.on("ENABLE_KAFKA")
         if self._kafka_was_on and not kafka_on:
             self._pin_cache.clear()  # a rollback re-pins runs in the store: read them again
         self._kafka_was_on = kafka_on

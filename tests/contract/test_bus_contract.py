@@ -402,7 +402,7 @@ class Migrating(BusContract):
 
     async def fetched(self, bus: Bus, group: str, n: int) -> None:
         assert isinstance(bus, MigratingBus)
-        if bus.flags.get("ENABLE_KAFKA"):
+        if bus.flags.on("ENABLE_KAFKA"):
             await kafka_fetched(bus.kafka, group, n)
 
 
