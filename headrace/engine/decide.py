@@ -137,13 +137,13 @@ def maps_to_load(state: RunState, command: Command) -> list[str]:
     """The maps whose every child the decision on `command` reads: a child's result that
     may complete its map (the map's output is its children's). A state loaded with only
     its open children (a reload of a run with a wide map) needs those children first."""
-    parent = split_child(command.node_id) if isinstance(command, Complete) else None
-    if parent is None:
+    if not isinstance(command, Complete):
         return []
-    p = state.nodes.get(parent[0])
-    if p is None or p.width is None or p.done + 1 < p.width:
-        return []
-    return [parent[0]]
+    parent, child = split_child(command.node_id), state.nodes.get(command.node_id)
+    if parent is None or child is None or child.status not in IN_FLIGHT:
+        return []  # a duplicate or stale result (a done child is not loaded): decides nothing
+    p = state.nodes[parent[0]]
+    return [parent[0]] if state.status == "running" and p.done + 1 == p.width else []
 
 
 def jobs_in_flight(state: RunState, unstarted_before_ms: int | None = None) -> list[Job]:

@@ -204,7 +204,7 @@ class Driver:
         if idempotency_key is not None:
             existing = await self.store.run_for_key(idempotency_key)
             if existing is not None:
-                return await self.store.load_run(existing), False
+                return await self.store.load_run(existing, children="open"), False
         now = now_ms()
         state = new_run(str(uuid.uuid4()), plan, created_at_ms=now)
         decision = decide(state, Start(at_ms=now, inputs=inputs, vars=vars))
@@ -225,7 +225,7 @@ class Driver:
             existing = await self.store.run_for_key(idempotency_key)
             if existing is None:
                 raise Conflict("the run could not be created; try again")
-            return await self.store.load_run(existing), False
+            return await self.store.load_run(existing, children="open"), False
         return state, True
 
     async def _flush_starts(self) -> None:

@@ -678,19 +678,14 @@ async def test_a_run_reloaded_with_its_open_children_decides_as_the_whole_run(
         assert all(
             n.status in NODE_OPEN for nid, n in partial.nodes.items() if nid not in ir_nodes(ir)
         )
-        events_before, first = len(checker.events), len(checker.commands)
+        first = len(checker.decided)
         going = checker.step()
-        for command in checker.commands[first:]:
+        for command, events, jobs, timers in checker.decided[first:]:
             for pid in maps_to_load(partial, command):
                 for nid, node in (await store.load_children(run_id, pid)).items():
                     partial.nodes.setdefault(nid, node)
             decision = decide(partial, command)
-            assert (
-                decision.events
-                == checker.events[events_before : events_before + len(decision.events)]
-            )
-            events_before += len(decision.events)
-        assert events_before == len(checker.events)
+            assert (decision.events, decision.jobs, decision.timers) == (events, jobs, timers)
         if not going:
             break
 
@@ -700,15 +695,18 @@ def ir_nodes(ir: Any) -> set[str]:
 
 
 class Recorder(Checker):
-    """A Checker that keeps every command it applied."""
+    """A Checker that keeps every command it applied, with the events, jobs and timers the
+    engine decided on it."""
 
     def __init__(self, *args: Any) -> None:
-        self.commands: list[Any] = []
+        self.decided: list[tuple[Any, list[Any], list[Any], list[Any]]] = []
         super().__init__(*args)
 
     def apply(self, command: Any) -> None:
-        self.commands.append(command)
+        n = len(self.events), len(self.jobs), len(self.timers)
         super().apply(command)
+        made = self.events[n[0] :], self.jobs[n[1] :], self.timers[n[2] :]
+        self.decided.append((command, *made))
 
 
 # --- Postgres only ---

@@ -2,8 +2,8 @@
 
 Start, cancel and signal check the run by its head (`Store.get_run_head`: its row without
 inputs and outputs), which costs the same for a run with a 100,000-wide map as for a one-node
-run. Cancel asks the driver, which decides from the whole run (node rows and all, unless it
-holds the run in memory), only while the run can still change.
+run. Cancel asks the driver (which reloads the run's top-level nodes and open map children,
+unless it holds the run in memory) only while the run can still change.
 """
 
 from __future__ import annotations

@@ -18,8 +18,6 @@ _NODE_UPSERT = (
 )
 # the job rows of an attempt that ended: never to be sent again
 _DELETE_JOBS = "DELETE FROM outbox WHERE key = ? AND node_id = ? AND attempt = ?"
-# the job rows of an attempt that ended: never to be sent again
-_DELETE_JOBS = "DELETE FROM outbox WHERE key = ? AND node_id = ? AND attempt = ?"
 _RUN_UPDATE = (
     "UPDATE runs SET "
     + ", ".join(f"{c} = ?" for c in rows.RUN_COLUMNS)
