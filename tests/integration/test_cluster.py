@@ -82,6 +82,11 @@ def test_sigkill_a_worker_and_a_coordinator_while_runs_flow(cluster: ProcessClus
             time.sleep(0.02)
         cluster.kill("worker-1")
         run_ids += start_runs(client, 10)
+        deadline = time.monotonic() + 60
+        while cluster.procs["coordinator-1"].poll() is None:  # until its crash point fires
+            assert time.monotonic() < deadline, "coordinator-1 never reached its crash point"
+            run_ids += start_runs(client, 5)  # under load, batches are larger: fewer commits
+            time.sleep(0.2)
         wait_all(client, run_ids, cluster)
     assert cluster.procs["coordinator-1"].wait(10) == -signal.SIGKILL  # its crash point fired
     assert held_jobs(cluster, "worker-worker-1") == 0  # its jobs were redelivered and done
