@@ -413,22 +413,22 @@ class TestMigratingPhase1(Migrating):
 class TestMigratingDualWrite(Migrating):
     mode = "dual-write"
 
-    @pytest.mark.skip(reason=TWO_COPIES)
-    async def test_depth_counts_messages_not_yet_delivered(self, bus: Bus) -> None: ...
-
 
 class TestMigratingKafka50(Migrating):
     mode = "kafka-50"
 
-    @pytest.mark.skip(
+    @pytest.mark.xfail(
+        strict=True,
         reason="a known defect (issue 21's note): each bus drains its lanes in order, but "
         "Kafka's come first, so at kafka-N a Redis-pinned high-priority job can wait behind "
-        "Kafka's low-priority ones"
+        "Kafka's low-priority ones",
     )
-    async def test_lanes_are_drained_in_the_given_order(self, bus: Bus) -> None: ...
+    async def test_lanes_are_drained_in_the_given_order(self, bus: Bus) -> None:
+        await super().test_lanes_are_drained_in_the_given_order(bus)
 
-    @pytest.mark.skip(reason=TWO_COPIES)
-    async def test_depth_counts_messages_not_yet_delivered(self, bus: Bus) -> None: ...
+    @pytest.mark.xfail(strict=True, reason=TWO_COPIES)  # runs: fails while it holds
+    async def test_depth_counts_messages_not_yet_delivered(self, bus: Bus) -> None:
+        await super().test_depth_counts_messages_not_yet_delivered(bus)
 
 
 class TestMigratingRedisOff(Migrating):
