@@ -26,22 +26,21 @@ The contract every adapter keeps (tests/contract/test_bus_contract.py checks it 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from headrace.bus.headers import (
+    CONTENT_TYPE_HEADER,
+    DL_GROUP,
+    DL_ID,
+    DL_REASON,
+    DL_TOPIC,
+    INHERITED,
+)
 from headrace.errors import InfraError
 from headrace.events import CONTENT_TYPE, Message
 
 DEAD_LETTER_TOPIC = "dead-letter"
-# the header naming the format of a message's payload: a codec's CONTENT_TYPE
-CONTENT_TYPE_HEADER = "content-type"
-# headers a dead-lettered message carries beside its own: where it came from, and why
-DL_TOPIC = "dead-letter-topic"
-DL_ID = "dead-letter-id"
-DL_GROUP = "dead-letter-group"
-DL_REASON = "dead-letter-reason"
-# headers a reply inherits from the message it answers: the bus its run is pinned to
-INHERITED = ("hr-pin",)
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,9 @@ class Delivery:
     topic: str
     id: str  # the backend's message id, unique within its topic; used to acknowledge
     message: Message
+    # published before its consumer's group member was given its partition (Kafka): it
+    # waited for a rebalance or the group's first member, so its age says nothing of the bus
+    handed_over: bool = field(default=False, kw_only=True)
 
 
 class Bus(Protocol):

@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from headrace.bus.base import Bus, Delivery
-from headrace.bus.migrating import CID, COPIES, KAFKA, MID, REDIS, TS, message_id
+from headrace.bus.headers import CID, COPIES, KAFKA, MID, REDIS, TS
+from headrace.bus.migrating import message_id
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS
 from headrace.events import Message
 from headrace.migration.slots import (

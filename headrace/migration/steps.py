@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from headrace.bus.migrating import KAFKA, REDIS
+from headrace.bus.headers import KAFKA, REDIS
 from headrace.errors import Conflict, InputError
 from headrace.flags import FlagValues, FlagWatcher
 from headrace.flags.definitions import FlagValue

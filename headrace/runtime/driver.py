@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headrace.bus import Bus, Delivery
-from headrace.bus.base import CONTENT_TYPE_HEADER
+from headrace.bus.headers import CONTENT_TYPE_HEADER, PIN
 from headrace.bus.topics import CANCELS, JOB_LANES, jobs_topic
 from headrace.engine import (
     Command,
@@ -37,6 +37,7 @@ from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.hub import Hub
 from headrace.runtime.local import LocalJobs, split
 from headrace.runtime.metrics import Metrics
+from headrace.runtime.pins import RunPins
 from headrace.runtime.supervise import cancel_all
 from headrace.spec import Plan
 from headrace.store import Committed, Store, Transition
@@ -67,15 +68,20 @@ class _Decisions:
     applied: list[tuple[str, Applied]] = field(default_factory=list)
 
 
-def json_message(topic: str, run_id: str, value: Job | CancelJob) -> Message:
+def json_message(
+    topic: str, run_id: str, value: Job | CancelJob, pin: str | None = None
+) -> Message:
     """`value` for `topic` as JSON, with the header that says so (every message names its
-    format: a consumer refuses one it cannot read)."""
-    return Message(topic, run_id, encode(value), {CONTENT_TYPE_HEADER: CONTENT_TYPE})
+    format: a consumer refuses one it cannot read), and its run's bus pin, if any."""
+    headers = {CONTENT_TYPE_HEADER: CONTENT_TYPE}
+    if pin is not None:
+        headers[PIN] = pin
+    return Message(topic, run_id, encode(value), headers)
 
 
-def messages_of(run_id: str, decision: Decision) -> list[Message]:
-    out = [json_message(jobs_topic(j.priority), run_id, j) for j in decision.jobs]
-    out += [json_message(CANCELS, run_id, c) for c in decision.cancels]
+def messages_of(run_id: str, decision: Decision, pin: str | None = None) -> list[Message]:
+    out = [json_message(jobs_topic(j.priority), run_id, j, pin) for j in decision.jobs]
+    out += [json_message(CANCELS, run_id, c, pin) for c in decision.cancels]
     return out
 
 
@@ -91,8 +97,10 @@ class Driver:
         crash: CrashPoints = NO_CRASH,
         local_jobs: LocalJobs | None = None,
         holder: str | None = None,
+        pins: RunPins | None = None,
     ) -> None:
         self.crash = crash
+        self.pins = pins  # with the migrating bus: each run's bus, stamped on its messages
         self.holder = holder  # the outbox rows this driver writes are this process's
         self.local_jobs = local_jobs
         if local_jobs is not None:
@@ -208,13 +216,15 @@ class Driver:
         now = now_ms()
         state = new_run(str(uuid.uuid4()), plan, created_at_ms=now)
         decision = decide(state, Start(at_ms=now, inputs=inputs, vars=vars))
+        pin = self.pins.choose(state.run_id) if self.pins else None
         t = Transition(
             state,
             decision.events,
-            messages_of(state.run_id, decision),
+            messages_of(state.run_id, decision, pin),
             decision.timers,
             new=True,
             idempotency_key=idempotency_key,
+            pin=pin,
         )
         created: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._starting.append((t, created))
@@ -308,7 +318,7 @@ class Driver:
         stale: set[str] = set()
         async with self.lock:
             try:
-                await self._prefetch([run_id for run_id, _ in commands])
+                pins = await self._prefetch([run_id for run_id, _ in commands])
                 for run_id, command in commands:
                     if run_id in stale:
                         continue
@@ -318,7 +328,10 @@ class Driver:
                     if not decision.events and await self._is_stale(state):
                         stale.add(run_id)  # another process moved the run: retry it fresh
                         continue
-                    self._collect(decisions, state, decision, fired)
+                    t = self._collect(decisions, state, fired)
+                    t.events += decision.events
+                    t.messages += messages_of(run_id, decision, pins.get(run_id))
+                    t.timers += decision.timers
                     decisions.applied.append((run_id, Applied(state, decision)))
                 todo = [
                     t
@@ -346,23 +359,23 @@ class Driver:
         return await self.store.run_version(state.run_id) != state.version
 
     def _collect(
-        self, decisions: _Decisions, state: RunState, d: Decision, fired: dict[str, list[Timer]]
-    ) -> None:
+        self, decisions: _Decisions, state: RunState, fired: dict[str, list[Timer]]
+    ) -> Transition:
+        """The batch's transition of `state`'s run, which each command's decision extends."""
         t = decisions.transitions.get(state.run_id)
         if t is None:
             t = decisions.transitions[state.run_id] = Transition(state, [])
             t.fired = list(fired.get(state.run_id, ()))
-        t.events += d.events
-        t.messages += messages_of(state.run_id, d)
-        t.timers += d.timers
+        return t
 
-    async def _prefetch(self, run_ids: list[str]) -> None:
+    async def _prefetch(self, run_ids: list[str]) -> dict[str, str]:
         """Load the batch's runs this cache lacks in one read, not one read each (runs
-        started by another process, or evicted)."""
+        started by another process, or evicted); their pins, with the migrating bus."""
         missing = [r for r in dict.fromkeys(run_ids) if r not in self.cache]
         if len(missing) > 1:
             for state in await self.store.load_runs(missing, children="open"):
                 self._remember(state)
+        return await self.pins.of(run_ids) if self.pins else {}
 
     async def _state(self, run_id: str) -> RunState:
         state = self.cache.get(run_id)
@@ -446,12 +459,15 @@ class Driver:
         `unstarted_before_ms`, only the jobs of attempts scheduled before then and not
         started. The number of jobs published."""
         count = 0
-        for run_id in await self.store.active_runs() if run_ids is None else run_ids:
+        ids = await self.store.active_runs() if run_ids is None else run_ids
+        pins = await self.pins.of(ids, fresh=True) if self.pins else {}
+        for run_id in ids:
             state = await self.store.load_run(run_id, children="open")  # jobs: open nodes
             jobs = jobs_in_flight(state, unstarted_before_ms)
             if jobs:
+                pin = pins.get(run_id)
                 await self.bus.publish(
-                    [json_message(jobs_topic(j.priority), run_id, j) for j in jobs]
+                    [json_message(jobs_topic(j.priority), run_id, j, pin) for j in jobs]
                 )
                 count += len(jobs)
         return count

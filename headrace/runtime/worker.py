@@ -24,13 +24,8 @@ from typing import Any
 import msgspec
 
 from headrace.bus import Bus, Delivery
-from headrace.bus.base import (
-    CONTENT_TYPE_HEADER,
-    PartlyPublished,
-    content_type,
-    dead_letter_message,
-    reply_headers,
-)
+from headrace.bus.base import PartlyPublished, content_type, dead_letter_message, reply_headers
+from headrace.bus.headers import CONTENT_TYPE_HEADER
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS, WORKERS
 from headrace.errors import InfraError, NodeError
 from headrace.events import (

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from headrace.bus import Bus, MemoryBus
+from headrace.bus.headers import KAFKA, REDIS
 from headrace.bus.topics import CANCELS
 from headrace.config import Settings
 from headrace.errors import InputError
@@ -41,20 +42,19 @@ def build_store(settings: Settings) -> Store:
 
 
 def build_bus(
-    settings: Settings, store: Store | None = None, flags: Mapping[str, FlagValue] | None = None
+    settings: Settings,
+    flags: Mapping[str, FlagValue] | None = None,
+    parts: Mapping[str, Bus] | None = None,
 ) -> Bus:
-    """The bus HEADRACE_BUS names; the migrating bus when HEADRACE_KAFKA_URL is set beside
-    a redis:// bus (it records pins in `store` and follows the live `flags`)."""
-    scheme = urlparse(settings.bus).scheme
-    if settings.kafka_url and scheme not in ("redis", "rediss"):
-        raise InputError("HEADRACE_KAFKA_URL", "the migrating bus needs HEADRACE_BUS=redis://...")
+    """The bus HEADRACE_BUS names; with HEADRACE_KAFKA_URL, the migrating bus over `parts`
+    (`migration_buses`), following the live `flags`."""
     if settings.kafka_url:
         from headrace.bus.migrating import MigratingBus
 
-        if store is None or flags is None:
-            raise InputError("HEADRACE_KAFKA_URL", "the migrating bus needs a store and flags")
-        kafka = build_kafka(settings.kafka_url, settings)
-        return MigratingBus(build_redis(settings), kafka, flags, store)
+        if parts is None or flags is None:
+            raise InputError("HEADRACE_KAFKA_URL", "the migrating bus needs its buses and flags")
+        return MigratingBus(parts, flags)
+    scheme = urlparse(settings.bus).scheme
     if scheme == "memory":
         return MemoryBus(visibility_ms=int(settings.lease_s * 1000))
     if scheme in ("redis", "rediss"):
@@ -65,6 +65,16 @@ def build_bus(
         "HEADRACE_BUS",
         f"unsupported bus {settings.bus!r} (memory://, redis://host:port/db or kafka://host:port)",
     )
+
+
+def migration_buses(settings: Settings) -> dict[str, Bus]:
+    """The two buses of the Redis → Kafka migration, by name (none without
+    HEADRACE_KAFKA_URL): the migrating bus steers them, the shadow reads them."""
+    if not settings.kafka_url:
+        return {}
+    if urlparse(settings.bus).scheme not in ("redis", "rediss"):
+        raise InputError("HEADRACE_KAFKA_URL", "the migrating bus needs HEADRACE_BUS=redis://...")
+    return {REDIS: build_redis(settings), KAFKA: build_kafka(settings.kafka_url, settings)}
 
 
 def build_redis(settings: Settings) -> RedisBus:

@@ -38,10 +38,11 @@ from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
 from headrace.runtime.local import LocalJobs, LocalResults
 from headrace.runtime.metrics import Metrics
+from headrace.runtime.pins import RunPins
 from headrace.runtime.relay import Liveness, Relay, this_process
 from headrace.runtime.supervise import Supervised, cancel_all
 from headrace.runtime.worker import Worker
-from headrace.services.adapters import build_bus, build_store
+from headrace.services.adapters import build_bus, build_store, migration_buses
 from headrace.services.offload import Offload
 from headrace.spec import Plan, WorkflowIR, plan_of, with_defaults
 from headrace.store import RunRecord, Store, WorkflowRecord
@@ -101,7 +102,9 @@ class Runtime:
         self.flags = FlagWatcher(
             self.store, initial_flags(os.environ), on_change=self.metrics.flag_changed
         )
-        self.bus = bus or build_bus(settings, self.store, self.flags.values)
+        # the Redis → Kafka migration's buses by name, for the migrating bus and the shadow
+        self.parts = migration_buses(settings) if bus is None else {}
+        self.bus = bus or build_bus(settings, self.flags.values, self.parts)
         crash = CrashPoints(settings.crash_at)
         both = {"coordinator", "worker"} <= set(roles)
         local = LocalResults() if both and settings.local_results else None
@@ -118,6 +121,7 @@ class Runtime:
             crash=crash,
             local_jobs=local_jobs,
             holder=self.holder.id,
+            pins=RunPins(self.store, self.flags.values) if settings.kafka_url else None,
         )
         self.offload = Offload()
         self.secrets = settings.all_secrets()
@@ -194,7 +198,7 @@ class Runtime:
         reads = [getattr(self.bus, "figures", None)]  # the migrating bus reports figures
         if "shadow" in self.roles:
             shadow = Shadow(
-                {"redis": self.bus.redis, "kafka": self.bus.kafka},  # type: ignore[attr-defined]
+                self.parts,
                 name=f"shadow-{self.settings.process_name}",
                 grace_s=self.settings.shadow_grace_s,
                 gone=functools.partial(gone_writers, self.store),

@@ -27,6 +27,7 @@ class Transition:
     fired: list[Timer] = field(default_factory=list)  # timers this step consumed
     new: bool = False  # a run being created (inserted, not updated)
     idempotency_key: str | None = None
+    pin: str | None = None  # a new run's bus in the Redis → Kafka migration (runtime/pins.py)
     # jobs the committing process runs on its own worker: written to the outbox, not published
     local: list[Message] = field(default_factory=list)
 
@@ -270,11 +271,8 @@ class FlagBook(Protocol):
 
 
 class PinBook(Protocol):
-    """The bus each run is pinned to during the Redis → Kafka migration."""
-
-    async def pin_runs(self, choices: Mapping[str, str], now_ms: int) -> dict[str, str]:
-        """Pin each run of `choices` to its bus (redis | kafka) unless it has a pin already
-        (the first pin wins); returns the pin of every one of them."""
+    """The bus each run is pinned to during the Redis → Kafka migration: written by the
+    commit that creates the run (`Transition.pin`), moved by a rollback."""
 
     async def pins(self, run_ids: Sequence[str]) -> dict[str, str]:
         """The pins of those of `run_ids` that have one."""

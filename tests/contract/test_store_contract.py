@@ -453,28 +453,27 @@ async def test_flags_are_swapped_only_from_the_values_expected(store: Store) -> 
     assert await store.swap_flags(off, [], off, "a", "b", 7) is None
 
 
-async def test_runs_keep_their_first_pin_until_re_pinned(store: Store) -> None:
+async def test_a_run_s_pin_is_committed_with_it_and_moved_by_a_re_pin(store: Store) -> None:
     plan = await register(store)
-    running = [(await started(store, plan, xs=[1])).run_id for _ in range(3)]
-    ended = str(uuid.uuid4())  # no run row: counts as finished for a re-pin
-    first = {running[0]: "kafka", running[1]: "redis", ended: "kafka"}
-    assert await store.pin_runs(first, 10) == first
-    again = {running[0]: "redis", running[2]: "kafka"}
-    assert await store.pin_runs(again, 20) == {running[0]: "kafka", running[2]: "kafka"}
-    assert await store.pins([*running, "unknown"]) == {
-        running[0]: "kafka",
-        running[1]: "redis",
-        running[2]: "kafka",
-    }
-    assert await store.pin_counts(15) == {"kafka": 1}
-    assert sorted(await store.repin("kafka", "redis", 30)) == sorted([running[0], running[2]])
-    assert await store.pins([*running, ended]) == {
-        running[0]: "redis",
-        running[1]: "redis",
-        running[2]: "redis",
-        ended: "kafka",
-    }
-    assert await store.pin_counts(0) == {"redis": 3, "kafka": 1}  # first pinned at 10 and 20
+    pinned: dict[str, str | None] = {}
+    for pin in ("kafka", "redis", "kafka", None):  # None: started before the migration
+        state, d = start(plan, xs=[1])
+        t = step(state, d, new=True)
+        t.pin = pin
+        assert not (await store.commit([t])).conflicts
+        pinned[state.run_id] = pin
+    ids = list(pinned)
+    again = new_run(ids[1], plan, created_at_ms=5)  # a start refused does not pin anew
+    d = decide(again, Start(at_ms=5, inputs={"xs": []}))
+    refused = Transition(again, d.events, new=True, pin="kafka")
+    assert (await store.commit([refused])).conflicts == {ids[1]}
+    assert await store.pins([*ids, "unknown"]) == {r: p for r, p in pinned.items() if p}
+    assert await store.pin_counts(0) == {"kafka": 2, "redis": 1}
+    ended, running = ids[0], ids[2]
+    state = await store.load_run(ended)
+    assert not (await store.commit([step(state, decide(state, Cancel(at_ms=3)))])).conflicts
+    assert await store.repin("kafka", "redis", 30) == [running]  # unfinished runs only
+    assert await store.pins(ids) == {ended: "kafka", ids[1]: "redis", running: "redis"}
 
 
 async def test_figures_and_notes_are_kept_per_name(store: Store) -> None:

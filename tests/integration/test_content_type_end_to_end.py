@@ -16,7 +16,7 @@ import msgspec
 from conftest import make_settings
 
 from headrace.bus import DEAD_LETTER_TOPIC, Delivery, MemoryBus
-from headrace.bus.base import CONTENT_TYPE_HEADER, DL_GROUP, DL_REASON
+from headrace.bus.headers import CONTENT_TYPE_HEADER, DL_GROUP, DL_REASON
 from headrace.bus.topics import CANCELS, JOB_LANES, JOBS_HIGH, JOBS_LOW, JOBS_NORMAL, RESULTS
 from headrace.events import (
     CONTENT_TYPE,

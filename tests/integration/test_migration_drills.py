@@ -19,8 +19,8 @@ import psycopg
 import pytest
 import redis
 
-from headrace.bus.migrating import in_kafka_share
 from headrace.events import NodeCompleted, decode_event
+from headrace.runtime.pins import in_kafka_share
 from headrace.store.postgres import PostgresStore
 from headrace.testing.cluster import ROLES, ProcessCluster
 from headrace.testing.kafka import Tansu

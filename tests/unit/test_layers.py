@@ -141,3 +141,10 @@ def test_no_function_is_too_long() -> None:
                 if n > MAX_FUNCTION_LINES:
                     long[f"{path.relative_to(PACKAGE)}:{node.name}"] = n
     assert long == {}, f"over {MAX_FUNCTION_LINES} lines"
+
+
+def test_the_bus_knows_nothing_of_the_store() -> None:
+    """A run's pin is committed with the run and travels as a header: no bus (the migrating
+    one included) reads or writes the store."""
+    for path in sorted((PACKAGE / "bus").rglob("*.py")):
+        assert not [n for n in headrace_imports(path) if n.startswith("headrace.store")], path

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from headrace.bus import Delivery
-from headrace.bus.migrating import CID, COPIES, MID
+from headrace.bus.headers import CID, COPIES, MID
 from headrace.engine import Start, decide, new_run
 from headrace.errors import Conflict, InputError
 from headrace.events import Message
@@ -54,7 +54,8 @@ class Rig:
             await self.store.set_flag(name, value, "test", "setup", now_ms())
         await self.flags.refresh()
 
-    async def running_runs(self, n: int) -> list[str]:
+    async def running_runs(self, n: int, pin: str | None = None) -> list[str]:
+        """`n` runs started (pinned to `pin`, if given) and not ended."""
         ir = parse_workflow(SPEC)
         await self.store.put_workflow(ir, SPEC, 1)
         plan = plan_of(ir)
@@ -62,7 +63,8 @@ class Rig:
         for _ in range(n):
             state = new_run(str(uuid.uuid4()), plan, created_at_ms=1)
             d = decide(state, Start(at_ms=1, inputs={}))
-            await self.store.commit([Transition(state, d.events, [], d.timers, new=True)])
+            t = Transition(state, d.events, [], d.timers, new=True, pin=pin)
+            await self.store.commit([t])
             ids.append(state.run_id)
         return ids
 
@@ -191,13 +193,12 @@ async def test_advance_needs_the_migrating_bus_and_a_known_step(rig: Rig) -> Non
 
 async def test_rollback_re_pins_kafka_runs_and_republishes_their_jobs(rig: Rig) -> None:
     await rig.go_to("kafka-50")
-    on_kafka, on_redis = await rig.running_runs(3), await rig.running_runs(2)
-    await rig.store.pin_runs(dict.fromkeys(on_kafka, "kafka"), 1)
-    await rig.store.pin_runs(dict.fromkeys(on_redis, "redis"), 1)
+    on_kafka, on_redis = await rig.running_runs(3, "kafka"), await rig.running_runs(2, "redis")
     moved = await rig.migration.rollback("ann", "slow", to="dual-write")
     assert (moved["from"], moved["to"], moved["repinned_runs"]) == ("kafka-50", "dual-write", 3)
     assert sorted(rig.republished) == sorted(on_kafka)
     assert set((await rig.store.pins(on_kafka)).values()) == {"redis"}
+    assert set((await rig.store.pins(on_redis)).values()) == {"redis"}
     history = await rig.store.flag_history(None, 2)  # newest first: Kafka off, then 0 %
     assert [(c.name, c.new) for c in history] == [
         ("KAFKA_TRAFFIC_PERCENT", 0),
@@ -224,8 +225,7 @@ async def test_two_rollbacks_at_once_move_and_re_pin_once(rig: Rig) -> None:
     """The monitor and an operator both judged kafka-50 and roll back at the same time:
     one wins; the other is refused with the step it is at, and re-pins nothing."""
     await rig.go_to("kafka-50")
-    on_kafka = await rig.running_runs(3)
-    await rig.store.pin_runs(dict.fromkeys(on_kafka, "kafka"), 1)
+    on_kafka = await rig.running_runs(3, "kafka")
     other = Migration(rig.store, FlagWatcher(rig.store, initial({})), rig.republish, enabled=True)
     await other.flags.refresh()
     first = await rig.migration.rollback("monitor", "slow", expect="kafka-50", to="dual-write")

@@ -75,7 +75,6 @@ class KafkaBus:
         self._admin = AdminClient({"bootstrap.servers": bootstrap}, logger=log)
         self._producer = self._new_producer()
         self._renew = threading.Event()  # the producer hit a fatal error: replace it
-        self._in_flight: dict[_Batch, float] = {}  # publishes awaiting reports: since when
         self._generation = 0  # of the producer: errors of a replaced one replace nothing
         self._topics: dict[str, str] = {}  # kafka name -> topic, for those known to exist
         self._groups: dict[str, Group] = {}
@@ -121,35 +120,23 @@ class KafkaBus:
         if not messages:
             return
         try:
-            await asyncio.wait_for(await self.send(messages), self.timeout_s + 5)
+            await asyncio.wait_for(await self._send(messages), self.timeout_s + 5)
         except TimeoutError as e:
             raise InfraError("kafka publish: no delivery report in time") from e
 
-    async def send(self, messages: Sequence[Message]) -> asyncio.Future[None]:
+    async def _send(self, messages: Sequence[Message]) -> asyncio.Future[None]:
         """Hand `messages` to the producer without waiting for the broker: the future ends
         when the broker acknowledged them all, or with the first InfraError."""
         await self._ensure_topics(list(dict.fromkeys(m.topic for m in messages)))
         self._start_poller()
         renew = functools.partial(self._renew_if_current, self._generation)
         batch = _Batch(asyncio.get_running_loop(), len(messages), renew)
-        self._in_flight[batch] = time.monotonic()
-        batch.future.add_done_callback(lambda _: self._in_flight.pop(batch, None))
         with _edge("publish"):
             for m in messages:
                 await self._produce(m, batch.delivered)
         if not messages:
             batch.future.set_result(None)
         return batch.future
-
-    def stalled_s(self) -> float:
-        """How long the oldest publish still in flight has waited for the broker (0: none):
-        seconds mean a broker that does not answer (frozen, cut off)."""
-        oldest = min(self._in_flight.values(), default=None)
-        return 0.0 if oldest is None else time.monotonic() - oldest
-
-    def backlog(self) -> int:
-        """Messages the producer holds, not yet acknowledged by the broker."""
-        return len(self._producer)
 
     async def _produce(self, m: Message, on_delivery: Callable[[Any, Any], None]) -> None:
         headers: list[tuple[str, str | bytes | None]] = [(k, v) for k, v in m.headers.items()]
@@ -248,13 +235,6 @@ class KafkaBus:
         g.subscribe({self._name(t): t for t in topics})
         return g
 
-    def handed_over(self, group: str, delivery: Delivery, published_ms: int) -> bool:
-        """Whether `delivery` was published before its partition was (re)assigned to this
-        process: it waited for a rebalance (a member died or joined) or for the group's
-        first member, so its age says nothing of the broker."""
-        g = self._groups.get(group)
-        return g is not None and g.handed_over(delivery, published_ms)
-
     def assigned(self, group: str) -> int:
         """Partitions the group's member in this process was ever given (0: not joined)."""
         g = self._groups.get(group)
@@ -323,7 +303,6 @@ class KafkaBus:
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join)
         await asyncio.to_thread(self._producer.flush, self.timeout_s)
-        self._in_flight.clear()  # its batches refer back to this bus: no cycle outlives it
 
 
 # the broker no longer takes this producer's writes (fenced after a pause, or its sequence

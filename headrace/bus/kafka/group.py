@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
 from headrace.bus.base import Delivery
@@ -168,10 +168,11 @@ class Group:
         for tp in partitions:
             self.assigned_at[(tp.topic, tp.partition)] = at
 
-    def handed_over(self, d: Delivery, published_ms: int) -> bool:
-        name = next((n for n, t in self.wanted.items() if t == d.topic), None)
-        at = self.assigned_at.get((name or "", int(d.id.partition("-")[0])))
-        return at is not None and published_ms < at
+    def _handed_over(self, name: str, partition: int, timestamp: tuple[int, int]) -> bool:
+        """Whether a record was written before its partition was assigned here."""
+        kind, written_ms = timestamp
+        at = self.assigned_at.get((name, partition))
+        return kind != TIMESTAMP_NOT_AVAILABLE and at is not None and written_ms < at
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(asynchronous=False, only={(tp.topic, tp.partition) for tp in partitions})
@@ -198,7 +199,10 @@ class Group:
             headers = {k: _text(v) for k, v in _pairs(r.headers())}
             key = r.key()
             message = Message(topic, _text(key), _bytes(r.value()), headers)
-            self.ready[topic].append(Delivery(topic, f"{partition}-{offset}", message))
+            handed = self._handed_over(name, partition, r.timestamp())
+            self.ready[topic].append(
+                Delivery(topic, f"{partition}-{offset}", message, handed_over=handed)
+            )
             self.buffered += 1
         self.arrival.set()
         self.arrival = asyncio.Event()

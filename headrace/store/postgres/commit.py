@@ -56,6 +56,7 @@ _OUTBOX_TYPES = {
     "attempt": _INT,
 }
 _ENDED_TYPES = {"run_id": _TEXT, "node_id": _TEXT, "attempt": _INT}
+_PIN_TYPES = {"run_id": _TEXT, "bus": _TEXT}
 _TABLES = {
     "u": _UPDATE_TYPES,
     "n": _INSERT_TYPES,
@@ -65,6 +66,7 @@ _TABLES = {
     "f": _FIRED_TYPES,
     "o": _OUTBOX_TYPES,
     "d": _ENDED_TYPES,
+    "p": _PIN_TYPES,
 }
 
 
@@ -149,6 +151,14 @@ _PARTS = (
     ON CONFLICT (run_id, timer_id) DO UPDATE SET {_set_excluded(["due_at", "data"])}""",
     ),
     (
+        "pins",
+        "p",
+        f"""
+    INSERT INTO run_pins (run_id, bus, at)
+    SELECT p.run_id, p.bus, %(now)b::bigint FROM {_rows("p")} WHERE p.run_id {_APPLIED}
+    ON CONFLICT (run_id) DO NOTHING""",
+    ),
+    (
         "sent",
         "sent",
         """
@@ -178,7 +188,7 @@ _PARTS = (
 @functools.cache
 def commit_statement(present: frozenset[str]) -> tuple[str, tuple[str, ...]]:
     """The commit for a batch whose non-empty parameters are `present` (of "u", "n", "e",
-    "nd", "f", "ended", "t", "sent", "d", "o"), and its parameter names in order. The version
+    "nd", "f", "ended", "t", "p", "sent", "d", "o"), and its parameter names in order. The version
     checks (`upd`, `ins`) decide which runs apply (`ok`); every other part joins on them."""
     parts = [(name, cte) for name, need, cte in _PARTS if need in present]
     checks = [name for name, _ in parts if name in ("upd", "ins")]
@@ -222,6 +232,8 @@ def commit_params(
         s = t.state
         if t.new:
             tables["n"].append(rows.new_run_values(t))
+            if t.pin is not None:
+                tables["p"].append((s.run_id, t.pin))
         else:
             tables["u"].append((s.run_id, *rows.run_values(s)))
         for e in t.events:

@@ -391,18 +391,6 @@ class PostgresStore:
 
     # --- the Redis → Kafka migration ---
 
-    async def pin_runs(self, choices: Mapping[str, str], now_ms: int) -> dict[str, str]:
-        ids, buses = list(choices), list(choices.values())
-        async with self._conn() as conn:
-            await conn.execute(
-                "INSERT INTO run_pins (run_id, bus, at) "
-                "SELECT r, b, $1 FROM unnest($2::text[], $3::text[]) AS c(r, b) "
-                "ON CONFLICT (run_id) DO NOTHING",
-                now_ms, ids, buses,
-            )  # fmt: skip
-            found = await conn.fetch("SELECT run_id, bus FROM run_pins WHERE run_id = ANY($1)", ids)
-            return {r[0]: r[1] for r in found}
-
     async def pins(self, run_ids: Sequence[str]) -> dict[str, str]:
         found = await self._all(
             "SELECT run_id, bus FROM run_pins WHERE run_id = ANY($1)", list(run_ids)

@@ -36,6 +36,11 @@ def write(
     rows: messages, then local jobs. Deletes the `sent` rows too."""
     applied = _write_runs(db, transitions)
     _write_details(db, applied)
+    pins = [(t.state.run_id, t.pin, now) for t in applied if t.new and t.pin is not None]
+    if pins:
+        db.executemany(
+            "INSERT INTO run_pins (run_id, bus, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", pins
+        )
     outbox_ids = _write_outbox(db, applied, "messages", holder, now)
     local_ids = _write_outbox(db, applied, "local", holder, now)
     if sent:

@@ -251,15 +251,6 @@ class SqliteStore:
 
     # --- the Redis → Kafka migration ---
 
-    async def pin_runs(self, choices: Mapping[str, str], now_ms: int) -> dict[str, str]:
-        with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO run_pins (run_id, bus, at) VALUES (?, ?, ?) "
-                "ON CONFLICT (run_id) DO NOTHING",
-                [(run_id, bus, now_ms) for run_id, bus in choices.items()],
-            )
-        return await self.pins(list(choices))
-
     async def pins(self, run_ids: Sequence[str]) -> dict[str, str]:
         marks = ",".join("?" * len(run_ids))
         found = self.db.execute(

@@ -11,14 +11,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from headrace.bus import DEAD_LETTER_TOPIC, Delivery, MemoryBus
-from headrace.bus.base import (
-    CONTENT_TYPE_HEADER,
-    DL_GROUP,
-    DL_ID,
-    DL_REASON,
-    DL_TOPIC,
-    content_type,
-)
+from headrace.bus.base import content_type
+from headrace.bus.headers import CONTENT_TYPE_HEADER, DL_GROUP, DL_ID, DL_REASON, DL_TOPIC
 from headrace.bus.topics import CANCELS, JOB_LANES, JOBS_NORMAL, RESULTS
 from headrace.events import (
     CONTENT_TYPE,
