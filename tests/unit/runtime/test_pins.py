@@ -12,12 +12,14 @@ import pytest
 
 from headrace.bus import MemoryBus
 from headrace.bus.headers import KAFKA, PIN, REDIS
+from headrace.bus.redis import RedisBus
 from headrace.bus.topics import CANCELS, JOB_LANES
 from headrace.engine import Cancel
 from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
 from headrace.runtime.metrics import Metrics
 from headrace.runtime.pins import RunPins, in_kafka_share
+from headrace.runtime.relay import Relay, this_process
 from headrace.spec import parse_workflow, plan_of
 from headrace.store.sqlite import SqliteStore
 
@@ -95,3 +97,25 @@ async def test_without_the_migrating_bus_nothing_is_pinned(store: SqliteStore) -
     await plain.drain()
     assert await store.pins([run_id]) == {}
     assert await pins_on_the_bus(bus, list(JOB_LANES)) == {run_id: {"none"}}
+
+
+async def test_the_relay_sends_an_unpublished_start_with_its_pin(store: SqliteStore) -> None:
+    """The worst moment: the run is committed, its jobs never reached the bus (here the bus
+    refuses the connection; a process SIGKILLed after its commit leaves the same rows). The
+    pin went into the outbox rows with the jobs, so the relay of another process routes
+    them as the first publish would have."""
+    ir = parse_workflow(SPEC)
+    await store.put_workflow(ir, SPEC, 1)
+    down = RedisBus("redis://127.0.0.1:1/0")  # nothing listens there
+    holder = this_process("api")
+    await store.beat(holder, 0)  # its lease has lapsed: its rows are any relay's
+    flags: dict[str, bool | int] = {"ENABLE_KAFKA": True, "KAFKA_TRAFFIC_PERCENT": 100}
+    api = Driver(store, down, Hub(), Metrics(), holder=holder.id, pins=RunPins(store, flags))
+    run_id = (await api.start_run(plan_of(ir), {}, {}))[0].run_id
+    await api.drain()
+    await down.close()
+    bus = MemoryBus()
+    await bus.consume(list(JOB_LANES), "look", "c", 1, 0)
+    relay = Relay(store, bus, api.republish_in_flight, this_process("relay"))
+    assert await relay.sweep() == 1
+    assert await pins_on_the_bus(bus, list(JOB_LANES)) == {run_id: {KAFKA}}
