@@ -3,6 +3,7 @@ output."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,21 @@ class HttpExecutor:
         )
         check_output(output, "the HTTP call")
         return Outcome(output)
+
+    def secret_forms(self, job: Job) -> list[str]:
+        """What a server may echo of this job's secrets beyond their values: the base64 of
+        the basic-auth pair (an echoed Authorization header)."""
+        auth = job.config.get("auth")
+        if not isinstance(auth, dict):
+            return []
+        try:
+            plain = resolve_secrets(auth.get("basic", auth), self.secrets)
+        except KeyError:
+            return []
+        if not isinstance(plain, dict) or "username" not in plain or "password" not in plain:
+            return []
+        pair = f"{plain['username']}:{plain['password']}".encode()
+        return [base64.b64encode(pair).decode()]
 
     def request(self, config: Mapping[str, Any]) -> HttpRequest:
         try:

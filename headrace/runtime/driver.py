@@ -103,8 +103,6 @@ class Driver:
         self.pins = pins  # with the migrating bus: each run's bus, stamped on its messages
         self.holder = holder  # the outbox rows this driver writes are this process's
         self.local_jobs = local_jobs
-        if local_jobs is not None:
-            local_jobs.mark_sent = self._mark_sent
         self.store = store
         self.bus = bus
         self.hub = hub
@@ -165,7 +163,7 @@ class Driver:
             self.local_jobs.start(jobs, committed.local_ids)
             self.metrics.jobs_dispatched.inc("local", by=len(jobs))
 
-    def _mark_sent(self, ids: list[int]) -> None:
+    def mark_sent(self, ids: list[int]) -> None:
         """Published outbox rows (and those of local jobs done) are deleted in batches: by a
         commit once SENT_BATCH are waiting, else SENT_FLUSH_S after the first (a delete in
         every commit was a tenth of a one-transition commit's server time). The rows are
@@ -275,7 +273,7 @@ class Driver:
     async def acknowledge(self, group: str, deliveries: Sequence[Delivery]) -> None:
         """Acknowledge deliveries without a commit (a result that cannot be applied)."""
         from_bus, local = split(deliveries)
-        self._mark_sent([d.outbox_id for d in local])
+        self.mark_sent([d.outbox_id for d in local])
         await self.bus.ack(group, from_bus)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
@@ -415,7 +413,7 @@ class Driver:
         self._start_local(transitions, committed)
         if acks:  # local jobs are acknowledged by deleting their rows, with the published
             from_bus, local = split(acks[1])
-            self._mark_sent([d.outbox_id for d in local])
+            self.mark_sent([d.outbox_id for d in local])
             acks = (acks[0], from_bus) if from_bus else None
         for t in transitions:  # first: readers (stream, `wait`) read the store, not the bus
             if t.events:
@@ -435,7 +433,7 @@ class Driver:
                 self._leave_to_relay(committed.outbox_ids)
             else:
                 if messages:
-                    self._mark_sent(self._done_with(messages, committed.outbox_ids))
+                    self.mark_sent(self._done_with(messages, committed.outbox_ids))
                     jobs = sum(m.topic in JOB_LANES for m in messages)
                     if jobs:
                         self.metrics.jobs_dispatched.inc("bus", by=jobs)

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from headrace.bus import Delivery
 from headrace.events import Message, Result
-from headrace.store import Store
+from headrace.store import Outbox
 
 
 class LocalResults:
@@ -100,12 +100,12 @@ class Slots(Protocol):
 
 
 class LocalJobs:
-    """Where the driver and the worker of one process meet: each sets its side."""
+    """The jobs the driver of this process hands its worker (connected by LocalDispatch)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Outbox) -> None:
         self.store = store
-        self.worker: Slots | None = None  # set by the worker of this process
-        # set by the driver: deletes outbox rows, in its batches of published ones
+        self.worker: Slots | None = None  # the worker's slots
+        # the driver's: deletes outbox rows, in its batches of published ones
         self.mark_sent: Callable[[list[int]], None] | None = None
 
     # --- the driver's side ---
@@ -137,3 +137,20 @@ class LocalJobs:
         the bus: their rows are no longer needed."""
         assert self.mark_sent is not None
         self.mark_sent([j.outbox_id for j in jobs])
+
+
+class LocalDispatch:
+    """The meeting point of this process's driver, coordinator and worker, built and
+    connected by the runtime, so none of them holds another: `results` the worker hands the
+    coordinator, `jobs` the driver hands the worker (None: that part is off)."""
+
+    def __init__(self, store: Outbox, *, results: bool, jobs: bool) -> None:
+        self.results = LocalResults() if results else None
+        self.jobs = LocalJobs(store) if jobs else None
+
+    def connect(self, worker: Slots, mark_sent: Callable[[list[int]], None]) -> None:
+        """The worker's free slots take the driver's jobs; the driver deletes the outbox
+        rows of the jobs done."""
+        if self.jobs is not None:
+            self.jobs.worker = worker
+            self.jobs.mark_sent = mark_sent

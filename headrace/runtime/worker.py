@@ -15,11 +15,9 @@ query per read) which of those attempts are still open, and drops the others unr
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 import msgspec
 
@@ -40,12 +38,12 @@ from headrace.events import (
     encode,
     unreadable,
 )
-from headrace.nodes import NodeExecutor, Outcome, redact
+from headrace.nodes import NodeExecutor, Outcome
+from headrace.nodes.wrappers import internal_error, timed
 from headrace.runtime.clock import now_ms
 from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.local import LocalJob, LocalJobs, LocalResults, split
 from headrace.runtime.supervise import cancel_all, run_all
-from headrace.spec import resolve_secrets, secret_names
 from headrace.store import AttemptKey
 
 log = logging.getLogger(__name__)
@@ -60,7 +58,6 @@ class Worker:
         self,
         bus: Bus,
         executors: Mapping[str, NodeExecutor],
-        secrets: Mapping[str, str],
         *,
         name: str = "worker-1",
         concurrency: int = 256,
@@ -74,18 +71,19 @@ class Worker:
         self.fence = fence
         self.local = local  # the coordinator of this process, when it has one
         self.local_jobs = local_jobs
-        if local_jobs is not None:
-            local_jobs.worker = self
         self.heartbeat_s = heartbeat_s
         self.crash = crash
         self.bus = bus
-        self.executors = executors
-        self.secrets = secrets
+        # each within its job's timeout, with a Started notice once it runs long
+        self.executors = {
+            kind: timed(executor, started_notice_s, self._running_long)
+            for kind, executor in executors.items()
+        }
         self.name = name
         self.concurrency = concurrency
-        self.started_notice_s = started_notice_s
-        self.running: dict[tuple[str, str, int], asyncio.Task[None]] = {}
-        self.held: dict[tuple[str, str, int], Delivery] = {}  # their deliveries, for heartbeats
+        self.running: dict[AttemptKey, asyncio.Task[None]] = {}
+        self.held: dict[AttemptKey, Delivery] = {}  # their deliveries, for heartbeats
+        self.began: dict[AttemptKey, int] = {}  # when each started, ms
         self._poison: list[tuple[Delivery, str]] = []
         self.results: list[Message] = []
         self.acks: list[Delivery] = []  # sent with the results queued with them
@@ -185,9 +183,10 @@ class Worker:
         self.held[key] = delivery
         task.add_done_callback(lambda _: self._done(key))
 
-    def _done(self, key: tuple[str, str, int]) -> None:
+    def _done(self, key: AttemptKey) -> None:
         self.running.pop(key, None)
         self.held.pop(key, None)
+        self.began.pop(key, None)
         self._release()
 
     def _release(self) -> None:
@@ -195,9 +194,9 @@ class Worker:
         self.slot_freed.set()
 
     async def _execute(self, job: Job, delivery: Delivery) -> None:
-        started = now_ms()
+        started = self.began[_key(job)] = now_ms()
         try:
-            result = await self._attempt(job, started, delivery)
+            result = await self._attempt(job, started)
         except asyncio.CancelledError:
             if not self.handing_back:
                 self._send(None, delivery)  # the run ended: nothing to report
@@ -215,14 +214,19 @@ class Worker:
             self.acks.append(delivery)
         self.flush_needed.set()
 
-    def _send_started(self, job: Job, at_ms: int, delivery: Delivery) -> None:
+    def _running_long(self, job: Job) -> None:
+        """Tell the coordinator a job still runs (a quick job sends no such notice)."""
+        key = _key(job)
+        delivery, at_ms = self.held.get(key), self.began.get(key)
+        if delivery is None or at_ms is None:
+            return
         started = Started(run_id=job.run_id, node_id=job.node_id, attempt=job.attempt, at_ms=at_ms)
         if self.local is not None:
             self.local.put(started, None)
         else:
             self._send(reply(delivery, encode(started)), None)
 
-    async def _attempt(self, job: Job, started: int, delivery: Delivery) -> Finished:
+    async def _attempt(self, job: Job, started: int) -> Finished:
         executor = self.executors.get(job.kind)
         error: ErrorInfo | None = None
         outcome = Outcome(None)
@@ -233,15 +237,16 @@ class Worker:
                     type="unknown_kind",
                     retryable=False,
                 )
-            outcome = await self._timed(executor, job, started, delivery)
+            outcome = await executor(job)
         except TimeoutError:
             error = ErrorInfo("timeout", f"attempt timed out after {job.timeout_ms} ms", True)
         except NodeError as e:
             error = ErrorInfo(e.type, e.message, e.retryable)
         except Exception as e:  # a bug in an executor must not kill the worker
             log.exception("executor for %s failed", job.kind)
-            error = ErrorInfo("internal", f"{type(e).__name__}: {e}", True)
-        result = Finished(
+            bug = internal_error(e)
+            error = ErrorInfo(bug.type, bug.message, bug.retryable)
+        return Finished(
             run_id=job.run_id,
             node_id=job.node_id,
             attempt=job.attempt,
@@ -250,42 +255,6 @@ class Worker:
             output=outcome.output,
             error=error,
             cost_cents=outcome.cost_cents,
-        )
-        return self._scrub(job, result)
-
-    async def _timed(
-        self, executor: NodeExecutor, job: Job, started: int, delivery: Delivery
-    ) -> Outcome:
-        """`executor(job)` within the job's timeout. A job has one timer until its started
-        notice is due (most end sooner): then it sends the notice and arms the timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + job.timeout_ms / 1000
-        async with asyncio.timeout(None) as limit:
-            due = min(loop.time() + self.started_notice_s, deadline)
-            timer = loop.call_at(due, self._running_long, limit, deadline, job, started, delivery)
-            try:
-                return await executor(job)
-            finally:
-                timer.cancel()
-
-    def _running_long(
-        self, limit: asyncio.Timeout, deadline: float, job: Job, started: int, delivery: Delivery
-    ) -> None:
-        limit.reschedule(deadline)  # past already: it times out at once
-        if asyncio.get_running_loop().time() < deadline:
-            self._send_started(job, started, delivery)
-
-    def _scrub(self, job: Job, result: Finished) -> Finished:
-        """Remove the secrets a job used (and their encoded forms) from its output and error."""
-        used = [self.secrets[n] for n in secret_names(job.config) if n in self.secrets]
-        if not used:
-            return result
-        used += _basic_tokens(job.config.get("auth"), self.secrets)
-        error = result.error
-        if error is not None:
-            error = ErrorInfo(error.type, redact(error.message, used), error.retryable)
-        return msgspec.structs.replace(
-            result, output=_redact_tree(result.output, used), error=error
         )
 
     async def _flush_results(self) -> None:
@@ -382,30 +351,6 @@ class Worker:
                     task.cancel()
             if read:
                 await self.bus.ack(group, read)
-
-
-def _redact_tree(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, list):
-        return [_redact_tree(v, secrets) for v in value]
-    if isinstance(value, dict):
-        return {redact(str(k), secrets): _redact_tree(v, secrets) for k, v in value.items()}
-    return value
-
-
-def _basic_tokens(auth: Any, secrets: Mapping[str, str]) -> list[str]:
-    """A server may echo an Authorization header: its base64 form is a secret too."""
-    if not isinstance(auth, dict):
-        return []
-    try:
-        plain = resolve_secrets(auth.get("basic", auth), secrets)
-    except KeyError:
-        return []
-    if not isinstance(plain, dict) or "username" not in plain or "password" not in plain:
-        return []
-    pair = f"{plain['username']}:{plain['password']}".encode()
-    return [base64.b64encode(pair).decode()]
 
 
 def _key(job: Job) -> AttemptKey:

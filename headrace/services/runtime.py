@@ -31,12 +31,13 @@ from headrace.migration.monitor import Monitor
 from headrace.migration.shadow import Shadow
 from headrace.migration.steps import Migration, Thresholds
 from headrace.nodes import AgentExecutor, HttpExecutor, NodeExecutor, TaskRegistry
+from headrace.nodes.wrappers import scrubbed
 from headrace.runtime.clock import now_ms
 from headrace.runtime.coordinator import Coordinator
 from headrace.runtime.crash import CrashPoints
 from headrace.runtime.driver import Driver
 from headrace.runtime.hub import Hub
-from headrace.runtime.local import LocalJobs, LocalResults
+from headrace.runtime.local import LocalDispatch
 from headrace.runtime.metrics import Metrics
 from headrace.runtime.pins import RunPins
 from headrace.runtime.relay import Liveness, Relay, this_process
@@ -106,9 +107,7 @@ class Runtime:
         self.parts = migration_buses(settings) if bus is None else {}
         self.bus = bus or build_bus(settings, self.flags.values, self.parts)
         crash = CrashPoints(settings.crash_at)
-        both = {"coordinator", "worker"} <= set(roles)
-        local = LocalResults() if both and settings.local_results else None
-        local_jobs = LocalJobs(self.store) if both and settings.local_jobs else None
+        local = self._local_dispatch()
         self.holder = this_process(settings.process_name)
         self.liveness = Liveness(
             self.store, self.holder, lease_s=settings.lease_s, every_s=settings.heartbeat_s
@@ -119,7 +118,7 @@ class Runtime:
             self.hub,
             self.metrics,
             crash=crash,
-            local_jobs=local_jobs,
+            local_jobs=local.jobs,
             holder=self.holder.id,
             pins=RunPins(self.store, self.flags.values) if settings.kafka_url else None,
         )
@@ -133,9 +132,10 @@ class Runtime:
             self.bus,
             self.store,
             name=f"coordinator-{settings.process_name}",
-            local=local,
+            local=local.results,
         )
-        self.worker = self._worker(crash, local, local_jobs)
+        self.worker = self._worker(crash, local)
+        local.connect(self.worker, self.driver.mark_sent)
         self.relay = Relay(
             self.store,
             self.bus,
@@ -147,11 +147,21 @@ class Runtime:
         self._watch_depth()
         self._tasks: list[asyncio.Task[None]] = []
 
+    def _local_dispatch(self) -> LocalDispatch:
+        """Jobs and results that skip the bus, in a process both coordinator and worker."""
+        both = {"coordinator", "worker"} <= set(self.roles)
+        s = self.settings
+        return LocalDispatch(
+            self.store, results=both and s.local_results, jobs=both and s.local_jobs
+        )
+
     def _executors(self) -> dict[str, NodeExecutor]:
+        """Each kind's executor, its outputs and errors scrubbed of the secrets it used."""
+        http = HttpExecutor(self.http, self.secrets)
         return {
-            "task": self.tasks.run,
-            "http": HttpExecutor(self.http, self.secrets).run,
-            "agent": AgentExecutor(self.secrets).run,
+            "task": scrubbed(self.tasks.run, self.secrets),
+            "http": scrubbed(http.run, self.secrets, http.secret_forms),
+            "agent": scrubbed(AgentExecutor(self.secrets).run, self.secrets),
         }
 
     def _migration(self) -> Migration:
@@ -163,20 +173,17 @@ class Runtime:
             self.store, self.flags, republish, enabled=enabled, thresholds=thresholds(self.settings)
         )
 
-    def _worker(
-        self, crash: CrashPoints, local: LocalResults | None, local_jobs: LocalJobs | None
-    ) -> Worker:
+    def _worker(self, crash: CrashPoints, local: LocalDispatch) -> Worker:
         settings = self.settings
         return Worker(
             self.bus,
             self.executors,
-            self.secrets,
             name=f"worker-{settings.process_name}",
             heartbeat_s=settings.heartbeat_s,
             concurrency=settings.worker_concurrency,
             crash=crash,
-            local=local,
-            local_jobs=local_jobs,
+            local=local.results,
+            local_jobs=local.jobs,
             fence=self.store.open_attempts,
         )
 

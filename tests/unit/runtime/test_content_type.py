@@ -57,7 +57,7 @@ class Rig:
         self.bus = MemoryBus(visibility_ms=VISIBILITY_MS)
         self.ran: list[str] = []
         self.held = asyncio.Event()  # jobs of node "held" wait for it (or a cancel)
-        self.worker = Worker(self.bus, {"task": self.execute}, {}, concurrency=4, heartbeat_s=0.05)
+        self.worker = Worker(self.bus, {"task": self.execute}, concurrency=4, heartbeat_s=0.05)
 
     async def execute(self, job: Job) -> Outcome:
         self.ran.append(job.node_id)
