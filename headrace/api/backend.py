@@ -12,6 +12,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from headrace.clock import Clock
 from headrace.config import Settings
 from headrace.flags import FlagWatcher
 from headrace.migration.steps import Migration
@@ -26,6 +27,7 @@ class Backend(Protocol):
     """What the API needs from the process it runs in."""
 
     settings: Settings
+    clock: Clock
     store: Store
     driver: Driver
     hub: Hub

@@ -126,7 +126,6 @@ async def _run(
     from headrace.api.views import run_summary
     from headrace.cli.progress import WaitHints, follow
     from headrace.engine import Signal
-    from headrace.runtime.clock import now_ms
     from headrace.services.runtime import Embedded
     from headrace.spec import plan_of
 
@@ -135,7 +134,7 @@ async def _run(
         await rt.register(ir, source)
         run_id = await rt.start_run(plan_of(ir), inputs)
         if signals:  # kept by the run until its wait is reached
-            await rt.driver.apply([(run_id, Signal(n, p, now_ms())) for n, p in signals])
+            await rt.driver.apply([(run_id, Signal(n, p, rt.clock.now_ms())) for n, p in signals])
         if not as_json:
             console.print(f"run {run_id} of {ir.tag}", highlight=False)
         hints = WaitHints(run_id, _waits(ir), settings.database_url, settings.tasks)

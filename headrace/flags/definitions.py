@@ -62,6 +62,13 @@ class FlagValues:
     def percent(self, name: str) -> int:
         return int(self.values.get(name, _defined(name, "percent").default))
 
+    def value(self, name: str) -> FlagValue:
+        """A flag of either kind."""
+        f = FLAGS.get(name)
+        if f is None:
+            raise KeyError(f"no flag is named {name!r}")
+        return self.values.get(name, f.default)
+
 
 def _defined(name: str, kind: str) -> Flag:
     f = FLAGS.get(name)

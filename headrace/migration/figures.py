@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
+from headrace.clock import SYSTEM
 from headrace.migration.slots import KEEP_S, SILENT_S, Window, window
 from headrace.store import FigureBook
 
 log = logging.getLogger(__name__)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class FigureReporter:
@@ -33,7 +29,7 @@ class FigureReporter:
         self.read = read
         self.process = process
         self.every_s = every_s
-        self.started_ms = now_ms()  # a report per life: a killed one's counters stay read
+        self.started_ms = SYSTEM.now_ms()  # a report per life: a killed one's counters stay read
 
     async def run(self) -> None:
         while True:
@@ -41,7 +37,7 @@ class FigureReporter:
             await self.report()
 
     async def report(self) -> None:
-        at = now_ms()
+        at = SYSTEM.now_ms()
         figures = {"started_ms": self.started_ms, "at_ms": at, **self.read()}
         await self.store.put_figures(f"{self.process}@{self.started_ms}", figures, at)
 
@@ -56,7 +52,7 @@ async def window_of(store: FigureBook, start_s: int, end_s: int, grace_s: int) -
 async def gone_writers(store: FigureBook) -> set[str]:
     """The writers (process lives, by the copy-id prefix their migrating bus reports) that
     stopped reporting: what they had not yet written never will be."""
-    now = now_ms()
+    now = SYSTEM.now_ms()
     reports = await store.figures_since(now - KEEP_S * 1000)
     silent = now - SILENT_S * 1000
     return {r["writer"] for r in reports.values() if "writer" in r and r["at_ms"] < silent}

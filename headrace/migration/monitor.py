@@ -15,9 +15,9 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from headrace.clock import SYSTEM
 from headrace.errors import Conflict
 from headrace.flags import FlagValues
-from headrace.migration.figures import now_ms
 from headrace.migration.steps import CUSTOM, STEPS, Check, Migration, checks, current_step
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,11 @@ class Monitor:
             **done,
             "why": why,
             "fired": [asdict(c) for c in fired],
-            "at_ms": now_ms(),
+            "at_ms": SYSTEM.now_ms(),
             "took_s": round(time.monotonic() - started, 3),
         }
         log.warning("rolled back to %s: %s", to, why)
-        await self.migration.store.put_note("last_rollback", report, now_ms())
+        await self.migration.store.put_note("last_rollback", report, SYSTEM.now_ms())
         self.rollbacks.append(report)
         self.step, self.since_s = current_step(self.migration.flags.values), time.time()
         return report

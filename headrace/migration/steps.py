@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from headrace.bus.headers import KAFKA, REDIS
+from headrace.clock import SYSTEM
 from headrace.errors import Conflict, InputError
 from headrace.flags import FlagValues, FlagWatcher
 from headrace.flags.definitions import FlagValue
-from headrace.migration.figures import now_ms, window_of
+from headrace.migration.figures import window_of
 from headrace.migration.slots import BusWindow, Window
 from headrace.store import FigureBook, FlagBook, PinBook
 
@@ -53,8 +54,9 @@ CUSTOM = "custom"  # the flags match no step (set by hand)
 
 def current_step(values: Mapping[str, FlagValue]) -> int | None:
     """The step the flags match, or None when they were set to something else by hand."""
+    read = FlagValues(values)
     for i, step in enumerate(STEPS):
-        if all(values.get(k) == v for k, v in step.flags.items()):
+        if all(read.value(k) == v for k, v in step.flags.items()):
             return i
     return None
 
@@ -271,8 +273,13 @@ class Migration:
         redis = w.bus(REDIS)
         p95 = redis.p95_ms(self.thresholds.latency_samples)
         if p95 is not None:
-            value = {"p95_ms": p95, "samples": redis.samples, "at_ms": now_ms(), "step": step}
-            await self.store.put_note("baseline", value, now_ms())
+            value = {
+                "p95_ms": p95,
+                "samples": redis.samples,
+                "at_ms": SYSTEM.now_ms(),
+                "step": step,
+            }
+            await self.store.put_note("baseline", value, SYSTEM.now_ms())
 
     async def rollback(
         self, who: str, why: str, *, expect: str | None = None, to: str | None = None
@@ -292,7 +299,7 @@ class Migration:
         repinned: list[str] = []
         republished = 0
         if FlagValues(before).on("ENABLE_KAFKA") and not target.flags["ENABLE_KAFKA"]:
-            repinned = await self.store.repin("kafka", "redis", now_ms())
+            repinned = await self.store.repin("kafka", "redis", SYSTEM.now_ms())
             republished = await self.republish(repinned)
         return {
             "from": STEPS[i].name if i is not None else CUSTOM,
@@ -309,7 +316,9 @@ class Migration:
         names = list(STEPS[0].flags)
         was = {n: expect[n] for n in names}
         changes = [(n, step.flags[n]) for n in order if was[n] != step.flags[n]]
-        found = await self.store.swap_flags(was, changes, self.flags.initial, who, why, now_ms())
+        found = await self.store.swap_flags(
+            was, changes, self.flags.initial, who, why, SYSTEM.now_ms()
+        )
         await self.flags.refresh()
         if found is not None:
             i = current_step(was)

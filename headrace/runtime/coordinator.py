@@ -14,7 +14,6 @@ from headrace.bus.topics import COORDINATORS, RESULTS, WORKERS
 from headrace.engine import Command, Complete, Fail, Fire, MarkStarted
 from headrace.errors import InfraError
 from headrace.events import Finished, Result, Started, decode_result, unreadable
-from headrace.runtime.clock import now_ms
 from headrace.runtime.driver import Driver
 from headrace.runtime.local import LocalResults
 from headrace.store import Store
@@ -132,7 +131,7 @@ class Coordinator:
     async def run_timers(self) -> None:
         """Fire due timers; sleep until the next one (or until new timers are committed)."""
         while True:
-            now = now_ms()
+            now = self.driver.clock.now_ms()
             due = await self.store.due_timers(now, self.batch_size)
             if due:
                 await self.driver.apply([(t.run_id, Fire(t, now)) for t in due], fired=due)

@@ -19,6 +19,7 @@ from typing import Any
 from headrace.bus import Bus, Delivery
 from headrace.bus.headers import CONTENT_TYPE_HEADER, PIN
 from headrace.bus.topics import CANCELS, JOB_LANES, jobs_topic
+from headrace.clock import SYSTEM, Clock
 from headrace.engine import (
     Command,
     Decision,
@@ -32,7 +33,6 @@ from headrace.engine import (
 )
 from headrace.errors import Conflict, InfraError
 from headrace.events import CONTENT_TYPE, RUN_TERMINAL, CancelJob, Job, Message, Timer, encode
-from headrace.runtime.clock import now_ms
 from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.hub import Hub
 from headrace.runtime.local import LocalJobs, split
@@ -98,7 +98,9 @@ class Driver:
         local_jobs: LocalJobs | None = None,
         holder: str | None = None,
         pins: RunPins | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.clock = clock
         self.crash = crash
         self.pins = pins  # with the migrating bus: each run's bus, stamped on its messages
         self.holder = holder  # the outbox rows this driver writes are this process's
@@ -211,7 +213,7 @@ class Driver:
             existing = await self.store.run_for_key(idempotency_key)
             if existing is not None:
                 return await self.store.load_run(existing, children="open"), False
-        now = now_ms()
+        now = self.clock.now_ms()
         state = new_run(str(uuid.uuid4()), plan, created_at_ms=now)
         decision = decide(state, Start(at_ms=now, inputs=inputs, vars=vars))
         pin = self.pins.choose(state.run_id) if self.pins else None

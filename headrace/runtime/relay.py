@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from headrace.bus import Bus
-from headrace.runtime.clock import now_ms
+from headrace.clock import SYSTEM, Clock
 from headrace.store import Holder, Leases, Outbox
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,14 @@ Redispatch = Callable[[list[str], int], Awaitable[int]]  # (run ids, unstarted b
 
 
 # When this process began (as near as its imports): a holder of this pid that started
-# before is a predecessor that had the same pid (a restarted container's pid 1).
-_PROCESS_BEGAN_MS = now_ms()
+# before is a predecessor that had the same pid (a restarted container's pid 1). Process
+# identity is the machine's affair: the system clock, whatever clock the runtime is given.
+_PROCESS_BEGAN_MS = SYSTEM.now_ms()
 
 
 def this_process(name: str) -> Holder:
     """A holder for this process: a new id at every start."""
-    return Holder(uuid.uuid4().hex, name, socket.gethostname(), os.getpid(), now_ms())
+    return Holder(uuid.uuid4().hex, name, socket.gethostname(), os.getpid(), SYSTEM.now_ms())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -70,14 +71,23 @@ def seems_alive(h: Holder, me: Holder) -> bool:
 class Liveness:
     """This process's heartbeat in the store: while it beats, its outbox rows are its own."""
 
-    def __init__(self, store: Leases, holder: Holder, *, lease_s: float, every_s: float) -> None:
+    def __init__(
+        self,
+        store: Leases,
+        holder: Holder,
+        *,
+        lease_s: float,
+        every_s: float,
+        clock: Clock = SYSTEM,
+    ) -> None:
         self.store = store
         self.holder = holder
         self.lease_s = lease_s
         self.every_s = every_s
+        self.clock = clock
 
     async def beat(self) -> None:
-        await self.store.beat(self.holder, now_ms() + int(self.lease_s * 1000))
+        await self.store.beat(self.holder, self.clock.now_ms() + int(self.lease_s * 1000))
 
     async def run(self) -> None:
         while True:
@@ -100,7 +110,9 @@ class Relay:
         every_s: float = 1.0,
         redispatch_s: float = 300.0,
         batch_size: int = 1000,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.clock = clock
         self.store = store
         self.bus = bus
         self.redispatch = redispatch
@@ -111,7 +123,7 @@ class Relay:
 
     async def dead(self) -> list[str]:
         """Ids of the holders that are gone: their lease lapsed, or they seem dead."""
-        now = now_ms()
+        now = self.clock.now_ms()
         return [
             h.id
             for h, alive_until in await self.store.holders()
@@ -134,7 +146,7 @@ class Relay:
     async def resend_unstarted(self) -> int:
         """Publish again the jobs of attempts scheduled more than `redispatch_s` ago and not
         started; return how many."""
-        before = now_ms() - int(self.redispatch_s * 1000)
+        before = self.clock.now_ms() - int(self.redispatch_s * 1000)
         run_ids = await self.store.unstarted_runs(before, self.batch_size)
         return await self.redispatch(run_ids, before) if run_ids else 0
 

@@ -25,6 +25,7 @@ from headrace.bus import Bus, Delivery
 from headrace.bus.base import PartlyPublished, content_type, dead_letter_message, reply_headers
 from headrace.bus.headers import CONTENT_TYPE_HEADER
 from headrace.bus.topics import CANCELS, JOB_LANES, RESULTS, WORKERS
+from headrace.clock import SYSTEM, Clock
 from headrace.errors import InfraError, NodeError
 from headrace.events import (
     CONTENT_TYPE,
@@ -40,7 +41,6 @@ from headrace.events import (
 )
 from headrace.nodes import NodeExecutor, Outcome
 from headrace.nodes.wrappers import internal_error, timed
-from headrace.runtime.clock import now_ms
 from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.local import LocalJob, LocalJobs, LocalResults, split
 from headrace.runtime.supervise import cancel_all, run_all
@@ -67,7 +67,9 @@ class Worker:
         local: LocalResults | None = None,
         local_jobs: LocalJobs | None = None,
         fence: Fence | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.clock = clock
         self.fence = fence
         self.local = local  # the coordinator of this process, when it has one
         self.local_jobs = local_jobs
@@ -194,7 +196,7 @@ class Worker:
         self.slot_freed.set()
 
     async def _execute(self, job: Job, delivery: Delivery) -> None:
-        started = self.began[_key(job)] = now_ms()
+        started = self.began[_key(job)] = self.clock.now_ms()
         try:
             result = await self._attempt(job, started)
         except asyncio.CancelledError:
@@ -251,7 +253,7 @@ class Worker:
             node_id=job.node_id,
             attempt=job.attempt,
             started_at_ms=started,
-            at_ms=now_ms(),
+            at_ms=self.clock.now_ms(),
             output=outcome.output,
             error=error,
             cost_cents=outcome.cost_cents,

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from headrace.bus import Bus, MemoryBus
 from headrace.bus.headers import KAFKA, REDIS
 from headrace.bus.topics import CANCELS
+from headrace.clock import SYSTEM, Clock
 from headrace.config import Settings
 from headrace.errors import InputError
 from headrace.flags.definitions import FlagValue
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from headrace.bus.redis import RedisBus
 
 
-def build_store(settings: Settings) -> Store:
+def build_store(settings: Settings, clock: Clock = SYSTEM) -> Store:
     url = settings.database_url
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
@@ -30,11 +31,11 @@ def build_store(settings: Settings) -> Store:
         path = path[1:] if path.startswith("/") else path  # sqlite:///rel, sqlite:////abs
         if not path:
             raise InputError("HEADRACE_DATABASE_URL", "give a file: sqlite:///.headrace/h.db")
-        return SqliteStore(path, synchronous=settings.sqlite_synchronous)
+        return SqliteStore(path, synchronous=settings.sqlite_synchronous, clock=clock)
     if scheme in ("postgresql", "postgres"):
         from headrace.store.postgres import PostgresStore
 
-        return PostgresStore(url.replace("postgres://", "postgresql://", 1))
+        return PostgresStore(url.replace("postgres://", "postgresql://", 1), clock=clock)
     raise InputError(
         "HEADRACE_DATABASE_URL",
         f"unsupported database {url!r} (sqlite:///PATH or postgresql://user@host:port/db)",

@@ -21,6 +21,7 @@ import msgspec
 
 from headrace.bus import Bus, MemoryBus
 from headrace.bus.topics import JOB_LANES
+from headrace.clock import SYSTEM, Clock
 from headrace.config import Settings
 from headrace.errors import InfraError, InputError
 from headrace.events import RUN_TERMINAL
@@ -32,7 +33,6 @@ from headrace.migration.shadow import Shadow
 from headrace.migration.steps import Migration, Thresholds
 from headrace.nodes import AgentExecutor, HttpExecutor, NodeExecutor, TaskRegistry
 from headrace.nodes.wrappers import scrubbed
-from headrace.runtime.clock import now_ms
 from headrace.runtime.coordinator import Coordinator
 from headrace.runtime.crash import CrashPoints
 from headrace.runtime.driver import Driver
@@ -94,10 +94,12 @@ class Runtime:
         *,
         store: Store | None = None,
         bus: Bus | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.roles = roles
         self.settings = settings
-        self.store = store or build_store(settings)
+        self.clock = clock  # the one clock of this process's loops and its store
+        self.store = store or build_store(settings, clock)
         self.hub = Hub()
         self.metrics = Metrics()
         self.flags = FlagWatcher(
@@ -110,18 +112,10 @@ class Runtime:
         local = self._local_dispatch()
         self.holder = this_process(settings.process_name)
         self.liveness = Liveness(
-            self.store, self.holder, lease_s=settings.lease_s, every_s=settings.heartbeat_s
-        )
-        self.driver = Driver(
-            self.store,
-            self.bus,
-            self.hub,
-            self.metrics,
-            crash=crash,
-            local_jobs=local.jobs,
-            holder=self.holder.id,
-            pins=RunPins(self.store, self.flags.values) if settings.kafka_url else None,
-        )
+            self.store, self.holder, lease_s=settings.lease_s, every_s=settings.heartbeat_s,
+            clock=clock,
+        )  # fmt: skip
+        self.driver = self._driver(crash, local)
         self.offload = Offload()
         self.secrets = settings.all_secrets()
         self.tasks = TaskRegistry(settings.task_modules if "worker" in roles else [])
@@ -137,15 +131,25 @@ class Runtime:
         self.worker = self._worker(crash, local)
         local.connect(self.worker, self.driver.mark_sent)
         self.relay = Relay(
-            self.store,
-            self.bus,
-            self.driver.republish_in_flight,
-            self.holder,
-            redispatch_s=settings.redispatch_s,
-        )
+            self.store, self.bus, self.driver.republish_in_flight, self.holder,
+            redispatch_s=settings.redispatch_s, clock=clock,
+        )  # fmt: skip
         self.migration = self._migration()
         self._watch_depth()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _driver(self, crash: CrashPoints, local: LocalDispatch) -> Driver:
+        return Driver(
+            self.store,
+            self.bus,
+            self.hub,
+            self.metrics,
+            crash=crash,
+            local_jobs=local.jobs,
+            holder=self.holder.id,
+            pins=RunPins(self.store, self.flags.values) if self.settings.kafka_url else None,
+            clock=self.clock,
+        )
 
     def _local_dispatch(self) -> LocalDispatch:
         """Jobs and results that skip the bus, in a process both coordinator and worker."""
@@ -185,6 +189,7 @@ class Runtime:
             local=local.results,
             local_jobs=local.jobs,
             fence=self.store.open_attempts,
+            clock=self.clock,
         )
 
     def _watch_depth(self) -> None:
@@ -263,7 +268,7 @@ class Runtime:
                 raise RuntimeError(f"{task.get_name()} stopped") from task.exception()
 
     async def register(self, ir: WorkflowIR, source: str) -> tuple[WorkflowRecord, bool]:
-        return await self.store.put_workflow(ir, source, now_ms())
+        return await self.store.put_workflow(ir, source, self.clock.now_ms())
 
     async def start_run(
         self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None

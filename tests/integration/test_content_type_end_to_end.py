@@ -18,6 +18,7 @@ from conftest import make_settings
 from headrace.bus import DEAD_LETTER_TOPIC, Delivery, MemoryBus
 from headrace.bus.headers import CONTENT_TYPE_HEADER, DL_GROUP, DL_REASON
 from headrace.bus.topics import CANCELS, JOB_LANES, JOBS_HIGH, JOBS_LOW, JOBS_NORMAL, RESULTS
+from headrace.clock import SYSTEM
 from headrace.events import (
     CONTENT_TYPE,
     Finished,
@@ -27,7 +28,6 @@ from headrace.events import (
     encode,
     unreadable,
 )
-from headrace.runtime.clock import now_ms
 from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
 from headrace.testing import tasks
@@ -115,7 +115,7 @@ async def test_a_result_in_an_unknown_format_is_dead_lettered_and_the_next_appli
         await until_running(rt, "a")
 
         def result(by: str) -> bytes:
-            at = now_ms()
+            at = SYSTEM.now_ms()
             done = Finished(
                 run_id=run_id, node_id="a", attempt=1, started_at_ms=at, at_ms=at, output={"by": by}
             )

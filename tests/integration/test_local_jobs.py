@@ -14,7 +14,6 @@ import pytest
 from conftest import make_settings
 
 from headrace.engine import Cancel
-from headrace.runtime.clock import now_ms
 from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
 from headrace.testing import tasks
@@ -102,7 +101,7 @@ async def test_a_cancelled_local_job_leaves_no_outbox_row(tmp_path: Path) -> Non
         while not rt.worker.running:  # the job runs here
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
-        await rt.driver.apply([(run_id, Cancel(at_ms=now_ms()))])
+        await rt.driver.apply([(run_id, Cancel(at_ms=rt.clock.now_ms()))])
         assert (await rt.wait(run_id, timeout_s=30)).status == "cancelled"
         while rt.worker.running:  # told to stop through the bus's cancels
             assert time.monotonic() < deadline

@@ -58,3 +58,6 @@ def test_flags_are_read_through_their_definitions() -> None:
         values.on("ENABLE_KAFAK")  # a misspelled flag is an error, never off
     with pytest.raises(KeyError, match="no percent flag"):
         values.percent("ENABLE_KAFKA")  # a bool is not a percentage
+    assert (values.value("ENABLE_KAFKA"), values.value("KAFKA_TRAFFIC_PERCENT")) == (True, 0)
+    with pytest.raises(KeyError, match="no flag is named 'KAFKA_PERCENT'"):
+        values.value("KAFKA_PERCENT")

@@ -12,11 +12,11 @@ import pytest
 
 from headrace.bus import Delivery
 from headrace.bus.headers import CID, COPIES, MID
+from headrace.clock import SYSTEM
 from headrace.engine import Start, decide, new_run
 from headrace.errors import Conflict, InputError
 from headrace.events import Message
 from headrace.flags import FlagWatcher, initial
-from headrace.migration.figures import now_ms
 from headrace.migration.monitor import Monitor
 from headrace.migration.shadow import Shadow
 from headrace.migration.slots import (
@@ -51,7 +51,7 @@ class Rig:
 
     async def go_to(self, step: str) -> None:
         for name, value in STEPS[[s.name for s in STEPS].index(step)].flags.items():
-            await self.store.set_flag(name, value, "test", "setup", now_ms())
+            await self.store.set_flag(name, value, "test", "setup", SYSTEM.now_ms())
         await self.flags.refresh()
 
     async def running_runs(self, n: int, pin: str | None = None) -> list[str]:
@@ -71,10 +71,10 @@ class Rig:
     async def report(self, process: str, **buses: dict[int, list[int]]) -> None:
         """What `process` reports: for each bus, its slots by second."""
         figures = {"buses": {bus: {"slots": slots} for bus, slots in buses.items()}}
-        await self.store.put_figures(process, figures, now_ms())
+        await self.store.put_figures(process, figures, SYSTEM.now_ms())
 
     async def report_shadow(self, process: str, slots: dict[int, list[int]]) -> None:
-        await self.store.put_figures(process, {"shadow": {"slots": slots}}, now_ms())
+        await self.store.put_figures(process, {"shadow": {"slots": slots}}, SYSTEM.now_ms())
 
 
 def slot(
@@ -143,7 +143,7 @@ async def test_each_advance_records_the_redis_baseline_with_when_and_where(rig: 
     baseline = await rig.migration.baseline()
     assert baseline is not None
     assert (baseline["p95_ms"], baseline["samples"], baseline["step"]) == (5.0, 300, "kafka-50")
-    assert abs(baseline["at_ms"] - now_ms()) < 60_000
+    assert abs(baseline["at_ms"] - SYSTEM.now_ms()) < 60_000
     status = await rig.migration.status()
     assert (status["step"], status["flags"]["KAFKA_TRAFFIC_PERCENT"]) == ("kafka-50", 50)
     assert (status["baseline"], status["window_s"], status["read_grace_s"]) == (

@@ -13,7 +13,6 @@ from headrace.api.openapi import BODY, doc
 from headrace.flags import FLAGS, Flag
 from headrace.flags import parse as parse_flag
 from headrace.flags.definitions import flag
-from headrace.runtime.clock import now_ms
 
 
 class _FlagName(StringConvertor):
@@ -65,7 +64,7 @@ async def set_flag(
     """Set a flag (every process applies it within about a second), with an audit record."""
     store = backend.store
     value = parse_flag(name, body.value)
-    change = await store.set_flag(name, value, body.who, body.why, now_ms())
+    change = await store.set_flag(name, value, body.who, body.why, backend.clock.now_ms())
     await backend.flags.refresh()
     view = _flag(backend, flag(name), await store.stored_flags())
     return {**view, "change": views.flag_change_view(change)}

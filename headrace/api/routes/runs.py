@@ -23,7 +23,6 @@ from headrace.api.schemas import CURSOR_PATTERN, SIGNAL_NAME
 from headrace.engine import Cancel, Signal
 from headrace.errors import InputError, NotFound
 from headrace.events import RUN_TERMINAL, RunStatus
-from headrace.runtime.clock import now_ms
 from headrace.store import WorkflowRecord
 
 RUN_ID = Path(json_schema_extra={"format": "uuid"}, description="a run id (UUID)")
@@ -119,7 +118,7 @@ async def cancel_run(backend: BackendDep, run_id: str = RUN_ID) -> dict[str, Any
     rid = parse_run_id(run_id)
     head = await backend.store.get_run_head(rid)
     if head.status not in RUN_TERMINAL:  # the driver loads the run: only when it can change
-        await backend.driver.apply([(rid, Cancel(at_ms=now_ms()))])
+        await backend.driver.apply([(rid, Cancel(at_ms=backend.clock.now_ms()))])
         head = await backend.store.get_run_head(rid)
     return {"run_id": rid, "status": head.status}
 
@@ -144,7 +143,7 @@ async def signal_run(
     head = await store.get_run_head(rid)
     if head.status not in RUN_TERMINAL:
         _check_signal(await store.get_workflow(head.workflow_tag), name)
-        applied = await backend.driver.apply([(rid, Signal(name, payload, now_ms()))])
+        applied = await backend.driver.apply([(rid, Signal(name, payload, backend.clock.now_ms()))])
         if applied and applied[0][1].decision.events:
             return {"run_id": rid, "signal": name, "accepted": True}
         head = await store.get_run_head(rid)

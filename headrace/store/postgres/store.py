@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from headrace.clock import SYSTEM, Clock
 from headrace.engine import NodeState, RunState
 from headrace.errors import Conflict, InfraError, InputError, NotFound
 from headrace.events import Message, Timer
@@ -139,8 +139,11 @@ def _infra(e: BaseException) -> InfraError:
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 10, clock: Clock = SYSTEM
+    ) -> None:
         self.url = url
+        self.clock = clock  # stamps the outbox rows and pins a commit writes
         self.min_size = min_size
         self.max_size = max_size
         self._pool: asyncpg.Pool | None = None
@@ -299,7 +302,7 @@ class PostgresStore:
             if t.state.run_id not in seen:
                 seen.add(t.state.run_id)
                 todo.append(t)
-        params = commit_params(todo, sent, holder, int(time.time() * 1000))
+        params = commit_params(todo, sent, holder, self.clock.now_ms())
         sql, names = commit_statement(frozenset(params))
         async with self._writer() as conn:  # prepared once, by asyncpg's statement cache
             row = await conn.fetchrow(sql, *(params[n] for n in names))

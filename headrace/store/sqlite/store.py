@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from headrace.clock import SYSTEM, Clock
 from headrace.engine import NodeState, RunState
 from headrace.errors import Conflict, InfraError, NotFound
 from headrace.events import Message, Timer
@@ -48,9 +48,12 @@ _FLAG_CHANGE = "INSERT INTO flag_changes (name, old, new, who, why, at) VALUES (
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "NORMAL", clock: Clock = SYSTEM
+    ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
+        self.clock = clock  # stamps the outbox rows a commit writes
         self._db: sqlite3.Connection | None = None
         self._plans: dict[str, Plan] = {}
 
@@ -149,7 +152,7 @@ class SqliteStore:
         self, transitions: list[Transition], sent: Sequence[int] = (), holder: str | None = None
     ) -> Committed:
         db = self.db
-        now = int(time.time() * 1000)
+        now = self.clock.now_ms()
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:  # locked by another process past busy_timeout
