@@ -1,6 +1,8 @@
 """Shared test settings (a pinned hypothesis profile so CI is deterministic) and servers."""
 
-from collections.abc import Iterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -94,3 +96,23 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     with Tansu(tmp_path_factory.mktemp("kafka")) as broker:
         yield broker.bootstrap
+
+
+# --- nothing blocks the event loop ----------------------------------------------------------
+
+SLOW_CALLBACK_S = 0.5  # a callback holding the loop this long is a blocking call (a busy host)
+
+
+@pytest.fixture
+async def never_blocks_the_loop(caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
+    """Run the test with asyncio's debug mode: a callback that holds the event loop longer
+    than SLOW_CALLBACK_S during the test (not its setup: store migrations run there, before
+    anything else) fails it. Use it with `pytest.mark.usefixtures`."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK_S
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        yield
+    logged = caplog.get_records("call")
+    slow = [r.getMessage() for r in logged if r.name == "asyncio" and "took" in r.getMessage()]
+    assert not slow, slow

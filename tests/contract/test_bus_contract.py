@@ -7,13 +7,13 @@ Redis cases use the test server with a key prefix of their own (never flushed); 
 cases a topic prefix of their own on the module's broker. Visibility is 300 ms, so
 redelivery cases take about a second; the deadlines are generous ceilings, never the
 expected time. Every case runs with asyncio's debug mode: a callback that holds the event
-loop longer than SLOW_S (a blocking call in a coroutine's path) fails it.
+loop longer than half a second (a blocking call in a coroutine's path) fails it
+(`never_blocks_the_loop`, tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -40,7 +40,6 @@ from headrace.testing.services import redis_prefix
 VISIBILITY_MS = 300
 VISIBILITY_S = VISIBILITY_MS / 1000
 CEILING_S = 30.0  # the longest any wait below may take before the test fails
-SLOW_S = 0.5  # a callback holding the loop this long is a blocking call (on a busy host)
 T = "t.a"
 
 
@@ -81,22 +80,12 @@ async def nothing_for(bus: Bus, topic: str, group: str, consumer: str, seconds: 
         assert got == [], [d.message for d in got]
 
 
+@pytest.mark.usefixtures("never_blocks_the_loop")
 class BusContract:
     """What every bus does. A subclass gives the `bus` fixture, and for a bus whose records
     arrive in the background (Kafka) how to wait for a group's join and for its fetches."""
 
     own_headers: tuple[str, ...] = ()  # prefixes of headers the adapter adds itself
-
-    @pytest.fixture(autouse=True)
-    async def never_blocks_the_loop(self, caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        loop.set_debug(True)
-        loop.slow_callback_duration = SLOW_S
-        with caplog.at_level(logging.WARNING, logger="asyncio"):
-            yield
-        logged = caplog.get_records("call")  # not setup's: store migrations, a Redis ping
-        slow = [r.getMessage() for r in logged if r.name == "asyncio" and "took" in r.getMessage()]
-        assert not slow, slow
 
     async def joined(self, bus: Bus, topics: Sequence[str], group: str) -> None:
         """Make `group` a member of `topics`, ready for what is published next."""

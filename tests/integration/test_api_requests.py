@@ -15,6 +15,8 @@ from headrace.errors import InputError
 from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
 
+pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
+
 PROBLEM = "application/problem+json"
 
 

@@ -14,6 +14,8 @@ from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
 from headrace.store.sqlite import SqliteStore
 
+pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
+
 CHAIN = """
 name: chain
 version: 1

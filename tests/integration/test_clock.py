@@ -13,6 +13,8 @@ from headrace.clock import FakeClock
 from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
 
+pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
+
 WAITS = """
 name: waits
 nodes:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from conftest import make_settings
 
 from headrace.bus import DEAD_LETTER_TOPIC, Delivery, MemoryBus
@@ -31,6 +32,8 @@ from headrace.events import (
 from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
 from headrace.testing import tasks
+
+pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
 
 T = "headrace.testing.tasks"
 TOPICS = [*JOB_LANES, RESULTS, CANCELS]

@@ -25,6 +25,8 @@ from headrace.api.app import create_app
 from headrace.services.runtime import Embedded
 from headrace.testing.servers import serve
 
+pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
+
 T = "headrace.testing.tasks"
 RETRY: dict[str, Any] = {"max_attempts": 3, "initial_interval": "10ms", "max_interval": "50ms"}
 PROBLEM = "application/problem+json"

@@ -18,6 +18,8 @@ from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
 from headrace.testing import tasks
 
+pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
+
 CHAIN = {
     "name": "chain",
     "nodes": {

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("never_blocks_the_loop")]
 
 HEADRACE = Path(sys.executable).parent / "headrace"
 

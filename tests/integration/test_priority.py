@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from conftest import make_settings
 
 from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
+
+pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
 
 
 def one_node(name: str, priority: str, seconds: float) -> str:
