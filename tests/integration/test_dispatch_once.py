@@ -30,7 +30,7 @@ from headrace.testing.cluster import ProcessCluster
 from headrace.testing.servers import free_port
 from headrace.testing.services import postgres_database, redis_prefix
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("never_blocks_the_loop")]
+pytestmark = pytest.mark.integration
 
 HEADRACE = str(Path(sys.executable).parent / "headrace")
 TIMEOUT_S = 60

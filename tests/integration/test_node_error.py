@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("never_blocks_the_loop")]
+pytestmark = pytest.mark.integration
 
 HEADRACE = Path(sys.executable).parent / "headrace"
 

@@ -14,7 +14,7 @@ from headrace.testing.cluster import ProcessCluster
 from headrace.testing.services import postgres_database, redis_prefix
 from headrace.testing.streams import close_delay
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("never_blocks_the_loop")]
+pytestmark = pytest.mark.integration
 
 SPEC = """
 name: short
