@@ -29,6 +29,7 @@ WORKLOADS = [
     "W-stream",
     "W-cancel",
     "W-reload",
+    "W-reload-open",
 ]
 KEY = {
     "W-chain-20k": "ms_per_node",
@@ -38,6 +39,7 @@ KEY = {
     "W-stream": "close_p99_ms",
     "W-cancel": "cancel_wide_ms",
     "W-reload": "load_open_ms",
+    "W-reload-open": "apply_ms",
     "W4": "dispatch_p99_ms",
     "W1": "ms_per_node",
     "W2": "nodes_per_s",

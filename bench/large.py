@@ -9,6 +9,11 @@
 - W-reload: loading a run to decide on one child's result, its 100,000-wide map down to 10
   children still running: the whole run (every node row, as before issue 21) against the
   top-level nodes and the open children (`load_run(children="open")`), medians of 7.
+- W-reload-open: a process that did not start the run (nothing cached) applies one child's
+  result while all of a 100,000-wide map's children run (just fanned out): the time of its
+  `Driver.apply`, reload and commit included, medians of 7 (each a fresh driver, another
+  child). Before issue 21 the reload read every open child (all 100,000); now the run's
+  top-level nodes and that child.
 - W-cancel: `POST /v1/runs/{id}/cancel` on a run whose 100,000-wide map is done and which
   waits for a signal, against the same on one-node runs (a median of 7), and once more on
   each after it ended (medians of 7).
@@ -28,6 +33,9 @@ import httpx
 
 from headrace.api.app import create_app
 from headrace.engine import Complete, Start, decide, new_run
+from headrace.runtime.driver import Driver
+from headrace.runtime.hub import Hub
+from headrace.runtime.metrics import Metrics
 from headrace.services.runtime import Runtime
 from headrace.spec import Plan, parse_workflow, plan_of
 from headrace.store import Transition
@@ -148,6 +156,23 @@ async def reload_times(rt: Runtime, width: int, open_: int, repeat: int = 7) -> 
         out[f"load_{children}_ms"] = round(statistics.median(times), 2)
         out[f"load_{children}_nodes"] = len(loaded.nodes)
     return out
+
+
+async def reload_apply_times(rt: Runtime, width: int, repeat: int = 7) -> dict[str, float]:
+    """Milliseconds of a fresh driver's `apply` of one child's result, on a run whose
+    `width`-wide map has every child running."""
+    plan = await _register(rt, WIDE_HOLD)
+    state = new_run(str(uuid.uuid4()), plan, created_at_ms=1)
+    d = decide(state, Start(at_ms=1, inputs={"xs": list(range(width))}))
+    await rt.store.commit([Transition(state, d.events, new=True)])
+    times = []
+    for i in range(repeat):
+        driver = Driver(rt.store, rt.bus, Hub(), Metrics())  # another process: cold cache
+        started = time.perf_counter()
+        ((_, applied),) = await driver.apply([(state.run_id, Complete(f"fan[{i}]", 1, 2, 3))])
+        times.append((time.perf_counter() - started) * 1000)
+        assert len(applied.decision.events) == 2  # started, completed
+    return {"width": width, "apply_ms": round(statistics.median(times), 2)}
 
 
 async def _register(rt: Runtime, spec: dict[str, Any]) -> Plan:

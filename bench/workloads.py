@@ -218,6 +218,8 @@ def measure(name: str, db: Path) -> dict[str, Any]:
         return {"width": 100_000, **loop.run(_cancels(db, 100_000))}
     if name == "W-reload":
         return {"width": 100_000, "open": 10, **loop.run(_reloads(db, 100_000, 10))}
+    if name == "W-reload-open":
+        return loop.run(_reload_applies(db, 100_000))
     raise SystemExit(f"unknown workload {name}")
 
 
@@ -269,6 +271,12 @@ async def _reloads(db: Path, width: int, open_: int) -> dict[str, float]:
     with contextlib.ExitStack() as stack:
         async with _runtime(_settings(db, stack)) as rt:
             return await large.reload_times(rt, width, open_)
+
+
+async def _reload_applies(db: Path, width: int) -> dict[str, float]:
+    with contextlib.ExitStack() as stack:
+        async with _runtime(_settings(db, stack)) as rt:
+            return await large.reload_apply_times(rt, width)
 
 
 W4_SECONDS = float(os.environ.get("W4_SECONDS", "30"))

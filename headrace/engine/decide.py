@@ -146,6 +146,42 @@ def maps_to_load(state: RunState, command: Command) -> list[str]:
     return [parent[0]] if state.status == "running" and p.done + 1 == p.width else []
 
 
+def child_of(command: Command) -> str | None:
+    """The map child a command is about (its start notice, result or timer); None for any
+    other command."""
+    match command:
+        case MarkStarted() | Complete() | Fail():
+            node_id = command.node_id
+        case Fire():
+            node_id = command.timer.node_id
+        case _:
+            return None
+    return node_id if split_child(node_id) is not None else None
+
+
+def decided_alone(state: RunState, command: Command) -> bool:
+    """Whether the decision on `command` reads no node but its map child (loaded) and the
+    child's map: a start notice; a result that neither completes the map nor launches
+    another child; a failure to be retried; a stale one. A state loaded without the map's
+    other open children decides these as the whole run does. Any other command may end the
+    run, which cancels every open node: it needs them all."""
+    child = child_of(command)
+    if child is None or not isinstance(command, MarkStarted | Complete | Fail):
+        return False
+    node = state.nodes.get(child)
+    if node is None or node.status not in IN_FLIGHT or node.attempt != command.attempt:
+        return True  # stale or a duplicate: decides nothing
+    if isinstance(command, MarkStarted):
+        return True
+    pid = child.rpartition("[")[0]
+    p = state.nodes[pid]
+    if p.width is None or p.launched < p.width:
+        return False  # it launches the map's next child, and building a job may fail
+    if isinstance(command, Complete):
+        return p.done + 1 < p.width
+    return may_retry(state.plan.nodes[pid].ir.retry, command.attempt, command.error.retryable)
+
+
 def jobs_in_flight(state: RunState, unstarted_before_ms: int | None = None) -> list[Job]:
     """Jobs for every attempt the run is waiting on: republished when a bus lost them.
     With `unstarted_before_ms`, only those scheduled before then and not started."""

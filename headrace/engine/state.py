@@ -46,6 +46,9 @@ class RunState:
     remaining: dict[str, int] = field(default_factory=dict)  # needs not yet done, per node
     open_nodes: int = 0  # top-level nodes not yet terminal
     items: dict[str, list[Any]] = field(default_factory=dict, compare=False)  # map lists, cache
+    # loaded without its maps' open children (a reload): `decided_alone` says which
+    # commands it decides as it is; the others need those children first
+    partial: bool = field(default=False, compare=False)
 
     def comparable(self) -> dict[str, Any]:
         """The fold's content, for replay checks (no cache, no store version)."""

@@ -26,7 +26,9 @@ from headrace.engine import (
     RunState,
     Start,
     child_id,
+    child_of,
     decide,
+    decided_alone,
     jobs_in_flight,
     maps_to_load,
     new_run,
@@ -318,12 +320,12 @@ class Driver:
         stale: set[str] = set()
         async with self.lock:
             try:
-                pins = await self._prefetch([run_id for run_id, _ in commands])
+                pins = await self._prefetch(commands)
                 for run_id, command in commands:
                     if run_id in stale:
                         continue
                     state = await self._state(run_id)
-                    await self._load_maps(state, command)
+                    await self._load_needed(state, command)
                     decision = decide(state, command)
                     if not decision.events and await self._is_stale(state):
                         stale.add(run_id)  # another process moved the run: retry it fresh
@@ -368,13 +370,25 @@ class Driver:
             t.fired = list(fired.get(state.run_id, ()))
         return t
 
-    async def _prefetch(self, run_ids: list[str]) -> dict[str, str]:
-        """Load the batch's runs this cache lacks in one read, not one read each (runs
-        started by another process, or evicted); their pins, with the migrating bus."""
+    async def _prefetch(self, commands: Sequence[tuple[str, Command]]) -> dict[str, str]:
+        """Load the batch's runs this cache lacks (runs started by another process, or
+        evicted) in one read: their top-level nodes, then, in a second, the map children the
+        commands are about, not every open child of a wide map (`_load_needed`). Their pins,
+        with the migrating bus."""
+        run_ids = [run_id for run_id, _ in commands]
         missing = [r for r in dict.fromkeys(run_ids) if r not in self.cache]
-        if len(missing) > 1:
-            for state in await self.store.load_runs(missing, children="open"):
+        if missing:
+            for state in await self.store.load_runs(missing, children="none"):
                 self._remember(state)
+        wanted: dict[str, set[str]] = {}
+        for run_id, command in commands:
+            cached, child = self.cache.get(run_id), child_of(command)
+            if cached is not None and cached.partial and child and child not in cached.nodes:
+                wanted.setdefault(run_id, set()).add(child)
+        if wanted:
+            for run_id, nodes in (await self.store.load_nodes(wanted)).items():
+                for nid, node in nodes.items():
+                    self.cache[run_id].nodes.setdefault(nid, node)  # the batch's: not evicted
         return await self.pins.of(run_ids) if self.pins else {}
 
     async def _state(self, run_id: str) -> RunState:
@@ -386,10 +400,16 @@ class Driver:
             self.cache.move_to_end(run_id)
         return state
 
-    async def _load_maps(self, state: RunState, command: Command) -> None:
-        """A state reloaded holds its open map children only (a reload reads what a decision
-        touches, not a 100,000-wide map's every row): the result that may complete a map
-        needs the rest, once."""
+    async def _load_needed(self, state: RunState, command: Command) -> None:
+        """What the decision on `command` reads that a reloaded state lacks. A reload holds
+        the run's top-level nodes and the children its commands are about (not a
+        100,000-wide map's every row): a command that may end the run needs every open
+        child, once; the result that may complete a map needs all of its children, once."""
+        if state.partial and not decided_alone(state, command):
+            loaded = await self.store.load_run(state.run_id, children="open")
+            for nid, node in loaded.nodes.items():
+                state.nodes.setdefault(nid, node)
+            state.partial = False
         for pid in maps_to_load(state, command):
             width = state.nodes[pid].width or 0
             if any(child_id(pid, i) not in state.nodes for i in range(width)):

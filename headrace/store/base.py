@@ -67,7 +67,8 @@ class Holder:
 
 
 AttemptKey = tuple[str, str, int]  # (run id, node id, attempt)
-Children = Literal["all", "open"]  # a run's map children to load: all, or those not ended
+# a run's map children to load: all, those not ended, or none (its top-level nodes only)
+Children = Literal["all", "open", "none"]
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,17 @@ class RunLog(Outbox, Protocol):
     async def load_run(self, run_id: str, *, children: Children = "all") -> RunState:
         """The run's current state (NotFound for an unknown id). With `children="open"`,
         only the map children not yet ended are in it, whatever the map's width: what a
-        decision reads, but for the result that may complete a map (`load_children`)."""
+        decision reads, but for the result that may complete a map (`load_children`). With
+        `children="none"`, its top-level nodes only (`partial`: see `decided_alone`)."""
 
     async def load_children(self, run_id: str, parent: str) -> dict[str, NodeState]:
         """Every child of map `parent`, by node id."""
+
+    async def load_nodes(
+        self, wanted: Mapping[str, Collection[str]]
+    ) -> dict[str, dict[str, NodeState]]:
+        """The nodes named (node ids by run id) that exist, by run and node id, in one round
+        trip: the map children a batch of commands is about, for states loaded without them."""
 
     async def load_runs(
         self, run_ids: Sequence[str], *, children: Children = "all"

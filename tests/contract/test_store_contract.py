@@ -31,7 +31,9 @@ from headrace.engine import (
     MarkStarted,
     RunState,
     Start,
+    child_of,
     decide,
+    decided_alone,
     maps_to_load,
     new_run,
 )
@@ -39,7 +41,7 @@ from headrace.engine.decide import Decision
 from headrace.errors import Conflict, InfraError, InputError, NotFound
 from headrace.events import NODE_OPEN, Job, Message, SignalReceived, Timer, decode_job, encode
 from headrace.spec import Plan, canonical_json, parse_workflow, plan_of
-from headrace.store import Holder, RunHead, Store, Transition
+from headrace.store import Children, Holder, RunHead, Store, Transition
 from headrace.store.migrate import HEAD, head
 from headrace.store.postgres import PostgresStore
 from headrace.store.sqlite import SqliteStore
@@ -653,14 +655,17 @@ async def test_reloaded_state_equals_engine_state(
     await same(store, checker.state)
 
 
+@pytest.mark.parametrize("children", ["open", "none"])
 @settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(wf=workflows(), seed=st.integers(0, 2**32))
-async def test_a_run_reloaded_with_its_open_children_decides_as_the_whole_run(
-    store: Store, wf: tuple[dict[str, Any], dict[str, Any]], seed: int
+async def test_a_run_reloaded_in_part_decides_as_the_whole_run(
+    store: Store, children: Children, wf: tuple[dict[str, Any], dict[str, Any]], seed: int
 ) -> None:
     """A reload to decide reads the top-level nodes and the map children not yet ended
-    (not a wide map's every row); with the children of a map its command may complete
-    (`maps_to_load`), it decides every command exactly as the whole run in memory does."""
+    (`open`), or only the children its commands are about (`none`), never a wide map's
+    every row. Given what the engine says a command needs (`decided_alone`: else every open
+    child; `maps_to_load`: a map's children), it decides every command exactly as the whole
+    run in memory does."""
     spec, inputs = wf
     ir = parse_workflow({**spec, "version": next(_versions)})
     await store.put_workflow(ir, canonical_json(ir).decode(), 0)
@@ -673,20 +678,36 @@ async def test_a_run_reloaded_with_its_open_children_decides_as_the_whole_run(
         new, committed = False, len(checker.events)
         if checker.state.status != "running":
             break
-        partial = await store.load_run(run_id, children="open")
+        partial = await store.load_run(run_id, children=children)
+        assert partial.partial == (children == "none")
         assert all(
             n.status in NODE_OPEN for nid, n in partial.nodes.items() if nid not in ir_nodes(ir)
         )
         first = len(checker.decided)
         going = checker.step()
         for command, events, jobs, timers in checker.decided[first:]:
-            for pid in maps_to_load(partial, command):
-                for nid, node in (await store.load_children(run_id, pid)).items():
-                    partial.nodes.setdefault(nid, node)
+            await load_needed(store, partial, command)
             decision = decide(partial, command)
             assert (decision.events, decision.jobs, decision.timers) == (events, jobs, timers)
         if not going:
             break
+
+
+async def load_needed(store: Store, state: RunState, command: Any) -> None:
+    """What the driver loads before it decides (runtime/driver.py, `_load_needed`)."""
+    child = child_of(command)
+    if state.partial and child is not None and child not in state.nodes:
+        for nid, node in (
+            (await store.load_nodes({state.run_id: [child]})).get(state.run_id, {}).items()
+        ):
+            state.nodes.setdefault(nid, node)
+    if state.partial and not decided_alone(state, command):
+        for nid, node in (await store.load_run(state.run_id, children="open")).nodes.items():
+            state.nodes.setdefault(nid, node)
+        state.partial = False
+    for pid in maps_to_load(state, command):
+        for nid, node in (await store.load_children(state.run_id, pid)).items():
+            state.nodes.setdefault(nid, node)
 
 
 def ir_nodes(ir: Any) -> set[str]:

@@ -76,7 +76,11 @@ _NODES = f"SELECT run_id, {rows.NODE_SELECT} FROM node_states WHERE run_id = ANY
 _NODES_OF = {  # a reload to decide needs the top-level nodes and the open map children only
     "all": _NODES,
     "open": f"{_NODES} AND parent IS NULL UNION ALL {_NODES} AND {rows.OPEN_CHILD}",
+    "none": f"{_NODES} AND parent IS NULL",
 }
+_NAMED_NODES = f"""
+SELECT run_id, {rows.NODE_SELECT} FROM node_states
+WHERE (run_id, node_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"""
 
 _OPEN_ATTEMPTS = f"""
 SELECT n.run_id, n.node_id, n.attempt
@@ -341,7 +345,20 @@ class PostgresStore:
         by_run: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
         for n in nodes:
             by_run.setdefault(n[0], []).append((n[1], n[2:]))
-        return [rows.rebuild(r[0], plans[r[1]], r[2:], by_run.get(r[0], [])) for r in found]
+        states = [rows.rebuild(r[0], plans[r[1]], r[2:], by_run.get(r[0], [])) for r in found]
+        for state in states:
+            state.partial = children == "none"
+        return states
+
+    async def load_nodes(
+        self, wanted: Mapping[str, Collection[str]]
+    ) -> dict[str, dict[str, NodeState]]:
+        pairs = [(run_id, nid) for run_id, nids in wanted.items() for nid in nids]
+        found = await self._all(_NAMED_NODES, [p[0] for p in pairs], [p[1] for p in pairs])
+        out: dict[str, dict[str, NodeState]] = {}
+        for n in found:
+            out.setdefault(n[0], {})[n[1]] = rows.node_from_row(n[2:])
+        return out
 
     # --- flags ---
 

@@ -184,13 +184,19 @@ class SqliteStore:
             raise NotFound("run", run_id)
         if children == "all":
             nodes = self.db.execute(_NODE_SELECT + " WHERE run_id = ?", (run_id,)).fetchall()
+        elif children == "none":
+            nodes = self.db.execute(
+                f"{_NODE_SELECT} WHERE run_id = ? AND parent IS NULL", (run_id,)
+            ).fetchall()
         else:
             nodes = self.db.execute(
                 f"{_NODE_SELECT} WHERE run_id = ? AND parent IS NULL UNION ALL "
                 f"{_NODE_SELECT} WHERE run_id = ? AND {rows.OPEN_CHILD}",
                 (run_id, run_id),
             ).fetchall()
-        return rows.rebuild(run_id, self._plan(row[0]), row[1:], [(n[0], n[1:]) for n in nodes])
+        state = rows.rebuild(run_id, self._plan(row[0]), row[1:], [(n[0], n[1:]) for n in nodes])
+        state.partial = children == "none"
+        return state
 
     async def load_runs(
         self, run_ids: Sequence[str], *, children: Children = "all"
@@ -200,6 +206,19 @@ class SqliteStore:
             with contextlib.suppress(NotFound):
                 found.append(await self.load_run(run_id, children=children))
         return found
+
+    async def load_nodes(
+        self, wanted: Mapping[str, Collection[str]]
+    ) -> dict[str, dict[str, NodeState]]:
+        out: dict[str, dict[str, NodeState]] = {}
+        for run_id, nids in wanted.items():
+            marks = ",".join("?" * len(nids))
+            found = self.db.execute(
+                f"{_NODE_SELECT} WHERE run_id = ? AND node_id IN ({marks})", [run_id, *nids]
+            ).fetchall()
+            if found:
+                out[run_id] = {n[0]: rows.node_from_row(n[1:]) for n in found}
+        return out
 
     async def load_children(self, run_id: str, parent: str) -> dict[str, NodeState]:
         found = self.db.execute(
