@@ -16,7 +16,7 @@ from headrace.errors import InfraError
 from headrace.events import Finished, Result, Started, decode_result, unreadable
 from headrace.runtime.driver import Driver
 from headrace.runtime.local import LocalResults
-from headrace.store import Store
+from headrace.store import TimerBook
 
 log = logging.getLogger(__name__)
 GROUP = COORDINATORS
@@ -55,7 +55,7 @@ class Coordinator:
         self,
         driver: Driver,
         bus: Bus,
-        store: Store,
+        store: TimerBook,
         *,
         name: str = "coordinator-1",
         batch_size: int = 1000,

@@ -42,7 +42,7 @@ from headrace.runtime.metrics import Metrics
 from headrace.runtime.pins import RunPins
 from headrace.runtime.supervise import cancel_all
 from headrace.spec import Plan
-from headrace.store import Committed, Store, Transition
+from headrace.store import Committed, RunLog, Transition
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def messages_of(run_id: str, decision: Decision, pin: str | None = None) -> list
 class Driver:
     def __init__(
         self,
-        store: Store,
+        store: RunLog,
         bus: Bus,
         hub: Hub,
         metrics: Metrics,
