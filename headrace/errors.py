@@ -39,8 +39,8 @@ class InputError(HeadraceError):
 class NotFound(HeadraceError):
     """Nothing is stored under `key` (a workflow tag, run id, node id)."""
 
-    def __init__(self, what: str, key: str) -> None:
-        super().__init__(f"{what} {key!r} not found")
+    def __init__(self, what: str, key: str, known: str = "") -> None:
+        super().__init__(f"{what} {key!r} not found" + (f" ({known})" if known else ""))
         self.what = what
         self.key = key
 

@@ -45,7 +45,7 @@ _FALSE = {"false", "off", "no", "0"}
 def flag(name: str) -> Flag:
     found = FLAGS.get(name)
     if found is None:
-        raise NotFound("flag", name)
+        raise NotFound("flag", name, "the flags: " + ", ".join(FLAGS))
     return found
 
 

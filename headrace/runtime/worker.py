@@ -339,15 +339,16 @@ class Worker:
             read: list[Delivery] = []
             for d in deliveries:
                 reason = unreadable(content_type(d.message))
+                if reason is None:
+                    try:
+                        c = decode_cancel(d.message.payload)
+                    except msgspec.DecodeError as e:
+                        reason = f"undecodable cancel: {e}"
                 if reason is not None:  # each worker's group refuses its own copy
                     log.error("cancel %s goes to the dead-letter topic: %s", d.id, reason)
                     await self.bus.dead_letter(group, d, reason)
                     continue
                 read.append(d)
-                try:
-                    c = decode_cancel(d.message.payload)
-                except msgspec.DecodeError:
-                    continue
                 task = self.running.get((c.run_id, c.node_id, c.attempt))
                 if task is not None:
                     task.cancel()

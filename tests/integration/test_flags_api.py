@@ -90,7 +90,9 @@ async def test_bad_input_is_refused_and_changes_nothing(
 
 
 async def test_unknown_flag_and_bad_history_query(api: httpx.AsyncClient) -> None:
-    assert (await api.get("/v1/flags/NOPE")).status_code == 404
+    r = await api.get("/v1/flags/NOPE")
+    assert r.status_code == 404
+    assert r.json()["detail"].startswith("flag 'NOPE' not found (the flags: ENABLE_KAFKA_WRITE, ")
     assert (await api.get("/v1/flags/history", params={"name": "NOPE"})).status_code == 404
     bad = await api.get("/v1/flags/history", params={"limit": 0})
     assert bad.status_code == 422 and bad.json()["path"] == "limit"

@@ -156,6 +156,13 @@ async def test_a_cancel_in_an_unknown_format_is_dead_lettered_and_the_next_cance
     await asyncio.sleep(0.1)
     assert list(rig.worker.running) == [("run-1", "held", 1)]  # not cancelled by it
 
+    await rig.bus.publish(
+        [Message(CANCELS, "run-1", b"{not json", {CONTENT_TYPE_HEADER: CONTENT_TYPE})]
+    )
+    (garbled,) = await rig.take(DEAD_LETTER_TOPIC, "test", 1)
+    assert garbled.message.headers[DL_REASON].startswith("undecodable cancel: ")
+    assert list(rig.worker.running) == [("run-1", "held", 1)]
+
     await rig.bus.publish([message(CANCELS, cancel, None)])  # an older version's: JSON
     await rig.until(lambda: not rig.worker.running)
     await rig.nothing_left([CANCELS], f"cancels-{rig.worker.name}")
