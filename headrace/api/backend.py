@@ -38,7 +38,11 @@ class Backend(Protocol):
     async def register(self, ir: WorkflowIR, source: str) -> tuple[WorkflowRecord, bool]: ...
 
     async def start_or_reuse(
-        self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
+        self,
+        plan: Plan,
+        inputs: dict[str, Any],
+        idempotency_key: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> tuple[str, bool]: ...
 
     async def plan(self, tag: str) -> Plan: ...

@@ -44,6 +44,12 @@ class StartRun(_Closed):
     inputs: dict[str, Any] = Field(
         default_factory=dict, description="checked against the workflow's input schemas"
     )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="`key: value` strings to find the run by (`GET /v1/runs?label=key=value`):"
+        " at most 32; a key is 1-63 letters, digits, `_`, `.` or `-`; a value at most 256"
+        " characters",
+    )
 
 
 class SetFlag(_Closed):
@@ -189,6 +195,7 @@ class Run(_Closed):
     started_at: str | None = Field(json_schema_extra={"format": "date-time"})
     ended_at: str | None = Field(json_schema_extra={"format": "date-time"})
     cost_cents: int
+    labels: dict[str, str]
     pin: Literal["redis", "kafka"] | None = Field(
         description="the bus the run is pinned to (Redis → Kafka migration); null: none"
     )
@@ -200,6 +207,7 @@ class RunItem(_Closed):
     status: RunStatus
     created_at: str = Field(json_schema_extra={"format": "date-time"})
     ended_at: str | None = Field(json_schema_extra={"format": "date-time"})
+    labels: dict[str, str]
 
 
 class RunPage(_Closed):

@@ -84,6 +84,7 @@ def run_view(r: RunRecord, nodes: list[NodeRecord], pin: str | None = None) -> d
         "ended_at": rfc3339(r.ended_at_ms),
         "cost_cents": r.cost_cents,
         "error": error_view(r.error),
+        "labels": r.labels,
         "pin": pin,
     }
 
@@ -95,6 +96,7 @@ def run_item(r: RunRecord) -> dict[str, Any]:
         "status": r.status,
         "created_at": rfc3339(r.created_at_ms),
         "ended_at": rfc3339(r.ended_at_ms),
+        "labels": r.labels,
     }
 
 

@@ -13,11 +13,15 @@ import typer
 from headrace.cli.inputs import parse_inputs
 from headrace.cli.output import detail_of, fail, show
 from headrace.errors import InputError
+from headrace.spec.labels import parse_label
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="HEADRACE_URL", help="The API (or HEADRACE_URL).")
 ]
 DEFAULT_URL = "http://127.0.0.1:8080"
+LabelOption = Annotated[
+    list[str] | None, typer.Option("--label", help="A label as key=value (repeatable).")
+]
 
 workflows_app = typer.Typer(help="Register and read workflows.", no_args_is_help=True)
 runs_app = typer.Typer(help="Start, read, cancel, signal and watch runs.", no_args_is_help=True)
@@ -78,17 +82,23 @@ def start(
     ] = None,
     input_file: Annotated[Path | None, typer.Option("--input-file")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    label: LabelOption = None,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Start a run of a registered workflow."""
+    labels = _labels(label or [])
     schemas = (_call("GET", url, f"/v1/workflows/{tag}") or {}).get("ir", {}).get("inputs", {})
     inputs = _inputs(schemas, input or [], input_file)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    show(
-        _call(
-            "POST", url, "/v1/runs", json={"workflow_tag": tag, "inputs": inputs}, headers=headers
-        )
-    )
+    body = {"workflow_tag": tag, "inputs": inputs, "labels": labels}
+    show(_call("POST", url, "/v1/runs", json=body, headers=headers))
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    try:
+        return dict(parse_label(pair, "--label") for pair in pairs)
+    except InputError as e:
+        raise fail(str(e)) from None
 
 
 def _inputs(schemas: dict[str, Any], pairs: list[str], input_file: Path | None) -> dict[str, Any]:
@@ -110,16 +120,19 @@ def list_runs(
     workflow: Annotated[str | None, typer.Option("--workflow")] = None,
     limit: Annotated[int, typer.Option("--limit")] = 50,
     cursor: Annotated[str | None, typer.Option("--cursor")] = None,
+    label: LabelOption = None,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """List runs, newest first."""
-    params = {
+    """List runs, newest first (with `--label k=v`: those with every label given)."""
+    _labels(label or [])
+    params: dict[str, Any] = {
         k: v
         for k, v in {
             "status": status,
             "workflow": workflow,
             "limit": limit,
             "cursor": cursor,
+            "label": label,
         }.items()
         if v is not None
     }

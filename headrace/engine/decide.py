@@ -50,6 +50,7 @@ class Start:
     at_ms: int
     inputs: dict[str, Any]
     vars: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,7 @@ class _Decider:
                 ir_hash=p.ir_hash,
                 inputs=cmd.inputs,
                 vars=cmd.vars,
+                labels=cmd.labels,
             )
         )
         for nid in p.roots:

@@ -30,6 +30,7 @@ def evolve(state: RunState, event: Event) -> RunState:
             state.status = "running"
             state.inputs = event.inputs
             state.vars = event.vars
+            state.labels = event.labels
             state.started_at_ms = event.at_ms
         case NodeScheduled():
             node = _node(state, event.node_id)

@@ -32,6 +32,7 @@ class RunState:
     status: RunStatus = "pending"
     inputs: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
     seq: int = 0
     version: int = 0  # store row version for optimistic concurrency; not part of the fold
     created_at_ms: int = 0
@@ -55,6 +56,7 @@ class RunState:
         return {
             "status": self.status,
             "inputs": self.inputs,
+            "labels": self.labels,
             "seq": self.seq,
             "started_at_ms": self.started_at_ms,
             "ended_at_ms": self.ended_at_ms,

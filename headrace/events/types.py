@@ -45,6 +45,7 @@ class RunStarted(_Event, frozen=True):
     ir_hash: str
     inputs: dict[str, Any]
     vars: dict[str, Any] = {}
+    labels: dict[str, str] = {}
 
 
 class NodeScheduled(_Event, frozen=True):

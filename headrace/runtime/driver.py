@@ -208,6 +208,7 @@ class Driver:
         inputs: dict[str, Any],
         vars: dict[str, Any],
         idempotency_key: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> tuple[RunState, bool]:
         """Create a run and schedule its first nodes; the same key gives the same run. The
         run, and whether this call created it."""
@@ -217,7 +218,7 @@ class Driver:
                 return await self.store.load_run(existing, children="open"), False
         now = self.clock.now_ms()
         state = new_run(str(uuid.uuid4()), plan, created_at_ms=now)
-        decision = decide(state, Start(at_ms=now, inputs=inputs, vars=vars))
+        decision = decide(state, Start(at_ms=now, inputs=inputs, vars=vars, labels=labels or {}))
         pin = self.pins.choose(state.run_id) if self.pins else None
         t = Transition(
             state,

@@ -46,6 +46,7 @@ from headrace.runtime.worker import Worker
 from headrace.services.adapters import build_bus, build_store, migration_buses
 from headrace.services.offload import Offload
 from headrace.spec import Plan, WorkflowIR, plan_of, with_defaults
+from headrace.spec.labels import check_labels
 from headrace.store import RunRecord, Store, WorkflowRecord
 
 log = logging.getLogger(__name__)
@@ -271,35 +272,51 @@ class Runtime:
         return await self.store.put_workflow(ir, source, self.clock.now_ms())
 
     async def start_run(
-        self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
+        self,
+        plan: Plan,
+        inputs: dict[str, Any],
+        idempotency_key: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> str:
-        """Validate inputs and start a run; its id. InputError names the bad input."""
-        return (await self.start_or_reuse(plan, inputs, idempotency_key))[0]
+        """Validate inputs and labels and start a run; its id. InputError names the bad one."""
+        return (await self.start_or_reuse(plan, inputs, idempotency_key, labels))[0]
 
     async def start_or_reuse(
-        self, plan: Plan, inputs: dict[str, Any], idempotency_key: str | None = None
+        self,
+        plan: Plan,
+        inputs: dict[str, Any],
+        idempotency_key: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> tuple[str, bool]:
         """`start_run`, or reuse the run `idempotency_key` started before: (run id, whether
-        this call created it). A key used before with another workflow or other inputs is
-        refused (InputError), also when the two requests race."""
+        this call created it). A key used before with another workflow, other inputs or
+        other labels is refused (InputError), also when the two requests race."""
+        labels = check_labels(labels or {})
         await self.validate_inputs(plan, inputs)
         inputs = with_defaults(plan, inputs)
+        request = (plan, inputs, labels, idempotency_key)
         if idempotency_key is not None:
             existing = await self.store.run_for_key(idempotency_key)
             if existing is not None:
-                await self._same_request(existing, plan, inputs, idempotency_key)
+                await self._same_request(existing, *request)
                 return existing, False
         state, created = await self.driver.start_run(
-            plan, inputs, self.settings.vars, idempotency_key
+            plan, inputs, self.settings.vars, idempotency_key, labels
         )
         if not created and idempotency_key is not None:  # a concurrent request won
-            await self._same_request(state.run_id, plan, inputs, idempotency_key)
+            await self._same_request(state.run_id, *request)
         return state.run_id, created
 
     async def _same_request(
-        self, run_id: str, plan: Plan, inputs: dict[str, Any], idempotency_key: str
+        self,
+        run_id: str,
+        plan: Plan,
+        inputs: dict[str, Any],
+        labels: dict[str, str],
+        idempotency_key: str | None,
     ) -> None:
-        """Raise InputError unless run `run_id` (the key's) has this workflow and inputs."""
+        """Raise InputError unless run `run_id` (the key's) has this workflow, these inputs
+        and these labels."""
         record = await self.store.get_run_record(run_id)
         used = f"was used for run {run_id}"
         if record.workflow_tag != plan.tag:
@@ -308,6 +325,10 @@ class Runtime:
         if differ:
             names = ", ".join(f"inputs.{k}" for k in differ)
             raise InputError("Idempotency-Key", f"{used} with other inputs (differing: {names})")
+        differ = _differing(record.labels, labels)
+        if differ:
+            names = ", ".join(f"labels.{k}" for k in differ)
+            raise InputError("Idempotency-Key", f"{used} with other labels (differing: {names})")
 
     async def validate_inputs(self, plan: Plan, inputs: Any) -> None:
         """`plan.validate_inputs`; large inputs are checked in the offload process."""

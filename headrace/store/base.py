@@ -114,6 +114,7 @@ class RunRecord:
     created_at_ms: int
     started_at_ms: int | None
     ended_at_ms: int | None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -324,8 +325,14 @@ class RunQueries(Protocol):
         unknown id."""
 
     async def list_runs(
-        self, status: str | None, workflow: str | None, limit: int, cursor: str | None
-    ) -> tuple[list[RunRecord], str | None]: ...
+        self,
+        status: str | None,
+        workflow: str | None,
+        limit: int,
+        cursor: str | None,
+        labels: Mapping[str, str] | None = None,
+    ) -> tuple[list[RunRecord], str | None]:
+        """Runs newest first, a page at a time; with `labels`, those having every one."""
 
     async def list_children(
         self, run_id: str, node_id: str, offset: int, limit: int

@@ -107,12 +107,12 @@ def load_timer(text: str) -> Timer:
 WORKFLOW_SELECT = "name, version, ir_hash, ir, created_at"
 RUN_SELECT = (
     "run_id, workflow_name, workflow_version, ir_hash, status, inputs, outputs, error, "
-    "failed_node, cost_cents, seq, created_at, started_at, ended_at"
+    "failed_node, cost_cents, seq, created_at, started_at, ended_at, labels"
 )
 RUN_HEAD_SELECT = "run_id, workflow_name, workflow_version, status, seq"
 RUN_STATE_SELECT = (
     "ir_hash, status, version, seq, inputs, vars, signals, outputs, error, failed_node, "
-    "cost_cents, created_at, started_at, ended_at"
+    "cost_cents, created_at, started_at, ended_at, labels"
 )
 NODE_SELECT = (
     "node_id, status, attempt, output, error, scheduled_at, started_at, ended_at, cost_cents, "
@@ -163,6 +163,7 @@ def new_run_values(t: Transition) -> tuple[Any, ...]:
         dumps(s.vars),
         s.created_at_ms,
         t.idempotency_key,
+        dumps(s.labels),
         run[0],
         s.version + 1,
         *run[2:],
@@ -257,6 +258,7 @@ def rebuild(run_id: str, plan: Plan, run_row: Any, node_rows: list[tuple[str, An
         created,
         started,
         ended,
+        labels,
     ) = run_row
     state = RunState(
         run_id=run_id,
@@ -274,6 +276,7 @@ def rebuild(run_id: str, plan: Plan, run_row: Any, node_rows: list[tuple[str, An
         failed_node=failed_node,
         cost_cents=cost,
         signals=loads(signals),
+        labels=loads(labels),
     )
     for nid in plan.nodes:
         state.nodes[nid] = NodeState()
@@ -308,6 +311,7 @@ def run_record(r: Any) -> RunRecord:
         created_at_ms=r[11],
         started_at_ms=r[12],
         ended_at_ms=r[13],
+        labels=loads(r[14]),
     )
 
 
@@ -350,7 +354,12 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 
 def list_runs_query(
-    status: str | None, workflow: str | None, cursor: str | None, limit: int, mark: str
+    status: str | None,
+    workflow: str | None,
+    cursor: str | None,
+    limit: int,
+    mark: str,
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[str, list[Any]] | None:
     """The SELECT of `Store.list_runs` and its arguments, with `mark` as the placeholder (`?`,
     or `$` for numbered ones: `$1, $2...`); None when nothing can match (a workflow version
@@ -371,6 +380,12 @@ def list_runs_query(
             if not version.isdigit():
                 return None
             where.append(f"workflow_version = {arg(int(version))}")
+    for key, value in (labels or {}).items():  # keys are checked: [A-Za-z0-9_.-]
+        if mark == "$":
+            where.append(f"(labels::jsonb ->> {arg(key)}) = {arg(value)}")
+        else:
+            path = '$."' + key + '"'
+            where.append(f"json_extract(labels, {arg(path)}) = {arg(value)}")
     if cursor:
         created, run_id = decode_cursor(cursor)
         where.append(

@@ -358,6 +358,28 @@ async def test_list_runs_filters_and_pages_newest_first(store: Store) -> None:
         await store.list_runs(None, None, 10, "not a cursor")
 
 
+async def test_a_run_keeps_its_labels_and_is_listed_by_them(store: Store) -> None:
+    plan = await register(store)
+    given = [{"team": "growth", "env": "prod"}, {"team": "growth"}, {}, {"team": "ops"}]
+    made = []
+    for i, labels in enumerate(given):
+        state = new_run(str(uuid.uuid4()), plan, created_at_ms=1_000 + i)
+        d = decide(state, Start(at_ms=1_000 + i, inputs={"xs": []}, labels=labels))
+        assert not (await store.commit([step(state, d, new=True)])).conflicts
+        assert state.labels == labels
+        await same(store, state)  # loaded back with them
+        made.append(state.run_id)
+    assert (await store.get_run_record(made[0])).labels == given[0]
+
+    async def listed(**labels: str) -> list[str]:
+        return [r.run_id for r in (await store.list_runs(None, None, 10, None, labels))[0]]
+
+    assert await listed(team="growth") == [made[1], made[0]]
+    assert await listed(team="growth", env="prod") == [made[0]]
+    assert await listed(team="nobody") == []
+    assert len(await listed()) == 4
+
+
 async def test_list_children_pages_in_index_order(store: Store) -> None:
     plan = await register(store)
     state = await started(store, plan, xs=list(range(12)))

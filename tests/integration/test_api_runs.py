@@ -181,6 +181,24 @@ async def test_websocket_stream_replays_after_a_seq(api: httpx.AsyncClient) -> N
     assert ws.close_code == 4404
 
 
+async def test_an_event_position_past_32_bits_is_refused(api: httpx.AsyncClient) -> None:
+    """Found by schemathesis: a Last-Event-ID too large for the store's integers was a 500."""
+    from websockets.asyncio.client import connect
+
+    await api.post("/v1/workflows", content=CHAIN)
+    r = await api.post("/v1/runs", json={"workflow_tag": "chain", "inputs": {"x": 1}})
+    events = f"/v1/runs/{r.json()['run_id']}/events"
+    huge = str(2**31)
+    r = await api.get(events, headers={"Last-Event-ID": huge})
+    assert r.status_code == 422 and r.json()["path"] == "Last-Event-ID", r.text
+    r = await api.get(events, params={"after": huge})
+    assert r.status_code == 422 and r.json()["path"] == "after", r.text
+    url = str(api.base_url).replace("http://", "ws://") + events.replace("/events", "/stream")
+    async with connect(f"{url}?after={huge}") as ws:
+        await ws.wait_closed()
+    assert ws.close_code == 4422
+
+
 async def test_map_children_are_paged(api: httpx.AsyncClient) -> None:
     spec = """
 name: fan

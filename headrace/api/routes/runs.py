@@ -3,16 +3,18 @@
 Start, cancel and signal check the run by its head (`Store.get_run_head`: its row without
 inputs and outputs), which costs the same for a run with a 100,000-wide map as for a one-node
 run. Cancel asks the driver (which reloads the run's top-level nodes and open map children,
-unless it holds the run in memory) only while the run can still change.
+unless it holds the run in memory) only while the run can still change. A list may filter
+by labels (on the main tables: a scan; the read models of phase 4 index them).
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse
+from pydantic import StringConstraints
 
 from headrace.api import schemas, views
 from headrace.api.backend import BackendDep
@@ -23,10 +25,16 @@ from headrace.api.schemas import CURSOR_PATTERN, SIGNAL_NAME
 from headrace.engine import Cancel, Signal
 from headrace.errors import InputError, NotFound
 from headrace.events import RUN_TERMINAL, RunStatus
+from headrace.spec.labels import parse_label
 from headrace.store import WorkflowRecord
 
 RUN_ID = Path(json_schema_extra={"format": "uuid"}, description="a run id (UUID)")
 STARTED = {201: schemas.RunStarted, 200: schemas.RunStarted}
+# `key=value`, a label's key and value as headrace/spec/labels.py allows them
+LabelFilter = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}=[\s\S]{0,256}$")
+]
+LABEL = Query(None, description="`key=value`: runs with this label (several: with all of them)")
 
 router = APIRouter()
 
@@ -57,7 +65,7 @@ async def start_run(
             stored = (await store.get_run_head(existing)).workflow_tag
             tag = stored if stored.partition("@")[0] == tag else tag
     plan = await plan_off_loop(store, tag)
-    run_id, created = await backend.start_or_reuse(plan, body.inputs, idempotency_key)
+    run_id, created = await backend.start_or_reuse(plan, body.inputs, idempotency_key, body.labels)
     head = await store.get_run_head(run_id)
     view = {"run_id": run_id, "status": head.status}
     return view if created else JSONResponse(view)  # the key's run: 200
@@ -72,13 +80,15 @@ async def list_runs(
     cursor: str | None = Query(
         None, pattern=CURSOR_PATTERN, description="a `next_cursor` this API returned"
     ),
+    label: list[LabelFilter] | None = LABEL,
 ) -> dict[str, Any]:
+    labels = dict(parse_label(text) for text in label or [])
     if workflow is not None:
         try:
             check_tag(workflow)
         except NotFound:  # a version no workflow can have: nothing matches
             return {"items": [], "next_cursor": None}
-    items, next_cursor = await backend.store.list_runs(status, workflow, limit, cursor)
+    items, next_cursor = await backend.store.list_runs(status, workflow, limit, cursor, labels)
     return {"items": [views.run_item(r) for r in items], "next_cursor": next_cursor}
 
 

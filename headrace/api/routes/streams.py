@@ -23,6 +23,7 @@ from headrace.store import StoredEvent
 SSE = "text/event-stream"
 
 router = APIRouter()
+MAX_SEQ = 2**31 - 1  # a run's events are numbered in 32 bits (the stores' `seq` columns)
 
 
 @router.get(
@@ -32,7 +33,7 @@ router = APIRouter()
 async def run_events(
     backend: BackendDep,
     run_id: str = RUN_ID,
-    after: int | None = Query(None, ge=0),
+    after: int | None = Query(None, ge=0, le=MAX_SEQ),
     last_event_id: str | None = Header(
         None, json_schema_extra=openapi.only_string("^[0-9]+$"), description="resume after it"
     ),
@@ -62,6 +63,10 @@ async def run_stream(
         await websocket.accept()
         await websocket.close(code=4404, reason="run not found")
         return
+    if not 0 <= after <= MAX_SEQ:
+        await websocket.accept()
+        await websocket.close(code=4422, reason=f"after: must be 0 to {MAX_SEQ}")
+        return
     await websocket.accept()
     try:
         async for batch in follow_events(backend.store, backend.hub, rid, after):
@@ -79,6 +84,6 @@ def _message(event: StoredEvent) -> str:
 def _last_event_id(value: str | None) -> int:
     if value is None:
         return 0
-    if not value.isdigit():
-        raise InputError("Last-Event-ID", "must be an event sequence number")
+    if not value.isdigit() or int(value) > MAX_SEQ:
+        raise InputError("Last-Event-ID", f"must be an event sequence number (0 to {MAX_SEQ})")
     return int(value)

@@ -34,6 +34,7 @@ _INSERT_TYPES = {
     "vars": _TEXT,
     "created_at": _BIGINT,
     "idempotency_key": _TEXT,
+    "labels": _TEXT,
     **_RUN_TYPES,
 }
 _EVENT_TYPES = {"run_id": _TEXT, "seq": _INT, "type": _TEXT, "at": _BIGINT, "data": _TEXT}

@@ -33,6 +33,7 @@ from headrace.store.base import (
     WorkflowRecord,
 )
 from headrace.store.migrate import HEAD, upgrade
+from headrace.store.postgres import queries as q
 from headrace.store.postgres.commit import commit_params, commit_statement
 
 Row = asyncpg.Record
@@ -50,43 +51,6 @@ CONNECT_TIMEOUT_S = 10.0
 _SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 FIGURES_KEPT_MS = 3_600_000  # a process's last report, after it stopped
 _FLAGS_LOCK = 72410532  # serialises flag changes (a transaction's advisory lock)
-_FLAG_UPSERT = (
-    "INSERT INTO flags (name, value, updated_at) VALUES ($1, $2, $3) ON CONFLICT (name) "
-    "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
-)
-_FLAG_CHANGE = (
-    "INSERT INTO flag_changes (name, old, new, who, why, at) VALUES ($1, $2, $3, $4, $5, $6)"
-)
-
-# Rows of dead holders (or released), oldest first; the stale job rows among them (their
-# attempt is no longer open) are deleted, not returned.
-_PENDING_OUTBOX = f"""
-WITH due AS (
-    SELECT o.id, o.topic, o.key, o.payload, o.headers, o.node_id IS NULL OR EXISTS (
-        SELECT 1 FROM node_states n WHERE n.run_id = o.key AND n.node_id = o.node_id
-        AND n.attempt = o.attempt AND n.status IN {rows.OPEN_ATTEMPT}) AS open
-    FROM outbox o WHERE o.holder IS NULL OR o.holder = ANY($1::text[])
-    ORDER BY o.id LIMIT $2
-), stale AS (
-    DELETE FROM outbox WHERE id IN (SELECT id FROM due WHERE NOT open)
-)
-SELECT id, topic, key, payload, headers FROM due WHERE open ORDER BY id"""
-
-_NODES = f"SELECT run_id, {rows.NODE_SELECT} FROM node_states WHERE run_id = ANY($1)"
-_NODES_OF = {  # a reload to decide needs the top-level nodes and the open map children only
-    "all": _NODES,
-    "open": f"{_NODES} AND parent IS NULL UNION ALL {_NODES} AND {rows.OPEN_CHILD}",
-    "none": f"{_NODES} AND parent IS NULL",
-}
-_NAMED_NODES = f"""
-SELECT run_id, {rows.NODE_SELECT} FROM node_states
-WHERE (run_id, node_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"""
-
-_OPEN_ATTEMPTS = f"""
-SELECT n.run_id, n.node_id, n.attempt
-FROM unnest($1::text[], $2::text[], $3::int[]) AS k(run_id, node_id, attempt)
-JOIN node_states n ON n.run_id = k.run_id AND n.node_id = k.node_id AND n.attempt = k.attempt
-WHERE n.status IN {rows.OPEN_ATTEMPT}"""
 
 
 def connect_args(url: str) -> dict[str, Any]:
@@ -340,7 +304,7 @@ class PostgresStore:
             found = await conn.fetch(
                 f"SELECT run_id, {rows.RUN_STATE_SELECT} FROM runs WHERE run_id = ANY($1)", ids
             )
-            nodes = await conn.fetch(_NODES_OF[children], ids)
+            nodes = await conn.fetch(q.NODES_OF[children], ids)
             plans = {row[1]: await self._plan(conn, row[1]) for row in found}
         by_run: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
         for n in nodes:
@@ -354,7 +318,7 @@ class PostgresStore:
         self, wanted: Mapping[str, Collection[str]]
     ) -> dict[str, dict[str, NodeState]]:
         pairs = [(run_id, nid) for run_id, nids in wanted.items() for nid in nids]
-        found = await self._all(_NAMED_NODES, [p[0] for p in pairs], [p[1] for p in pairs])
+        found = await self._all(q.NAMED_NODES, [p[0] for p in pairs], [p[1] for p in pairs])
         out: dict[str, dict[str, NodeState]] = {}
         for n in found:
             out.setdefault(n[0], {})[n[1]] = rows.node_from_row(n[2:])
@@ -371,9 +335,9 @@ class PostgresStore:
         async with self._conn() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _FLAGS_LOCK)
             row = await conn.fetchrow("SELECT value FROM flags WHERE name = $1", name)
-            await conn.execute(_FLAG_UPSERT, name, json.dumps(value), now_ms)
+            await conn.execute(q.FLAG_UPSERT, name, json.dumps(value), now_ms)
             await conn.execute(
-                _FLAG_CHANGE, name, row[0] if row else None, json.dumps(value), who, why, now_ms
+                q.FLAG_CHANGE, name, row[0] if row else None, json.dumps(value), who, why, now_ms
             )
         return FlagChange(name, json.loads(row[0]) if row else None, value, who, why, now_ms)
 
@@ -393,9 +357,9 @@ class PostgresStore:
             if found != dict(expect):
                 return found
             for name, value in values:
-                await conn.execute(_FLAG_UPSERT, name, json.dumps(value), now_ms)
+                await conn.execute(q.FLAG_UPSERT, name, json.dumps(value), now_ms)
                 await conn.execute(
-                    _FLAG_CHANGE, name, stored.get(name), json.dumps(value), who, why, now_ms
+                    q.FLAG_CHANGE, name, stored.get(name), json.dumps(value), who, why, now_ms
                 )
         return None
 
@@ -513,9 +477,14 @@ class PostgresStore:
         return record, nodes
 
     async def list_runs(
-        self, status: str | None, workflow: str | None, limit: int, cursor: str | None
+        self,
+        status: str | None,
+        workflow: str | None,
+        limit: int,
+        cursor: str | None,
+        labels: Mapping[str, str] | None = None,
     ) -> tuple[list[RunRecord], str | None]:
-        query = rows.list_runs_query(status, workflow, cursor, limit, "$")
+        query = rows.list_runs_query(status, workflow, cursor, limit, "$", labels)
         if query is None:
             return [], None
         sql, args = query
@@ -556,7 +525,7 @@ class PostgresStore:
     # --- outbox and timers ---
 
     async def pending_outbox(self, dead: Collection[str], limit: int) -> list[OutboxEntry]:
-        found = await self._all(_PENDING_OUTBOX, list(dead), limit)
+        found = await self._all(q.PENDING_OUTBOX, list(dead), limit)
         return [
             OutboxEntry(r[0], Message(r[1], r[2], bytes(r[3]), rows.loads(r[4]))) for r in found
         ]
@@ -605,7 +574,7 @@ class PostgresStore:
     async def open_attempts(self, keys: Sequence[AttemptKey]) -> set[AttemptKey]:
         if not keys:
             return set()
-        found = await self._all(_OPEN_ATTEMPTS, *(list(k) for k in zip(*keys, strict=True)))
+        found = await self._all(q.OPEN_ATTEMPTS, *(list(k) for k in zip(*keys, strict=True)))
         return {(r[0], r[1], r[2]) for r in found}
 
     async def due_timers(self, now_ms: int, limit: int) -> list[Timer]:

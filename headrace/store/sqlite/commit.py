@@ -67,8 +67,8 @@ def _write_run(db: sqlite3.Connection, t: Transition) -> bool:
         try:
             db.execute(
                 "INSERT INTO runs (run_id, workflow_name, workflow_version, ir_hash, inputs, "
-                "vars, created_at, idempotency_key, " + ", ".join(rows.RUN_COLUMNS) + ") "
-                f"VALUES ({', '.join('?' * (8 + len(rows.RUN_COLUMNS)))})",
+                "vars, created_at, idempotency_key, labels, " + ", ".join(rows.RUN_COLUMNS) + ") "
+                f"VALUES ({', '.join('?' * (9 + len(rows.RUN_COLUMNS)))})",
                 rows.new_run_values(t),
             )
         except sqlite3.IntegrityError:

@@ -380,9 +380,14 @@ class SqliteStore:
         return rows.run_record(row)
 
     async def list_runs(
-        self, status: str | None, workflow: str | None, limit: int, cursor: str | None
+        self,
+        status: str | None,
+        workflow: str | None,
+        limit: int,
+        cursor: str | None,
+        labels: Mapping[str, str] | None = None,
     ) -> tuple[list[RunRecord], str | None]:
-        query = rows.list_runs_query(status, workflow, cursor, limit, "?")
+        query = rows.list_runs_query(status, workflow, cursor, limit, "?", labels)
         if query is None:
             return [], None
         sql, args = query

@@ -1,0 +1,109 @@
+"""Labels: a run is started with `key: value` strings and found again by them, over the API
+and the CLI, on the embedded runtime; bad labels are refused precisely and store nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from headrace.services.runtime import Embedded
+
+pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
+
+HOLD = "name: hold\nnodes:\n  wait: {wait: {signal: go}}\n"
+HEADRACE = str(Path(sys.executable).parent / "headrace")
+
+
+async def start(api: httpx.AsyncClient, **body: Any) -> httpx.Response:
+    return await api.post("/v1/runs", json={"workflow_tag": "hold", **body})
+
+
+async def ids(api: httpx.AsyncClient, *labels: str) -> list[str]:
+    r = await api.get("/v1/runs", params={"label": list(labels)})
+    assert r.status_code == 200, r.text
+    return [i["run_id"] for i in r.json()["items"]]
+
+
+async def test_runs_are_found_by_their_labels(api: httpx.AsyncClient) -> None:
+    await api.post("/v1/workflows", content=HOLD)
+    a = (await start(api, labels={"team": "growth", "env": "prod"})).json()["run_id"]
+    b = (await start(api, labels={"team": "growth", "env": "test"})).json()["run_id"]
+    c = (await start(api)).json()["run_id"]
+    run = (await api.get(f"/v1/runs/{a}")).json()
+    assert run["labels"] == {"team": "growth", "env": "prod"}
+    assert (await api.get(f"/v1/runs/{c}")).json()["labels"] == {}
+    assert await ids(api, "team=growth") == [b, a]  # newest first
+    assert await ids(api, "team=growth", "env=prod") == [a]  # several: all of them
+    assert await ids(api, "team=ops") == []
+    items = (await api.get("/v1/runs")).json()["items"]
+    assert [i["labels"] for i in items] == [{}, {"team": "growth", "env": "test"}, run["labels"]]
+
+
+@pytest.mark.parametrize(
+    ("labels", "path", "why"),
+    [
+        ({"team": 7}, "labels.team", "string"),
+        ({"bad key": "x"}, "labels.bad key", "a key is 1-63 letters"),
+        ({"-x": "x"}, "labels.-x", "from a letter or digit"),
+        ({"team": "x" * 257}, "labels.team", "at most 256 characters"),
+        ({f"k{i}": "v" for i in range(33)}, "labels", "at most 32 labels"),
+        (["team"], "labels", "valid dictionary"),
+    ],
+)
+async def test_bad_labels_are_refused_and_store_nothing(
+    api: httpx.AsyncClient, runtime: Embedded, labels: Any, path: str, why: str
+) -> None:
+    await api.post("/v1/workflows", content=HOLD)
+    r = await start(api, labels=labels)
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    assert problem["path"] == path and why in problem["detail"], problem
+    assert (await runtime.store.list_runs(None, None, 10, None))[0] == []
+
+
+async def test_a_label_filter_that_is_not_key_value_is_refused(api: httpx.AsyncClient) -> None:
+    for bad in ("team", "bad key=x", "team=" + "x" * 257):
+        r = await api.get("/v1/runs", params={"label": ["env=prod", bad]})
+        assert r.status_code == 422 and r.json()["path"] == "label.1", r.text
+
+
+async def test_an_idempotency_key_reused_with_other_labels_is_refused(
+    api: httpx.AsyncClient,
+) -> None:
+    await api.post("/v1/workflows", content=HOLD)
+    key = {"Idempotency-Key": "labels-1"}
+    first = await api.post(
+        "/v1/runs", json={"workflow_tag": "hold", "labels": {"a": "1"}}, headers=key
+    )
+    again = await api.post(
+        "/v1/runs", json={"workflow_tag": "hold", "labels": {"a": "1"}}, headers=key
+    )
+    assert (first.status_code, again.status_code) == (201, 200)
+    other = await api.post(
+        "/v1/runs", json={"workflow_tag": "hold", "labels": {"a": "2"}}, headers=key
+    )
+    assert other.status_code == 422 and "other labels (differing: labels.a)" in other.text
+
+
+async def test_the_cli_starts_and_lists_by_label(api: httpx.AsyncClient) -> None:
+    await api.post("/v1/workflows", content=HOLD)
+    url = str(api.base_url)
+
+    async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [HEADRACE, "runs", *args, "--url", url]  # the API serves on this loop
+        return await asyncio.to_thread(
+            subprocess.run, command, capture_output=True, text=True, timeout=60
+        )
+
+    started = await cli("start", "hold", "--label", "team=growth", "--label", "tier=gold")
+    assert started.returncode == 0, started.stderr
+    listed = await cli("list", "--label", "tier=gold")
+    assert listed.returncode == 0 and '"tier": "gold"' in listed.stdout, listed.stdout
+    bad = await cli("start", "hold", "--label", "nokey")
+    assert bad.returncode != 0 and "--label" in bad.stderr and "key=value" in bad.stderr
