@@ -81,6 +81,17 @@ def only_string(pattern: str) -> Callable[[JsonDict], None]:
     return edit
 
 
+def string_list(pattern: str, max_items: int) -> Callable[[JsonDict], None]:
+    """A repeatable query parameter's schema: at most `max_items` strings of `pattern`."""
+
+    def edit(schema: JsonDict) -> None:
+        schema.pop("anyOf", None)
+        items: JsonDict = {"type": "string", "pattern": pattern}
+        schema.update(type="array", maxItems=max_items, items=items)
+
+    return edit
+
+
 EXAMPLE_WORKFLOW = {
     "name": "greet",
     "version": 1,

@@ -13,7 +13,7 @@ import typer
 from headrace.cli.inputs import parse_inputs
 from headrace.cli.output import detail_of, fail, show
 from headrace.errors import InputError
-from headrace.spec.labels import parse_label
+from headrace.spec.labels import parse_label, parse_label_filters
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="HEADRACE_URL", help="The API (or HEADRACE_URL).")
@@ -96,9 +96,14 @@ def start(
 
 def _labels(pairs: list[str]) -> dict[str, str]:
     try:
-        return dict(parse_label(pair, "--label") for pair in pairs)
+        labels = [parse_label(pair, "--label") for pair in pairs]
     except InputError as e:
         raise fail(str(e)) from None
+    keys = [k for k, _ in labels]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise fail(f"--label: {', '.join(twice)} given twice")
+    return dict(labels)
 
 
 def _inputs(schemas: dict[str, Any], pairs: list[str], input_file: Path | None) -> dict[str, Any]:
@@ -124,7 +129,10 @@ def list_runs(
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """List runs, newest first (with `--label k=v`: those with every label given)."""
-    _labels(label or [])
+    try:
+        parse_label_filters(label or [], "--label")
+    except InputError as e:
+        raise fail(str(e)) from None
     params: dict[str, Any] = {
         k: v
         for k, v in {

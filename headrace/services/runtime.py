@@ -321,14 +321,12 @@ class Runtime:
         used = f"was used for run {run_id}"
         if record.workflow_tag != plan.tag:
             raise InputError("Idempotency-Key", f"{used} of {record.workflow_tag}, not {plan.tag}")
-        differ = _differing(record.inputs, inputs)
+        differ = [f"inputs.{k}" for k in _differing(record.inputs, inputs)]
+        differ += [f"labels.{k}" for k in _differing(record.labels, labels)]
         if differ:
-            names = ", ".join(f"inputs.{k}" for k in differ)
-            raise InputError("Idempotency-Key", f"{used} with other inputs (differing: {names})")
-        differ = _differing(record.labels, labels)
-        if differ:
-            names = ", ".join(f"labels.{k}" for k in differ)
-            raise InputError("Idempotency-Key", f"{used} with other labels (differing: {names})")
+            parts = dict.fromkeys(d.partition(".")[0] for d in differ)
+            what, names = " and ".join(parts), ", ".join(differ)
+            raise InputError("Idempotency-Key", f"{used} with other {what} (differing: {names})")
 
     async def validate_inputs(self, plan: Plan, inputs: Any) -> None:
         """`plan.validate_inputs`; large inputs are checked in the offload process."""

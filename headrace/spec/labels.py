@@ -15,6 +15,9 @@ from headrace.spec.values import json_problem
 MAX_LABELS = 32
 MAX_VALUE = 256
 KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+# a `key=value` filter, as the API's schema states it (parse_label_filters says what is wrong)
+LABEL_FILTER = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}=[^\x00-\x1f\x7f]{0,256}$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_labels(labels: Any, field: str = "labels") -> dict[str, str]:
@@ -35,6 +38,8 @@ def check_labels(labels: Any, field: str = "labels") -> dict[str, str]:
             raise InputError(where, f"at most {MAX_VALUE} characters, got {len(value)}")
         if json_problem(value) is not None:
             raise InputError(where, "must be valid Unicode text")
+        if _CONTROL.search(value):
+            raise InputError(where, "must not hold control characters (NUL, newline, tab...)")
     return dict(labels)
 
 
@@ -45,3 +50,11 @@ def parse_label(text: str, field: str = "label") -> tuple[str, str]:
         raise InputError(field, f"expected key=value, got {text!r}")
     check_labels({key: value}, field)
     return key, value
+
+
+def parse_label_filters(texts: list[str], field: str = "label") -> list[tuple[str, str]]:
+    """`key=value` filters (all must hold: the same key twice with two values matches
+    nothing); InputError names the bad one."""
+    if len(texts) > MAX_LABELS:
+        raise InputError(field, f"at most {MAX_LABELS} label filters, got {len(texts)}")
+    return [parse_label(text, field) for text in texts]

@@ -330,9 +330,10 @@ class RunQueries(Protocol):
         workflow: str | None,
         limit: int,
         cursor: str | None,
-        labels: Mapping[str, str] | None = None,
+        labels: Collection[tuple[str, str]] = (),
     ) -> tuple[list[RunRecord], str | None]:
-        """Runs newest first, a page at a time; with `labels`, those having every one."""
+        """Runs newest first, a page at a time; with `labels` (key, value), those having
+        every one."""
 
     async def list_children(
         self, run_id: str, node_id: str, offset: int, limit: int

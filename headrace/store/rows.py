@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -359,7 +359,7 @@ def list_runs_query(
     cursor: str | None,
     limit: int,
     mark: str,
-    labels: Mapping[str, str] | None = None,
+    labels: Collection[tuple[str, str]] = (),
 ) -> tuple[str, list[Any]] | None:
     """The SELECT of `Store.list_runs` and its arguments, with `mark` as the placeholder (`?`,
     or `$` for numbered ones: `$1, $2...`); None when nothing can match (a workflow version
@@ -380,7 +380,7 @@ def list_runs_query(
             if not version.isdigit():
                 return None
             where.append(f"workflow_version = {arg(int(version))}")
-    for key, value in (labels or {}).items():  # keys are checked: [A-Za-z0-9_.-]
+    for key, value in labels:  # keys are checked: [A-Za-z0-9_.-]
         if mark == "$":
             where.append(f"(labels::jsonb ->> {arg(key)}) = {arg(value)}")
         else:

@@ -372,11 +372,14 @@ async def test_a_run_keeps_its_labels_and_is_listed_by_them(store: Store) -> Non
     assert (await store.get_run_record(made[0])).labels == given[0]
 
     async def listed(**labels: str) -> list[str]:
-        return [r.run_id for r in (await store.list_runs(None, None, 10, None, labels))[0]]
+        found = await store.list_runs(None, None, 10, None, list(labels.items()))
+        return [r.run_id for r in found[0]]
 
     assert await listed(team="growth") == [made[1], made[0]]
     assert await listed(team="growth", env="prod") == [made[0]]
     assert await listed(team="nobody") == []
+    both = [("team", "growth"), ("team", "ops")]  # the same key twice: every one must hold
+    assert (await store.list_runs(None, None, 10, None, both))[0] == []
     assert len(await listed()) == 4
 
 

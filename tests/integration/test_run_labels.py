@@ -16,7 +16,9 @@ from headrace.services.runtime import Embedded
 
 pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
 
-HOLD = "name: hold\nnodes:\n  wait: {wait: {signal: go}}\n"
+HOLD = (
+    "name: hold\ninputs:\n  x: {type: number, default: 0}\nnodes:\n  wait: {wait: {signal: go}}\n"
+)
 HEADRACE = str(Path(sys.executable).parent / "headrace")
 
 
@@ -41,6 +43,7 @@ async def test_runs_are_found_by_their_labels(api: httpx.AsyncClient) -> None:
     assert await ids(api, "team=growth") == [b, a]  # newest first
     assert await ids(api, "team=growth", "env=prod") == [a]  # several: all of them
     assert await ids(api, "team=ops") == []
+    assert await ids(api, "team=growth", "team=ops") == []  # all of them: none has both
     items = (await api.get("/v1/runs")).json()["items"]
     assert [i["labels"] for i in items] == [{}, {"team": "growth", "env": "test"}, run["labels"]]
 
@@ -52,6 +55,7 @@ async def test_runs_are_found_by_their_labels(api: httpx.AsyncClient) -> None:
         ({"bad key": "x"}, "labels.bad key", "a key is 1-63 letters"),
         ({"-x": "x"}, "labels.-x", "from a letter or digit"),
         ({"team": "x" * 257}, "labels.team", "at most 256 characters"),
+        ({"team": "a\u0000b"}, "labels.team", "control characters"),
         ({f"k{i}": "v" for i in range(33)}, "labels", "at most 32 labels"),
         (["team"], "labels", "valid dictionary"),
     ],
@@ -68,9 +72,15 @@ async def test_bad_labels_are_refused_and_store_nothing(
 
 
 async def test_a_label_filter_that_is_not_key_value_is_refused(api: httpx.AsyncClient) -> None:
-    for bad in ("team", "bad key=x", "team=" + "x" * 257):
+    for bad, why in (
+        ("team", "expected key=value"),
+        ("bad key=x", "a key is 1-63 letters"),
+        ("team=" + "x" * 257, "at most 256 characters"),
+    ):
         r = await api.get("/v1/runs", params={"label": ["env=prod", bad]})
-        assert r.status_code == 422 and r.json()["path"] == "label.1", r.text
+        assert r.status_code == 422 and why in r.json()["detail"], r.text
+    r = await api.get("/v1/runs", params={"label": [f"k{i}=v" for i in range(33)]})
+    assert r.status_code == 422 and "at most 32 label filters" in r.json()["detail"]
 
 
 async def test_an_idempotency_key_reused_with_other_labels_is_refused(
@@ -89,6 +99,9 @@ async def test_an_idempotency_key_reused_with_other_labels_is_refused(
         "/v1/runs", json={"workflow_tag": "hold", "labels": {"a": "2"}}, headers=key
     )
     assert other.status_code == 422 and "other labels (differing: labels.a)" in other.text
+    both = {"workflow_tag": "hold", "inputs": {"x": 1}, "labels": {"a": "2"}}
+    other = await api.post("/v1/runs", json=both, headers=key)
+    assert "other inputs and labels (differing: inputs.x, labels.a)" in other.text
 
 
 async def test_the_cli_starts_and_lists_by_label(api: httpx.AsyncClient) -> None:
@@ -107,3 +120,5 @@ async def test_the_cli_starts_and_lists_by_label(api: httpx.AsyncClient) -> None
     assert listed.returncode == 0 and '"tier": "gold"' in listed.stdout, listed.stdout
     bad = await cli("start", "hold", "--label", "nokey")
     assert bad.returncode != 0 and "--label" in bad.stderr and "key=value" in bad.stderr
+    twice = await cli("start", "hold", "--label", "k=1", "--label", "k=2")
+    assert twice.returncode != 0 and "--label: k given twice" in twice.stderr

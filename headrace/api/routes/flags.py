@@ -16,10 +16,10 @@ from headrace.flags.definitions import flag
 
 
 class _FlagName(StringConvertor):
-    """Flag names are upper case, so `/v1/flags/history` is never taken for one (a PUT to
-    it is a 405, not a flag named "history")."""
+    """Any one segment but `history`, so `/v1/flags/history` is never taken for a flag (a
+    PUT to it is a 405), and a misspelt name is a flag not found, listing the flags."""
 
-    regex = "[A-Z][A-Z0-9_]*"
+    regex = "(?!history$)[^/]+"
 
 
 register_url_convertor("flag", _FlagName())  # before the routes below use it

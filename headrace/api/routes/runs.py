@@ -10,31 +10,30 @@ by labels (on the main tables: a scan; the read models of phase 4 index them).
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import StringConstraints
 
 from headrace.api import schemas, views
 from headrace.api.backend import BackendDep
 from headrace.api.limits import check_signal, check_tag, plan_off_loop
-from headrace.api.openapi import BODY, doc
+from headrace.api.openapi import BODY, doc, string_list
 from headrace.api.problems import problem
 from headrace.api.schemas import CURSOR_PATTERN, SIGNAL_NAME
 from headrace.engine import Cancel, Signal
 from headrace.errors import InputError, NotFound
 from headrace.events import RUN_TERMINAL, RunStatus
-from headrace.spec.labels import parse_label
+from headrace.spec.labels import LABEL_FILTER, MAX_LABELS, parse_label_filters
 from headrace.store import WorkflowRecord
 
 RUN_ID = Path(json_schema_extra={"format": "uuid"}, description="a run id (UUID)")
 STARTED = {201: schemas.RunStarted, 200: schemas.RunStarted}
-# `key=value`, a label's key and value as headrace/spec/labels.py allows them
-LabelFilter = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}=[\s\S]{0,256}$")
-]
-LABEL = Query(None, description="`key=value`: runs with this label (several: with all of them)")
+LABEL = Query(
+    None,
+    description="`key=value`: runs with this label (several: with all of them)",
+    json_schema_extra=string_list(LABEL_FILTER, MAX_LABELS),  # checked by parse_label
+)
 
 router = APIRouter()
 
@@ -80,9 +79,9 @@ async def list_runs(
     cursor: str | None = Query(
         None, pattern=CURSOR_PATTERN, description="a `next_cursor` this API returned"
     ),
-    label: list[LabelFilter] | None = LABEL,
+    label: list[str] | None = LABEL,
 ) -> dict[str, Any]:
-    labels = dict(parse_label(text) for text in label or [])
+    labels = parse_label_filters(label or [])
     if workflow is not None:
         try:
             check_tag(workflow)

@@ -385,7 +385,7 @@ class SqliteStore:
         workflow: str | None,
         limit: int,
         cursor: str | None,
-        labels: Mapping[str, str] | None = None,
+        labels: Collection[tuple[str, str]] = (),
     ) -> tuple[list[RunRecord], str | None]:
         query = rows.list_runs_query(status, workflow, cursor, limit, "?", labels)
         if query is None:
