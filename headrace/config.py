@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     monitor_kafka_lag_s: float = Field(
         10.0, gt=0, description="monitor: roll back when Kafka's consumer lag exceeds it"
     )
+    projection_lag_limit_s: float = Field(
+        5.0, gt=0, description="reads leave the read models when their lag stays over it"
+    )
     monitor_window_s: float = Field(10.0, gt=0, description="monitor: figures judged over it")
     migration_window_s: float = Field(
         120.0, gt=0, le=540, description="migrate status: the checklist's figures are over it"

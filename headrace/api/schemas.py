@@ -13,7 +13,7 @@ from headrace.events import NodeStatus, RunStatus
 from headrace.flags import FLAGS
 from headrace.migration.steps import CUSTOM, STEPS
 
-CURSOR_PATTERN = r"^[0-9]{1,15}\.[0-9a-f]{32}$"  # store/rows.py: created_at_ms.run_id
+CURSOR_PATTERN = r"^[0-9]{1,15}\.[0-9a-f]{32}$"  # store/listing.py: ms.run_id (the sort key)
 SIGNAL_NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"
 WORKFLOW_NAME = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
 FLAG_NAMES: JsonDict = {"enum": list[JsonValue](FLAGS)}
@@ -213,6 +213,46 @@ class RunItem(_Closed):
 class RunPage(_Closed):
     items: list[RunItem]
     next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+class Projector(_Closed):
+    process: str
+    lag_s: float = Field(description="its last batch's newest event: committed to applied")
+    applied: int = Field(description="events it applied since it started")
+    reported_at_ms: int
+    live: bool = Field(description="reported in the last 3 s")
+
+
+class ProjectionStatus(_Closed):
+    flags: dict[str, bool]
+    lag_s: float | None = Field(description="the largest lag of the live projectors")
+    limit_s: float = Field(description="reads leave the read models when the lag stays over it")
+    projectors: list[Projector]
+    runs: dict[str, int] = Field(description="`main`: runs in the main tables; `projected`")
+    last_rollback: dict[str, Any] | None
+
+
+class RunTotals(_Closed):
+    total: int
+    by_status: dict[RunStatus, int]
+    by_workflow: dict[str, dict[RunStatus, int]] = Field(description="by `name@version`")
+
+
+class LastHour(_Closed):
+    ended: int = Field(description="runs that ended in the last hour")
+    duration_p50_ms: float | None = Field(description="theirs, created to ended")
+    duration_p95_ms: float | None
+
+
+class Stats(_Closed):
+    runs: RunTotals
+    nodes_active: int = Field(description="nodes scheduled, running, waiting or retrying")
+    last_hour: LastHour
+
+
+class RunCount(_Closed):
+    total: int
+    by_status: dict[RunStatus, int] = Field(description="every status, zeros included")
 
 
 class SignalAccepted(_Closed):

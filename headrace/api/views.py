@@ -8,6 +8,7 @@ from typing import Any
 from headrace.events import ErrorInfo
 from headrace.flags import Flag
 from headrace.store import FlagChange, NodeRecord, RunRecord, WorkflowRecord
+from headrace.store.listing import RunItem
 
 
 def rfc3339(ms: int | None) -> str | None:
@@ -89,7 +90,7 @@ def run_view(r: RunRecord, nodes: list[NodeRecord], pin: str | None = None) -> d
     }
 
 
-def run_item(r: RunRecord) -> dict[str, Any]:
+def run_item(r: RunItem) -> dict[str, Any]:
     return {
         "run_id": r.run_id,
         "workflow_tag": r.workflow_tag,

@@ -18,6 +18,7 @@ from rich.markup import escape
 from headrace.cli.broker import dev_broker
 from headrace.cli.client import flags_app, migrate_app, runs_app, workflows_app
 from headrace.cli.output import UNAVAILABLE, err, fail
+from headrace.cli.projections import projections_app
 from headrace.config import load_settings
 from headrace.errors import Conflict, InfraError, InputError, NotFound, SpecError
 from headrace.services import loop
@@ -36,6 +37,7 @@ app.add_typer(workflows_app, name="workflows")
 app.add_typer(runs_app, name="runs")
 app.add_typer(flags_app, name="flags")
 app.add_typer(migrate_app, name="migrate")
+app.add_typer(projections_app, name="projections")
 
 TasksOption = Annotated[
     str | None,
@@ -214,8 +216,8 @@ def serve(
     roles: Annotated[
         list[str],
         typer.Argument(
-            help="api, coordinator, worker, relay, or all; monitor and shadow with the "
-            "migrating bus (HEADRACE_KAFKA_URL).",
+            help="api, coordinator, worker, relay, projector, or all; monitor and shadow "
+            "with the migrating bus (HEADRACE_KAFKA_URL).",
             metavar="ROLE...",
         ),
     ],
@@ -226,8 +228,8 @@ def serve(
     ] = 0,
     tasks: TasksOption = None,
 ) -> None:
-    """Run cluster processes: any of api, coordinator, worker, relay (or all), monitor,
-    shadow."""
+    """Run cluster processes: any of api, coordinator, worker, relay, projector (or all),
+    monitor, shadow."""
 
     from headrace.services.runtime import MIGRATION_ROLES, ROLES
     from headrace.services.serve import serve as run_serve

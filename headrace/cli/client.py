@@ -119,32 +119,92 @@ def get(run_id: str, url: UrlOption = DEFAULT_URL) -> None:
     show(_call("GET", url, f"/v1/runs/{run_id}"))
 
 
-@runs_app.command("list")
-def list_runs(
-    status: Annotated[str | None, typer.Option("--status")] = None,
-    workflow: Annotated[str | None, typer.Option("--workflow")] = None,
-    limit: Annotated[int, typer.Option("--limit")] = 50,
-    cursor: Annotated[str | None, typer.Option("--cursor")] = None,
-    label: LabelOption = None,
-    url: UrlOption = DEFAULT_URL,
-) -> None:
-    """List runs, newest first (with `--label k=v`: those with every label given)."""
+StatusOption = Annotated[
+    list[str] | None, typer.Option("--status", help="in this status (repeat: any of them)")
+]
+AfterOption = Annotated[
+    str | None, typer.Option("--created-after", help="created at or after (RFC 3339)")
+]
+BeforeOption = Annotated[
+    str | None, typer.Option("--created-before", help="created before (RFC 3339)")
+]
+QueryOption = Annotated[
+    str | None, typer.Option("--query", "-q", help="a run id's start, or a label's value")
+]
+StrongOption = Annotated[
+    bool, typer.Option("--strong", help="read the main tables, not the read models")
+]
+
+
+def _filters(
+    status: list[str] | None,
+    workflow: str | None,
+    label: list[str] | None,
+    created_after: str | None,
+    created_before: str | None,
+    query: str | None,
+    strong: bool,
+) -> dict[str, Any]:
+    """The query parameters of `runs list` and `runs count` (the API checks them)."""
     try:
         parse_label_filters(label or [], "--label")
     except InputError as e:
         raise fail(str(e)) from None
-    params: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "status": status,
-            "workflow": workflow,
-            "limit": limit,
-            "cursor": cursor,
-            "label": label,
-        }.items()
-        if v is not None
+    given = {
+        "status": status or None,
+        "workflow": workflow,
+        "label": label or None,
+        "created_after": created_after,
+        "created_before": created_before,
+        "q": query,
+        "consistency": "strong" if strong else None,
     }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+@runs_app.command("list")
+def list_runs(
+    status: StatusOption = None,
+    workflow: Annotated[str | None, typer.Option("--workflow")] = None,
+    label: LabelOption = None,
+    created_after: AfterOption = None,
+    created_before: BeforeOption = None,
+    query: QueryOption = None,
+    sort: Annotated[
+        str, typer.Option("--sort", help="created (newest first) or ended (last ended first)")
+    ] = "created",
+    limit: Annotated[int, typer.Option("--limit")] = 50,
+    cursor: Annotated[str | None, typer.Option("--cursor")] = None,
+    strong: StrongOption = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """List runs, newest first, with every filter given (`--label k=v`: that label)."""
+    params = _filters(status, workflow, label, created_after, created_before, query, strong)
+    params |= {"sort": sort, "limit": limit} | ({"cursor": cursor} if cursor else {})
     show(_call("GET", url, "/v1/runs", params=params))
+
+
+@runs_app.command("count")
+def count_runs(
+    status: StatusOption = None,
+    workflow: Annotated[str | None, typer.Option("--workflow")] = None,
+    label: LabelOption = None,
+    created_after: AfterOption = None,
+    created_before: BeforeOption = None,
+    query: QueryOption = None,
+    strong: StrongOption = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """How many runs match the filters (those of `runs list`), by status."""
+    params = _filters(status, workflow, label, created_after, created_before, query, strong)
+    show(_call("GET", url, "/v1/runs/count", params=params))
+
+
+@runs_app.command("stats")
+def run_stats(strong: StrongOption = False, url: UrlOption = DEFAULT_URL) -> None:
+    """Runs by status and workflow, nodes active, the last hour's run durations (p50, p95)."""
+    params = {"consistency": "strong"} if strong else {}
+    show(_call("GET", url, "/v1/stats", params=params))
 
 
 @runs_app.command("cancel")

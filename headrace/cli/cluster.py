@@ -46,6 +46,7 @@ def plan(coordinators: int, workers: int, migrating: bool = False) -> list[tuple
     procs += [(f"coordinator-{i}", ["coordinator"]) for i in range(1, coordinators + 1)]
     procs += [(f"worker-{i}", ["worker"]) for i in range(1, workers + 1)]
     procs.append(("relay", ["relay"]))
+    procs.append(("projector", ["projector"]))
     if migrating:
         procs += [("monitor", ["monitor"]), ("shadow", ["shadow"])]
     return procs

@@ -17,6 +17,7 @@ _event_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Event)
 _job_decoder = msgspec.json.Decoder(Job)
 _result_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Result)
 _cancel_decoder = msgspec.json.Decoder(CancelJob)
+_events_decoder: msgspec.json.Decoder[list[Any]] = msgspec.json.Decoder(list[Event])
 
 CONTENT_TYPE = "application/json"  # the format `encode` writes and the decoders read
 
@@ -36,6 +37,12 @@ def encode(value: Any) -> bytes:
 def decode_event(data: bytes) -> Event:
     event: Event = _event_decoder.decode(data)
     return event
+
+
+def decode_events(data: bytes) -> list[Event]:
+    """A `workflow.events` message: one transition's events, in seq order."""
+    events: list[Event] = _events_decoder.decode(data)
+    return events
 
 
 def decode_job(data: bytes) -> Job:

@@ -151,7 +151,7 @@ class Window:
 def window(reports: Iterable[Mapping[str, Any]], start_s: int, end_s: int, grace_s: int) -> Window:
     """Add up the slots of `reports` (what `figures()` of the migrating bus and of the
     shadow give, one per process) over [start_s, end_s)."""
-    reports = list(reports)
+    reports = [r for r in reports if "buses" in r or "shadow" in r]  # not a projector's
     silent_ms = (end_s - SILENT_S) * 1000
     deaths = [r["at_ms"] // 1000 for r in reports if r.get("at_ms", silent_ms) < silent_ms]
     read_from = max([start_s, *(d + 1 for d in deaths)])

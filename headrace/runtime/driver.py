@@ -12,13 +12,13 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from headrace.bus import Bus, Delivery
 from headrace.bus.headers import CONTENT_TYPE_HEADER, PIN
-from headrace.bus.topics import CANCELS, JOB_LANES, jobs_topic
+from headrace.bus.topics import CANCELS, EVENTS, JOB_LANES, jobs_topic
 from headrace.clock import SYSTEM, Clock
 from headrace.engine import (
     Command,
@@ -34,7 +34,7 @@ from headrace.engine import (
     new_run,
 )
 from headrace.errors import Conflict, InfraError
-from headrace.events import CONTENT_TYPE, RUN_TERMINAL, CancelJob, Job, Message, Timer, encode
+from headrace.events import CONTENT_TYPE, RUN_TERMINAL, Message, Timer, encode
 from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.hub import Hub
 from headrace.runtime.local import LocalJobs, split
@@ -70,9 +70,7 @@ class _Decisions:
     applied: list[tuple[str, Applied]] = field(default_factory=list)
 
 
-def json_message(
-    topic: str, run_id: str, value: Job | CancelJob, pin: str | None = None
-) -> Message:
+def json_message(topic: str, run_id: str, value: Any, pin: str | None = None) -> Message:
     """`value` for `topic` as JSON, with the header that says so (every message names its
     format: a consumer refuses one it cannot read), and its run's bus pin, if any."""
     headers = {CONTENT_TYPE_HEADER: CONTENT_TYPE}
@@ -85,6 +83,10 @@ def messages_of(run_id: str, decision: Decision, pin: str | None = None) -> list
     out = [json_message(jobs_topic(j.priority), run_id, j, pin) for j in decision.jobs]
     out += [json_message(CANCELS, run_id, c, pin) for c in decision.cancels]
     return out
+
+
+def _never() -> bool:
+    return False
 
 
 class Driver:
@@ -101,8 +103,11 @@ class Driver:
         holder: str | None = None,
         pins: RunPins | None = None,
         clock: Clock = SYSTEM,
+        publish_events: Callable[[], bool] = _never,
     ) -> None:
         self.clock = clock
+        # whether each transition's events go to EVENTS too (read live: ENABLE_PROJECTIONS)
+        self.publish_events = publish_events
         self.crash = crash
         self.pins = pins  # with the migrating bus: each run's bus, stamped on its messages
         self.holder = holder  # the outbox rows this driver writes are this process's
@@ -229,6 +234,7 @@ class Driver:
             idempotency_key=idempotency_key,
             pin=pin,
         )
+        self._with_events([t], {state.run_id: pin} if pin else {})
         created: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._starting.append((t, created))
         if self._start_flusher is None or self._start_flusher.done():
@@ -341,6 +347,7 @@ class Driver:
                     for t in decisions.transitions.values()
                     if (t.events or t.fired) and t.state.run_id not in stale
                 ]
+                self._with_events(todo, pins)
                 committed = await self._commit(todo)
             except BaseException:
                 for run_id in decisions.transitions:  # their cached states hold uncommitted events
@@ -352,6 +359,16 @@ class Driver:
         done = [t for t in todo if t.state.run_id not in conflicts]
         await self._publish(done, committed, None if conflicts else acks)
         return decisions, conflicts
+
+    def _with_events(self, transitions: list[Transition], pins: dict[str, str]) -> None:
+        """While projections are on, each transition's events go out with it, as one
+        message keyed by run, through the outbox like its jobs (read models: projections/)."""
+        if not self.publish_events():
+            return
+        for t in transitions:
+            if t.events:
+                run_id = t.state.run_id
+                t.messages.append(json_message(EVENTS, run_id, t.events, pins.get(run_id)))
 
     async def _is_stale(self, state: RunState) -> bool:
         """Whether the store holds a newer version of a run than this cached state. A command

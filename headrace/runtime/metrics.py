@@ -89,8 +89,18 @@ class Metrics:
             "Jobs sent to workers: through the bus, or to this process's own worker (local)",
             ["via"],
         )
+        self.projected = _Counts(
+            "headrace_projected_events",
+            "Events a projector applied to the read models, or skipped (seen before)",
+            ["outcome"],
+        )
+        self.projection_delay = _Histograms(
+            "headrace_projection_delay_seconds",
+            "Event committed to applied to the read models, per batch's newest event",
+            "projector",
+        )
         tallies = (self.runs_finished, self.node_attempts, self.node_duration, self.queue_wait)
-        for tally in (*tallies, self.jobs_dispatched):
+        for tally in (*tallies, self.jobs_dispatched, self.projected, self.projection_delay):
             r.register(tally)
         self.commit_seconds = Histogram(
             "headrace_store_commit_seconds",
@@ -105,6 +115,14 @@ class Metrics:
             "headrace_flag_value",
             "Feature flags as this process applies them",
             ["flag"],
+            registry=r,
+        )
+
+        self.projection_lag = Gauge(
+            "headrace_projection_lag_seconds",
+            "How far the read models are behind: the last batch's newest event committed to"
+            " applied (0 while nothing waits)",
+            ["projector"],
             registry=r,
         )
 

@@ -27,12 +27,14 @@ from headrace.errors import InfraError, InputError
 from headrace.events import RUN_TERMINAL
 from headrace.flags import FlagWatcher
 from headrace.flags import initial as initial_flags
+from headrace.flags.definitions import FlagValues
 from headrace.migration.figures import FigureReporter, gone_writers
 from headrace.migration.monitor import Monitor
 from headrace.migration.shadow import Shadow
 from headrace.migration.steps import Migration, Thresholds
 from headrace.nodes import AgentExecutor, HttpExecutor, NodeExecutor, TaskRegistry
 from headrace.nodes.wrappers import scrubbed
+from headrace.projections.monitor import ProjectionMonitor
 from headrace.runtime.coordinator import Coordinator
 from headrace.runtime.crash import CrashPoints
 from headrace.runtime.driver import Driver
@@ -40,6 +42,7 @@ from headrace.runtime.hub import Hub
 from headrace.runtime.local import LocalDispatch
 from headrace.runtime.metrics import Metrics
 from headrace.runtime.pins import RunPins
+from headrace.runtime.projector import Projector
 from headrace.runtime.relay import Liveness, Relay, this_process
 from headrace.runtime.supervise import Supervised, cancel_all
 from headrace.runtime.worker import Worker
@@ -64,7 +67,7 @@ def tune_gc() -> None:
 
 
 SWITCH_INTERVAL_S = 0.0005
-ROLES = ("api", "coordinator", "worker", "relay")
+ROLES = ("api", "coordinator", "worker", "relay", "projector")
 MIGRATION_ROLES = ("monitor", "shadow")  # with the migrating bus only; not in `serve all`
 
 
@@ -135,6 +138,10 @@ class Runtime:
             self.store, self.bus, self.driver.republish_in_flight, self.holder,
             redispatch_s=settings.redispatch_s, clock=clock,
         )  # fmt: skip
+        self.projector = Projector(
+            self.store, self.bus, self.flags.values, self.metrics,
+            name=f"projector-{settings.process_name}", crash=crash, clock=clock,
+        )  # fmt: skip
         self.migration = self._migration()
         self._watch_depth()
         self._tasks: list[asyncio.Task[None]] = []
@@ -150,7 +157,11 @@ class Runtime:
             holder=self.holder.id,
             pins=RunPins(self.store, self.flags.values) if self.settings.kafka_url else None,
             clock=self.clock,
+            publish_events=self._projections_on,
         )
+
+    def _projections_on(self) -> bool:
+        return FlagValues(self.flags.values).on("ENABLE_PROJECTIONS")
 
     def _local_dispatch(self) -> LocalDispatch:
         """Jobs and results that skip the bus, in a process both coordinator and worker."""
@@ -221,7 +232,15 @@ class Runtime:
         if "monitor" in self.roles:
             monitor = Monitor(self.migration, window_s=self.settings.monitor_window_s)
             self.loops.append(Supervised("monitor", monitor.run))
-        if reads[0] is not None:
+        if "projector" in self.roles:
+            reads.append(self.projector.figures)
+        if "api" in self.roles:  # reads are served here: their source is guarded here
+            guard = ProjectionMonitor(
+                self.store, self.flags, limit_s=self.settings.projection_lag_limit_s,
+                window_s=self.settings.monitor_window_s, clock=self.clock,
+            )  # fmt: skip
+            self.loops.append(Supervised("projection-monitor", guard.run))
+        if any(reads):
             reporter = FigureReporter(self.store, _merged(reads), self.settings.process_name)
             self.loops.append(Supervised("figures", reporter.run))
         if "coordinator" in self.roles:
@@ -237,6 +256,8 @@ class Runtime:
             self.loops.append(Supervised("worker", self.worker.run))
         if "relay" in self.roles:
             self.loops.append(Supervised("relay", self.relay.run))
+        if "projector" in self.roles:
+            self.loops.append(Supervised("projector", self.projector.run))
         for loop in self.loops:
             self._tasks.append(asyncio.create_task(loop.run(), name=loop.name))
         return self

@@ -7,13 +7,16 @@ applied exactly once whatever the interleaving of writers.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from headrace.engine import NodeState, RunState
 from headrace.events import ErrorInfo, Event, Message, NodeStatus, RunStatus, Timer
+from headrace.projections.apply import Projected
+from headrace.projections.fold import RunRow, StateRow
 from headrace.spec import WorkflowIR
+from headrace.store.listing import RunFilter, RunItem, RunStats, Sort, Source
 
 
 @dataclass
@@ -326,14 +329,22 @@ class RunQueries(Protocol):
 
     async def list_runs(
         self,
-        status: str | None,
-        workflow: str | None,
+        f: RunFilter,
         limit: int,
-        cursor: str | None,
-        labels: Collection[tuple[str, str]] = (),
-    ) -> tuple[list[RunRecord], str | None]:
-        """Runs newest first, a page at a time; with `labels` (key, value), those having
-        every one."""
+        cursor: str | None = None,
+        sort: Sort = "created",
+        source: Source = "primary",
+    ) -> tuple[list[RunItem], str | None]:
+        """The runs matching `f`, a page at a time: newest first, or (`ended`) the ended
+        ones, most recently ended first; from the main tables or the read model (the same
+        answer, once the read model caught up). InputError for a malformed cursor."""
+
+    async def count_runs(self, f: RunFilter, source: Source = "primary") -> dict[str, int]:
+        """How many runs match `f`, by status (every status, zeros included)."""
+
+    async def run_stats(self, since_ms: int, source: Source = "primary") -> RunStats:
+        """Runs by workflow and status, nodes active, and the durations (p50, p95) of the
+        runs ended since `since_ms`."""
 
     async def list_children(
         self, run_id: str, node_id: str, offset: int, limit: int
@@ -342,8 +353,46 @@ class RunQueries(Protocol):
     async def read_events(self, run_id: str, after_seq: int, limit: int) -> list[StoredEvent]: ...
 
 
+class ReadModels(Protocol):
+    """The read models the projector keeps, `runs_read` and `states_read` (rows and fold:
+    headrace/projections/), and what its catch-up compares them with."""
+
+    async def project(
+        self,
+        batch: Mapping[str, Sequence[Event]],
+        upto: Mapping[str, int] | None = None,
+        checkpoint: Callable[[], None] | None = None,
+    ) -> Projected:
+        """In one transaction, fold `batch` (run id -> events, any order, duplicates
+        allowed) into the read rows: a run's events at or below its applied seq are skipped,
+        and a run whose events do not follow on from it is read from the event log (as are
+        the runs of `upto`, up to the seq given). `checkpoint` is called inside the
+        transaction before the writes (crash tests). See projections/apply.py."""
+
+    async def applied_seqs(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """The last seq applied of each of these runs that has a read row."""
+
+    async def run_seqs(self, after_run_id: str, limit: int) -> list[tuple[str, int]]:
+        """(run id, seq) from the main tables, by run id after `after_run_id`."""
+
+    async def read_rows(self, run_id: str) -> tuple[RunRow | None, list[StateRow]]:
+        """A run's read row and its state rows (by node id)."""
+
+    async def read_model_counts(self) -> dict[str, int]:
+        """Runs in the main tables (`main`) and in the read model (`projected`)."""
+
+
 class Store(
-    Catalogue, RunLog, Leases, TimerBook, FlagBook, PinBook, FigureBook, RunQueries, Protocol
+    Catalogue,
+    RunLog,
+    Leases,
+    TimerBook,
+    FlagBook,
+    PinBook,
+    FigureBook,
+    RunQueries,
+    ReadModels,
+    Protocol,
 ):
     """Everything a backend stores, in the role-sized protocols above: one class per backend
     implements them all; a caller names the protocol it uses."""

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
-import uuid
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
 
 from headrace.bus.topics import JOB_LANES
 from headrace.engine import NodeState, RunState, split_child
-from headrace.errors import InputError
 from headrace.events import (
     IN_FLIGHT,
     NODE_DONE,
@@ -37,7 +34,6 @@ from headrace.store.base import (
     WorkflowRecord,
 )
 
-_CURSOR = re.compile(r"([0-9]{1,15})\.([0-9a-f]{32})")  # the API documents this shape
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 _err_dec = msgspec.json.Decoder(ErrorInfo)
@@ -338,73 +334,6 @@ def node_record(node_id: str, row: Any, children: dict[str, int] | None) -> Node
         n.width,
         children if n.width is not None else None,
     )
-
-
-def encode_cursor(r: RunRecord) -> str:
-    """list_runs' cursor: the last run returned (runs are listed newest first), as
-    `created_at_ms.run_id-hex`, so any text of that shape is a place in the list."""
-    return f"{r.created_at_ms}.{uuid.UUID(r.run_id).hex}"
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    found = _CURSOR.fullmatch(cursor)
-    if found is None:
-        raise InputError("cursor", "is not a cursor this API returned")
-    return int(found[1]), str(uuid.UUID(found[2]))
-
-
-def list_runs_query(
-    status: str | None,
-    workflow: str | None,
-    cursor: str | None,
-    limit: int,
-    mark: str,
-    labels: Collection[tuple[str, str]] = (),
-) -> tuple[str, list[Any]] | None:
-    """The SELECT of `Store.list_runs` and its arguments, with `mark` as the placeholder (`?`,
-    or `$` for numbered ones: `$1, $2...`); None when nothing can match (a workflow version
-    that is not a number)."""
-    where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}" if mark == "$" else mark
-
-    if status:
-        where.append(f"status = {arg(status)}")
-    if workflow:
-        name, _, version = workflow.partition("@")
-        where.append(f"workflow_name = {arg(name)}")
-        if version:
-            if not version.isdigit():
-                return None
-            where.append(f"workflow_version = {arg(int(version))}")
-    for key, value in labels:  # keys are checked: [A-Za-z0-9_.-]
-        if mark == "$":
-            where.append(f"(labels::jsonb ->> {arg(key)}) = {arg(value)}")
-        else:
-            path = '$."' + key + '"'
-            where.append(f"json_extract(labels, {arg(path)}) = {arg(value)}")
-    if cursor:
-        created, run_id = decode_cursor(cursor)
-        where.append(
-            f"(created_at < {arg(created)} OR (created_at = {arg(created)} "
-            f"AND run_id < {arg(run_id)}))"
-        )
-    sql = (
-        f"SELECT {RUN_SELECT} FROM runs"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + f" ORDER BY created_at DESC, run_id DESC LIMIT {arg(limit + 1)}"
-    )
-    return sql, args
-
-
-def page(found: list[RunRecord], limit: int) -> tuple[list[RunRecord], str | None]:
-    """The first `limit` records and the cursor to the next page, if there is one."""
-    more = len(found) > limit
-    found = found[:limit]
-    return found, encode_cursor(found[-1]) if more and found else None
 
 
 FLAG_CHANGE_SELECT = "name, old, new, who, why, at"

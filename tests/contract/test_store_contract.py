@@ -39,9 +39,20 @@ from headrace.engine import (
 )
 from headrace.engine.decide import Decision
 from headrace.errors import Conflict, InfraError, InputError, NotFound
-from headrace.events import NODE_OPEN, Job, Message, SignalReceived, Timer, decode_job, encode
+from headrace.events import (
+    NODE_OPEN,
+    Job,
+    Message,
+    SignalReceived,
+    Timer,
+    decode_event,
+    decode_job,
+    encode,
+)
+from headrace.projections.fold import RunRow, fold
 from headrace.spec import Plan, canonical_json, parse_workflow, plan_of
 from headrace.store import Children, Holder, RunHead, Store, Transition
+from headrace.store.listing import RunFilter, Sort, Source
 from headrace.store.migrate import HEAD, head
 from headrace.store.postgres import PostgresStore
 from headrace.store.sqlite import SqliteStore
@@ -315,7 +326,16 @@ async def test_a_run_head_has_its_status_workflow_and_last_event(store: Store) -
         await store.get_run_head("no-such-run")
 
 
-async def test_list_runs_filters_and_pages_newest_first(store: Store) -> None:
+async def project_all(store: Store) -> None:
+    """Bring the read models up to the main tables, as the projector's catch-up does."""
+    await store.project({}, dict(await store.run_seqs("", 10_000)))
+
+
+SOURCES = pytest.mark.parametrize("source", ["primary", "projection"])
+
+
+@SOURCES
+async def test_list_runs_filters_and_pages_newest_first(store: Store, source: Source) -> None:
     shop = await register(store)
     shop2 = await register(store, {**SHOP, "version": 2})
     other = await register(store, {**SHOP, "name": "other"})
@@ -325,40 +345,65 @@ async def test_list_runs_filters_and_pages_newest_first(store: Store) -> None:
         plan = (shop, shop2, other)[i % 3]
         state, d = start(plan, at_ms=1_000 + i // 4)  # ties on created_at, ordered by run id
         if i % 5 == 0:
-            d.events += decide(state, Cancel(at_ms=2_000)).events
+            d.events += decide(state, Cancel(at_ms=2_000 + i % 7)).events
         made.append(state)
         batch.append(Transition(state, d.events, new=True))
     assert not (await store.commit(batch)).conflicts
+    await project_all(store)
 
-    async def everything(status: str | None, workflow: str | None) -> list[str]:
+    async def everything(f: RunFilter, sort: Sort = "created") -> list[str]:
         ids: list[str] = []
         cursor = None
         while True:
-            page, cursor = await store.list_runs(status, workflow, 7, cursor)
+            page, cursor = await store.list_runs(f, 7, cursor, sort, source)
             assert len(page) <= 7
             ids += [r.run_id for r in page]
             if cursor is None:
                 return ids
 
-    def expected(keep: Any) -> list[str]:
-        chosen = sorted((s for s in made if keep(s)), key=lambda s: (s.created_at_ms, s.run_id))
+    def expected(keep: Any, key: Any = lambda s: s.created_at_ms) -> list[str]:
+        chosen = sorted((s for s in made if keep(s)), key=lambda s: (key(s), s.run_id))
         return [s.run_id for s in reversed(chosen)]
 
-    assert await everything(None, None) == expected(lambda s: True)
-    assert await everything("cancelled", None) == expected(lambda s: s.status == "cancelled")
-    assert await everything(None, "shop") == expected(lambda s: s.plan.ir.name == "shop")
-    assert await everything(None, "shop@2") == expected(lambda s: s.plan is shop2)
-    assert await everything("running", "other@1") == expected(
+    def has(*statuses: str) -> Any:
+        return lambda s: s.status in statuses
+
+    assert await everything(RunFilter()) == expected(lambda s: True)
+    assert await everything(RunFilter(("cancelled",))) == expected(has("cancelled"))
+    both = RunFilter(("cancelled", "running"))
+    assert await everything(both) == expected(has("cancelled", "running"))
+    assert await everything(RunFilter(workflow="shop")) == expected(
+        lambda s: s.plan.ir.name == "shop"
+    )
+    assert await everything(RunFilter(workflow="shop@2")) == expected(lambda s: s.plan is shop2)
+    assert await everything(RunFilter(("running",), "other@1")) == expected(
         lambda s: s.plan is other and s.status == "running"
     )
-    assert await store.list_runs(None, "shop@x", 10, None) == ([], None)
-    page, cursor = await store.list_runs(None, None, 30, None)
+    window = RunFilter(created_after=1_002, created_before=1_005)
+    assert await everything(window) == expected(lambda s: 1_002 <= s.created_at_ms < 1_005)
+    ended = await everything(RunFilter(), "ended")
+    assert ended == expected(has("cancelled"), key=lambda s: s.ended_at_ms)
+    prefix = made[3].run_id[:6].upper()  # any case
+    assert await everything(RunFilter(q=prefix)) == expected(
+        lambda s: s.run_id.startswith(prefix.lower())
+    )
+    assert await store.list_runs(RunFilter(workflow="shop@x"), 10) == ([], None)
+    page, cursor = await store.list_runs(RunFilter(), 30, None, "created", source)
     assert len(page) == 30 and cursor is None
+    tags = {s.run_id: s.plan.tag for s in made}
+    assert [i.workflow_tag for i in page] == [tags[i.run_id] for i in page]
     with pytest.raises(InputError):
-        await store.list_runs(None, None, 10, "not a cursor")
+        await store.list_runs(RunFilter(), 10, "not a cursor", "created", source)
+    counts = await store.count_runs(RunFilter(workflow="shop"), source)
+    shops = [s for s in made if s.plan.ir.name == "shop"]
+    assert counts == {
+        st: sum(s.status == st for s in shops)
+        for st in ("pending", "running", "completed", "failed", "cancelled")
+    }
 
 
-async def test_a_run_keeps_its_labels_and_is_listed_by_them(store: Store) -> None:
+@SOURCES
+async def test_a_run_keeps_its_labels_and_is_listed_by_them(store: Store, source: Source) -> None:
     plan = await register(store)
     given = [{"team": "growth", "env": "prod"}, {"team": "growth"}, {}, {"team": "ops"}]
     made = []
@@ -370,17 +415,49 @@ async def test_a_run_keeps_its_labels_and_is_listed_by_them(store: Store) -> Non
         await same(store, state)  # loaded back with them
         made.append(state.run_id)
     assert (await store.get_run_record(made[0])).labels == given[0]
+    await project_all(store)
+
+    async def found(f: RunFilter) -> list[str]:
+        return [r.run_id for r in (await store.list_runs(f, 10, None, "created", source))[0]]
 
     async def listed(**labels: str) -> list[str]:
-        found = await store.list_runs(None, None, 10, None, list(labels.items()))
-        return [r.run_id for r in found[0]]
+        return await found(RunFilter(labels=tuple(labels.items())))
 
     assert await listed(team="growth") == [made[1], made[0]]
     assert await listed(team="growth", env="prod") == [made[0]]
     assert await listed(team="nobody") == []
-    both = [("team", "growth"), ("team", "ops")]  # the same key twice: every one must hold
-    assert (await store.list_runs(None, None, 10, None, both))[0] == []
+    both = (("team", "growth"), ("team", "ops"))  # the same key twice: every one must hold
+    assert await found(RunFilter(labels=both)) == []
     assert len(await listed()) == 4
+    assert await found(RunFilter(q="growth")) == [made[1], made[0]]  # any label's value
+    assert await found(RunFilter(q="grow")) == []  # whole values only
+    assert await found(RunFilter(q='o"ps')) == []  # quotes are values, not syntax
+    assert await found(RunFilter(q="%")) == await found(RunFilter(q="_")) == []  # no wildcards
+    items = (await store.list_runs(RunFilter(), 10, None, "created", source))[0]
+    assert [i.labels for i in items] == list(reversed(given))
+    assert (await store.count_runs(RunFilter(q="ops"), source))["running"] == 1
+
+
+async def test_stats_are_the_same_from_either_source(store: Store) -> None:
+    plan = await register(store)
+    states = [await started(store, plan, xs=[1, 2, 3]) for _ in range(4)]
+    await complete(store, states[0], "a", at_ms=1_500)
+    for i, state in enumerate(states[1:3]):
+        d = decide(state, Cancel(at_ms=2_000 + 1_000 * i))
+        assert not (await store.commit([step(state, d)])).conflicts
+    await project_all(store)
+    primary, projected = await store.run_stats(0), await store.run_stats(0, "projection")
+    assert primary == projected
+    assert primary.by_workflow == {
+        "shop@1": {"pending": 0, "running": 2, "completed": 0, "failed": 0, "cancelled": 2}
+    }
+    assert (primary.ended_since, primary.duration_p50_ms, primary.duration_p95_ms) == (
+        2,
+        1_500.0,
+        1_950.0,
+    )
+    assert primary.nodes_active == 1 + 3 + 1  # a; m and its three children; a
+    assert (await store.run_stats(10_000)).ended_since == 0
 
 
 async def test_list_children_pages_in_index_order(store: Store) -> None:
@@ -850,3 +927,48 @@ async def test_postgres_unreachable_is_an_infra_error() -> None:
         await store.open()
     with pytest.raises(InputError):
         await PostgresStore("mysql://x/y").open()
+
+
+# --- read models ---
+
+
+async def logged_events(store: Store, run_id: str) -> list[Any]:
+    return [decode_event(e.data) for e in await store.read_events(run_id, 0, 10_000)]
+
+
+async def test_read_rows_are_the_fold_of_the_log_whatever_comes_twice_or_not_at_all(
+    store: Store,
+) -> None:
+    plan = await register(store)
+    state = new_run(str(uuid.uuid4()), plan, created_at_ms=1_000)
+    d = decide(state, Start(at_ms=1_000, inputs={"xs": [1, 2]}, labels={"team": "a"}))
+    assert not (await store.commit([step(state, d, new=True)])).conflicts
+    first = await logged_events(store, state.run_id)
+    await complete(store, state, "a")
+    log = await logged_events(store, state.run_id)
+    done = await store.project({state.run_id: first})
+    assert (done.applied, done.skipped, done.filled) == (len(first), 0, 0)
+    again = await store.project({state.run_id: first})  # a redelivery: nothing changes
+    assert (again.applied, again.skipped) == (0, len(first))
+    await complete(store, state, "m[0]")
+    log = await logged_events(store, state.run_id)
+    tail = log[-1:]  # the events of `a` were lost: the gap is read from the log
+    done = await store.project({state.run_id: tail})
+    assert done.filled == 1 and done.applied == len(log) - len(first)
+    run, nodes = RunRow(run_id=state.run_id), {}
+    fold(run, nodes, log)
+    assert await store.read_rows(state.run_id) == (run, [nodes[n] for n in sorted(nodes)])
+    assert run.labels == {"team": "a"} and run.active_nodes == 2 and run.status == "running"
+    assert nodes["a"].output_ref is not None and nodes["m[0]"].status == "completed"
+
+
+async def test_the_catch_up_sees_which_runs_are_behind(store: Store) -> None:
+    plan = await register(store)
+    a, b = await started(store, plan), await started(store, plan)
+    assert await store.applied_seqs([a.run_id, b.run_id]) == {}
+    await store.project({}, {a.run_id: a.seq})
+    assert await store.applied_seqs([a.run_id, b.run_id]) == {a.run_id: a.seq}
+    everything = await store.run_seqs("", 10)
+    assert sorted(everything) == sorted([(a.run_id, a.seq), (b.run_id, b.seq)])
+    first = min(a.run_id, b.run_id)
+    assert await store.run_seqs(first, 10) == [(max(a.run_id, b.run_id), a.seq)]

@@ -14,6 +14,7 @@ from test_api_runs import CHAIN, wait_done
 from headrace.errors import InputError
 from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
+from headrace.store.listing import RunFilter
 
 pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
 
@@ -148,7 +149,7 @@ async def test_racing_requests_with_one_key_and_other_inputs(runtime: Embedded) 
             assert g == (run_id, False) or g == (run_id, True), g
         else:
             assert isinstance(g, InputError) and g.path == "Idempotency-Key", g
-    assert len((await runtime.store.list_runs(None, None, 10, None))[0]) == 1
+    assert len((await runtime.store.list_runs(RunFilter(), 10))[0]) == 1
 
 
 # --- signals are those a `wait` declares -----------------------------------------------------

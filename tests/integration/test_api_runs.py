@@ -12,6 +12,7 @@ import pytest
 
 from headrace.services.runtime import Embedded
 from headrace.spec import parse_workflow, plan_of
+from headrace.store.listing import RunFilter
 from headrace.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
@@ -75,7 +76,7 @@ async def test_concurrent_starts_with_one_key_make_one_run(runtime: Embedded) ->
     )
     assert sorted(created for _, created in started) == [False] * 7 + [True]
     assert len({run_id for run_id, _ in started}) == 1
-    assert len((await runtime.store.list_runs(None, None, 10, None))[0]) == 1
+    assert len((await runtime.store.list_runs(RunFilter(), 10))[0]) == 1
 
 
 async def test_runs_list_pages_with_a_cursor(api: httpx.AsyncClient) -> None:

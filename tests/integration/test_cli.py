@@ -31,6 +31,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
+from headrace.store.listing import RunFilter
 from headrace.store.sqlite import SqliteStore
 from headrace.testing.servers import free_port
 
@@ -841,7 +842,7 @@ def test_run_with_signal_completes_a_wait_in_one_command(tmp_path: Path, pycache
         store = SqliteStore(tmp_path / "h.db")
         await store.open()
         try:
-            return len((await store.list_runs(None, None, 10, None))[0])
+            return len((await store.list_runs(RunFilter(), 10))[0])
         finally:
             await store.close()
 

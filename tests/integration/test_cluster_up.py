@@ -254,7 +254,15 @@ def test_sighup_gives_every_process_kafka_one_at_a_time(tmp_path: Path, bootstra
     env_file.write_text("# HEADRACE_KAFKA_URL comes later\n")
     with shared_env() as env:
         cluster = ClusterUp(tmp_path, env, "--env-file", str(env_file))
-        names = ["api", "coordinator-1", "coordinator-2", "worker-1", "worker-2", "relay"]
+        names = [
+            "api",
+            "coordinator-1",
+            "coordinator-2",
+            "worker-1",
+            "worker-2",
+            "relay",
+            "projector",
+        ]
         try:
             cluster.wait_api()
             with httpx.Client(base_url=cluster.url, timeout=30) as client:

@@ -599,7 +599,7 @@ async def test_versions_conflicts_and_latest(api: httpx.AsyncClient) -> None:
 
 
 async def test_invalid_list_parameters(api: httpx.AsyncClient) -> None:
-    assert_problem(await api.get("/v1/runs", params={"status": "bogus"}), 422, "status")
+    assert_problem(await api.get("/v1/runs", params={"status": "bogus"}), 422, "status.0")
     assert_problem(await api.get("/v1/runs", params={"cursor": "!!!"}), 422, "cursor")
     assert_problem(await api.get("/v1/runs", params={"cursor": "bm90LWEtY3Vyc29y"}), 422, "cursor")
     assert_problem(await api.get("/v1/runs", params={"limit": 0}), 422, "limit")

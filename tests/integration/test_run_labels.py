@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from headrace.services.runtime import Embedded
+from headrace.store.listing import RunFilter
 
 pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
 
@@ -68,7 +69,7 @@ async def test_bad_labels_are_refused_and_store_nothing(
     assert r.status_code == 422, r.text
     problem = r.json()
     assert problem["path"] == path and why in problem["detail"], problem
-    assert (await runtime.store.list_runs(None, None, 10, None))[0] == []
+    assert (await runtime.store.list_runs(RunFilter(), 10))[0] == []
 
 
 async def test_a_label_filter_that_is_not_key_value_is_refused(api: httpx.AsyncClient) -> None:

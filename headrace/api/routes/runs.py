@@ -1,10 +1,10 @@
-"""Runs: start, list, read (a map node's children a page at a time), cancel, signal.
+"""Runs: start, read (a map node's children a page at a time), cancel, signal.
 
 Start, cancel and signal check the run by its head (`Store.get_run_head`: its row without
 inputs and outputs), which costs the same for a run with a 100,000-wide map as for a one-node
 run. Cancel asks the driver (which reloads the run's top-level nodes and open map children,
-unless it holds the run in memory) only while the run can still change. A list may filter
-by labels (on the main tables: a scan; the read models of phase 4 index them).
+unless it holds the run in memory) only while the run can still change. Lists and counts
+are in listing.py.
 """
 
 from __future__ import annotations
@@ -12,29 +12,24 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from headrace.api import schemas, views
 from headrace.api.backend import BackendDep
-from headrace.api.limits import check_signal, check_tag, plan_off_loop
-from headrace.api.openapi import BODY, doc, string_list
+from headrace.api.limits import check_signal, plan_off_loop
+from headrace.api.openapi import BODY, doc
 from headrace.api.problems import problem
-from headrace.api.schemas import CURSOR_PATTERN, SIGNAL_NAME
+from headrace.api.routes.listing import READ_MODEL_HEADER
+from headrace.api.schemas import SIGNAL_NAME
 from headrace.engine import Cancel, Signal
 from headrace.errors import InputError, NotFound
-from headrace.events import RUN_TERMINAL, RunStatus
-from headrace.spec.labels import LABEL_FILTER, MAX_LABELS, parse_label_filters
+from headrace.events import RUN_TERMINAL
 from headrace.store import WorkflowRecord
 
+SEQ_HEADER = "X-Headrace-Seq"  # the run's last event in the answer
 RUN_ID = Path(json_schema_extra={"format": "uuid"}, description="a run id (UUID)")
 STARTED = {201: schemas.RunStarted, 200: schemas.RunStarted}
-LABEL = Query(
-    None,
-    description="`key=value`: runs with this label (several: with all of them)",
-    json_schema_extra=string_list(LABEL_FILTER, MAX_LABELS),  # checked by parse_label
-)
-
 router = APIRouter()
 
 
@@ -70,30 +65,13 @@ async def start_run(
     return view if created else JSONResponse(view)  # the key's run: 200
 
 
-@router.get("/v1/runs", **doc({200: schemas.RunPage}, 422))
-async def list_runs(
-    backend: BackendDep,
-    status: RunStatus | None = None,
-    workflow: str | None = Query(None, description="`name` or `name@version`"),
-    limit: int = Query(50, ge=1, le=1000),
-    cursor: str | None = Query(
-        None, pattern=CURSOR_PATTERN, description="a `next_cursor` this API returned"
-    ),
-    label: list[str] | None = LABEL,
-) -> dict[str, Any]:
-    labels = parse_label_filters(label or [])
-    if workflow is not None:
-        try:
-            check_tag(workflow)
-        except NotFound:  # a version no workflow can have: nothing matches
-            return {"items": [], "next_cursor": None}
-    items, next_cursor = await backend.store.list_runs(status, workflow, limit, cursor, labels)
-    return {"items": [views.run_item(r) for r in items], "next_cursor": next_cursor}
-
-
 @router.get("/v1/runs/{run_id}", **doc({200: schemas.Run}, 404))
-async def get_run(backend: BackendDep, run_id: str = RUN_ID) -> dict[str, Any]:
+async def get_run(backend: BackendDep, response: Response, run_id: str = RUN_ID) -> dict[str, Any]:
+    """A run, its nodes and outputs, from the main tables (never behind: a run just started
+    is found), whatever USE_PROJECTIONS says."""
     record, nodes = await backend.store.get_run(parse_run_id(run_id))
+    response.headers[READ_MODEL_HEADER] = "primary"
+    response.headers[SEQ_HEADER] = str(record.seq)
     pin = (await backend.store.pins([record.run_id])).get(record.run_id)
     return views.run_view(record, nodes, pin)
 

@@ -17,7 +17,7 @@ from headrace.engine import NodeState, RunState
 from headrace.errors import Conflict, InfraError, InputError, NotFound
 from headrace.events import Message, Timer
 from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_json
-from headrace.store import rows
+from headrace.store import listing, rows
 from headrace.store.base import (
     AttemptKey,
     Children,
@@ -32,9 +32,11 @@ from headrace.store.base import (
     Transition,
     WorkflowRecord,
 )
+from headrace.store.listing import RunFilter, RunItem, RunStats, Sort, Source
 from headrace.store.migrate import HEAD, upgrade
 from headrace.store.postgres import queries as q
 from headrace.store.postgres.commit import commit_params, commit_statement
+from headrace.store.postgres.read_models import ReadModelsOnPostgres
 
 Row = asyncpg.Record
 if TYPE_CHECKING:  # the stubs' generic; at run time the class takes no parameter
@@ -106,7 +108,7 @@ def _infra(e: BaseException) -> InfraError:
     return InfraError(f"postgres: {type(e).__name__}: {e}")
 
 
-class PostgresStore:
+class PostgresStore(ReadModelsOnPostgres):
     def __init__(
         self, url: str, *, min_size: int = 1, max_size: int = 10, clock: Clock = SYSTEM
     ) -> None:
@@ -478,17 +480,30 @@ class PostgresStore:
 
     async def list_runs(
         self,
-        status: str | None,
-        workflow: str | None,
+        f: RunFilter,
         limit: int,
-        cursor: str | None,
-        labels: Collection[tuple[str, str]] = (),
-    ) -> tuple[list[RunRecord], str | None]:
-        query = rows.list_runs_query(status, workflow, cursor, limit, "$", labels)
+        cursor: str | None = None,
+        sort: Sort = "created",
+        source: Source = "primary",
+    ) -> tuple[list[RunItem], str | None]:
+        query = listing.list_query(f, sort, cursor, limit, "postgres", source)
         if query is None:
             return [], None
         sql, args = query
-        return rows.page([rows.run_record(r) for r in await self._all(sql, *args)], limit)
+        found = await self._all(sql, *args)
+        return listing.page([listing.item(r) for r in found], limit, sort)
+
+    async def count_runs(self, f: RunFilter, source: Source = "primary") -> dict[str, int]:
+        query = listing.count_query(f, "postgres", source)
+        return listing.by_status([] if query is None else await self._all(query[0], *query[1]))
+
+    async def run_stats(self, since_ms: int, source: Source = "primary") -> RunStats:
+        q = listing.stats_queries("postgres", source)
+        workflows = listing.by_workflow(await self._all(q["by_workflow"]))
+        nodes = await self._one(q["nodes"])
+        ended = await self._one(q["durations"], since_ms)
+        assert nodes is not None and ended is not None
+        return RunStats(workflows, nodes[0], ended[0], ended[1], ended[2])
 
     async def list_children(
         self, run_id: str, node_id: str, offset: int, limit: int

@@ -3,6 +3,7 @@ writes are in commit.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -15,7 +16,7 @@ from headrace.engine import NodeState, RunState
 from headrace.errors import Conflict, InfraError, NotFound
 from headrace.events import Message, Timer
 from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_json
-from headrace.store import rows
+from headrace.store import listing, rows
 from headrace.store.base import (
     AttemptKey,
     Children,
@@ -30,8 +31,10 @@ from headrace.store.base import (
     Transition,
     WorkflowRecord,
 )
+from headrace.store.listing import RunFilter, RunItem, RunStats, Sort, Source
 from headrace.store.migrate import HEAD, upgrade
 from headrace.store.sqlite.commit import ranges, write
+from headrace.store.sqlite.read_models import ReadModelsOnSqlite
 
 _NODE_SELECT = f"SELECT {rows.NODE_SELECT} FROM node_states"
 # whether outbox row `o`'s job is of its node's current, still open attempt
@@ -47,7 +50,7 @@ _FLAG_UPSERT = (
 _FLAG_CHANGE = "INSERT INTO flag_changes (name, old, new, who, why, at) VALUES (?, ?, ?, ?, ?, ?)"
 
 
-class SqliteStore:
+class SqliteStore(ReadModelsOnSqlite):
     def __init__(
         self, path: str | Path, *, synchronous: str = "NORMAL", clock: Clock = SYSTEM
     ) -> None:
@@ -69,8 +72,8 @@ class SqliteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if _revision(self.path) != HEAD:
-            upgrade(f"sqlite:///{self.path}")
+        if _revision(self.path) != HEAD:  # on a thread: a loop's other work goes on meanwhile
+            await asyncio.to_thread(upgrade, f"sqlite:///{self.path}")
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -381,17 +384,29 @@ class SqliteStore:
 
     async def list_runs(
         self,
-        status: str | None,
-        workflow: str | None,
+        f: RunFilter,
         limit: int,
-        cursor: str | None,
-        labels: Collection[tuple[str, str]] = (),
-    ) -> tuple[list[RunRecord], str | None]:
-        query = rows.list_runs_query(status, workflow, cursor, limit, "?", labels)
+        cursor: str | None = None,
+        sort: Sort = "created",
+        source: Source = "primary",
+    ) -> tuple[list[RunItem], str | None]:
+        query = listing.list_query(f, sort, cursor, limit, "sqlite", source)
         if query is None:
             return [], None
         sql, args = query
-        return rows.page([rows.run_record(r) for r in self.db.execute(sql, args)], limit)
+        return listing.page([listing.item(r) for r in self.db.execute(sql, args)], limit, sort)
+
+    async def count_runs(self, f: RunFilter, source: Source = "primary") -> dict[str, int]:
+        query = listing.count_query(f, "sqlite", source)
+        return listing.by_status([] if query is None else self.db.execute(*query).fetchall())
+
+    async def run_stats(self, since_ms: int, source: Source = "primary") -> RunStats:
+        q = listing.stats_queries("sqlite", source)
+        workflows = listing.by_workflow(self.db.execute(q["by_workflow"]).fetchall())
+        nodes = self.db.execute(q["nodes"]).fetchone()[0]
+        ordered = [r[0] for r in self.db.execute(q["durations"], (since_ms,))]
+        p50, p95 = listing.percentile(ordered, 0.5), listing.percentile(ordered, 0.95)
+        return RunStats(workflows, nodes, len(ordered), p50, p95)
 
     async def list_children(
         self, run_id: str, node_id: str, offset: int, limit: int

@@ -46,5 +46,5 @@ def test_env_file_errors_name_the_option(tmp_path: Path) -> None:
 
 def test_plan_adds_monitor_and_shadow_when_migrating() -> None:
     names = [name for name, _ in plan(1, 2)]
-    assert names == ["api", "coordinator-1", "worker-1", "worker-2", "relay"]
+    assert names == ["api", "coordinator-1", "worker-1", "worker-2", "relay", "projector"]
     assert [name for name, _ in plan(1, 1, migrating=True)][-2:] == ["monitor", "shadow"]

@@ -1,0 +1,88 @@
+"""Applying a batch of events to the read models, inside one store transaction.
+
+The store gives a `ReadTx` (its SQL); `project` does the rest, the same on every store: each
+run's events at or below its applied seq are skipped (a redelivery, a second projector), and
+when what is left does not follow on from the applied seq (a message lost, or one overtaken)
+the run's events are read from the event log instead, so a read row is always a fold of a
+prefix of its run's log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from headrace.events import Event
+from headrace.projections.fold import RunRow, StateRow, fold
+
+
+class ReadTx(Protocol):
+    async def runs(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
+        """The read rows of these runs that exist, each locked until the transaction ends."""
+
+    async def states(self, wanted: Mapping[str, set[str]]) -> dict[str, dict[str, StateRow]]:
+        """The state rows that exist of these (run id -> node ids)."""
+
+    async def logged(self, run_id: str, after_seq: int, upto_seq: int) -> list[Event]:
+        """The run's events in the event log with after_seq < seq <= upto_seq, in order."""
+
+    async def write(self, runs: Sequence[RunRow], states: Sequence[StateRow]) -> None:
+        """Insert or update these rows."""
+
+
+@dataclass(frozen=True)
+class Projected:
+    applied: int  # events folded in
+    skipped: int  # events at or below their run's applied seq
+    filled: int  # runs whose events were read from the log (a gap)
+    last_event_at: int | None  # the newest event applied (its at_ms), for the lag
+
+
+async def project(
+    tx: ReadTx,
+    batch: Mapping[str, Sequence[Event]],
+    upto: Mapping[str, int] | None = None,
+    checkpoint: Callable[[], None] | None = None,
+) -> Projected:
+    """Fold each run's events of `batch` (run id -> events) into its rows through `tx`; the
+    runs of `upto` (run id -> seq) are brought up to that seq from the event log.
+    `checkpoint` is called just before the rows are written (crash tests)."""
+    upto = upto or {}
+    run_ids = sorted(batch.keys() | upto.keys())
+    runs = await tx.runs(run_ids)
+    todo: dict[str, tuple[RunRow, list[Event]]] = {}
+    skipped = filled = 0
+    for run_id in run_ids:
+        run = runs.get(run_id) or RunRow(run_id=run_id)
+        events = batch.get(run_id, ())
+        fresh = sorted({e.seq: e for e in events if e.seq > run.last_seq}.values(), key=_seq)
+        skipped += len(events) - len(fresh)
+        target = max(upto.get(run_id, 0), fresh[-1].seq if fresh else 0)
+        if target <= run.last_seq:
+            continue
+        if target - run.last_seq != len(fresh):  # a gap before, among or after them
+            fresh = await tx.logged(run_id, run.last_seq, target)
+            filled += 1
+        todo[run_id] = (run, fresh)
+    wanted = {rid: _node_ids(events) for rid, (_, events) in todo.items()}
+    states = await tx.states(wanted)
+    changed: list[StateRow] = []
+    newest: int | None = None
+    for run_id, (run, events) in todo.items():
+        nodes = states.setdefault(run_id, {})
+        changed += [nodes[n] for n in sorted(fold(run, nodes, events))]
+        newest = max(newest or 0, run.last_event_at or 0)
+    if checkpoint is not None:
+        checkpoint()
+    await tx.write([run for run, _ in todo.values()], changed)
+    applied = sum(len(events) for _, events in todo.values())
+    return Projected(applied, skipped, filled, newest)
+
+
+def _seq(e: Event) -> int:
+    return e.seq
+
+
+def _node_ids(events: list[Event]) -> set[str]:
+    return {n for e in events if isinstance(n := getattr(e, "node_id", None), str)}

@@ -1,0 +1,362 @@
+"""Read models kept by the projector inside a runtime: with ENABLE_PROJECTIONS on, every
+run's read rows end as the fold of its event log, on SQLite + memory and on Postgres + Redis;
+runs that ended while it was off are caught up from the log when it comes on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import make_settings
+
+from headrace.api.app import create_app
+from headrace.config import Settings
+from headrace.events import decode_event
+from headrace.projections.fold import RunRow, fold
+from headrace.projections.monitor import NOTE
+from headrace.services.adapters import build_store
+from headrace.services.runtime import Embedded, Runtime
+from headrace.spec import parse_workflow, plan_of
+from headrace.store import Store
+from headrace.testing.servers import serve
+from headrace.testing.services import postgres_database, redis_prefix
+
+pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
+HEADRACE = str(Path(sys.executable).parent / "headrace")
+
+SPEC = {
+    "name": "mix",
+    "inputs": {"xs": {"type": "array"}, "fail": {"type": "boolean", "default": False}},
+    "nodes": {
+        "a": {"task": "headrace.testing.tasks.echo", "with": {"x": 1}},
+        "m": {
+            "needs": ["a"],
+            "map": "${{ inputs.xs }}",
+            "task": "headrace.testing.tasks.add",
+            "with": {"a": "${{ item }}", "b": 1},
+        },
+        "f": {
+            "needs": ["m"],
+            "when": "${{ inputs.fail }}",
+            "task": "headrace.testing.tasks.boom",
+            "retry": {"max_attempts": 2, "initial_interval": "10ms"},
+        },
+    },
+}
+
+
+@contextlib.contextmanager
+def backend(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Settings for `name`; the Kafka ones take the module's broker (`bootstrap`)."""
+    if name == "sqlite+memory":
+        yield make_settings(tmp_path)
+        return
+    with postgres_database() as url, redis_prefix() as (redis_url, prefix):
+        s = make_settings(tmp_path, database_url=url, bus=redis_url, bus_prefix=prefix)
+        if "kafka" in name:
+            kafka = f"kafka://{request.getfixturevalue('bootstrap')}"
+            if name == "postgres+kafka":
+                s = s.model_copy(update={"bus": kafka, "bus_prefix": prefix.replace(":", ".")})
+            else:  # the migrating bus: half the runs on Kafka, half on Redis
+                s = s.model_copy(update={"kafka_url": kafka})
+        yield s
+
+
+MIGRATING = {"ENABLE_KAFKA_WRITE": "true", "ENABLE_KAFKA": "true", "KAFKA_TRAFFIC_PERCENT": "50"}
+BACKENDS = [
+    "sqlite+memory",
+    pytest.param("postgres+redis", marks=pytest.mark.integration),
+    pytest.param("postgres+kafka", marks=pytest.mark.integration),
+    pytest.param("postgres+redis+kafka", marks=pytest.mark.integration),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+async def settings(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Settings]:
+    if request.param == "postgres+redis+kafka":
+        for name, value in MIGRATING.items():
+            monkeypatch.setenv(name, value)
+    with backend(request.param, tmp_path, request) as s:
+        store = build_store(s)  # migrated here: a test's loop must not wait on it
+        await store.open()
+        await store.close()
+        yield s
+
+
+async def run_some(rt: Embedded, n: int) -> list[str]:
+    plan = plan_of(parse_workflow(SPEC))
+    await rt.register(plan.ir, "")
+    ids = [
+        await rt.start_run(
+            plan, {"xs": list(range(i % 4)), "fail": i % 3 == 2}, labels={"i": str(i)}
+        )
+        for i in range(n)
+    ]
+    for run_id in ids:
+        await rt.wait(run_id, timeout_s=60)
+    return ids
+
+
+async def folded(store: Store, run_id: str) -> RunRow:
+    log = [decode_event(e.data) for e in await store.read_events(run_id, 0, 10_000)]
+    run, nodes = RunRow(run_id=run_id), {}
+    fold(run, nodes, log)
+    assert (await store.read_rows(run_id))[1] == [nodes[n] for n in sorted(nodes)]
+    return run
+
+
+async def projected(store: Store, run_ids: list[str], within_s: float = 30) -> None:
+    """Wait until every run's read row is its log's fold (a ceiling that only catches hangs)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        rows = [(await store.read_rows(r))[0] for r in run_ids]
+        seqs = [(await store.get_run_record(r)).seq for r in run_ids]
+        if all(
+            row is not None and row.last_seq == seq for row, seq in zip(rows, seqs, strict=True)
+        ):
+            break
+        assert time.monotonic() < deadline, "the read models did not catch up"
+        await asyncio.sleep(0.05)
+    for run_id, row in zip(run_ids, rows, strict=True):
+        assert row == await folded(store, run_id)
+
+
+async def test_every_run_is_projected_as_its_log_folds(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
+    async with Embedded(settings) as rt:
+        ids = await run_some(rt, 12)
+        await projected(rt.store, ids)
+        rows = [(await rt.store.read_rows(r))[0] for r in ids]
+        assert {r.status for r in rows if r} == {"completed", "failed"}
+        assert [r.labels for r in rows if r] == [{"i": str(i)} for i in range(12)]
+        assert all(r.active_nodes == 0 for r in rows if r)
+
+
+async def test_runs_of_while_it_was_off_are_caught_up_when_it_comes_on(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ENABLE_PROJECTIONS", raising=False)
+    async with Embedded(settings) as rt:
+        ids = await run_some(rt, 5)
+        await asyncio.sleep(0.3)
+        assert [(await rt.store.read_rows(r))[0] for r in ids] == [None] * 5
+        await rt.store.set_flag("ENABLE_PROJECTIONS", True, "test", "on", rt.clock.now_ms())
+        await projected(rt.store, ids)
+        ids += await run_some(rt, 3)  # and those after, from the stream
+        await projected(rt.store, ids)
+
+
+async def flag(api: httpx.AsyncClient, name: str, value: bool) -> None:
+    r = await api.put(f"/v1/flags/{name}", json={"value": value, "who": "test", "why": "test"})
+    assert r.status_code == 200, r.text
+
+
+async def answers(api: httpx.AsyncClient, source: str) -> list[Any]:
+    """Every query's answer, each checked to come from `source`."""
+    queries: list[tuple[str, dict[str, Any]]] = [
+        ("/v1/runs", {}),
+        ("/v1/runs", {"status": ["failed", "completed"], "limit": 3}),
+        ("/v1/runs", {"workflow": "mix@1", "label": "i=2"}),
+        ("/v1/runs", {"q": "4"}),
+        ("/v1/runs", {"sort": "ended", "created_after": "2000-01-01T00:00:00Z"}),
+        ("/v1/runs", {"created_before": "2000-01-01T00:00:00"}),
+        ("/v1/runs/count", {}),
+        ("/v1/runs/count", {"status": "failed", "workflow": "mix"}),
+        ("/v1/stats", {}),
+    ]
+    out = []
+    for path, params in queries:
+        r = await api.get(path, params=params)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-headrace-read-model"] == source, (path, params)
+        out.append(r.json())
+    return out
+
+
+async def test_the_read_models_answer_as_the_main_tables_do(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
+    async with (
+        Embedded(settings) as rt,
+        serve(create_app(rt)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as api,
+    ):
+        ids = await run_some(rt, 9)
+        await projected(rt.store, ids)
+        primary = await answers(api, "primary")
+        assert primary[-1]["runs"]["by_workflow"]["mix@1"]["failed"] == 3
+        assert primary[-1]["last_hour"]["ended"] == 9 and primary[-1]["nodes_active"] == 0
+        assert primary[0]["items"][0]["run_id"] == ids[-1] and len(primary[0]["items"]) == 9
+        assert primary[-2] == {
+            "total": 3,
+            "by_status": {"pending": 0, "running": 0, "completed": 0, "failed": 3, "cancelled": 0},
+        }
+        await flag(api, "USE_PROJECTIONS", True)
+        deadline = time.monotonic() + 10
+        while (await api.get("/v1/runs")).headers["x-headrace-read-model"] != "projection":
+            assert time.monotonic() < deadline, "USE_PROJECTIONS was not applied"
+            await asyncio.sleep(0.05)
+        assert await answers(api, "projection") == primary
+        strong = await api.get("/v1/runs", params={"consistency": "strong"})
+        assert strong.headers["x-headrace-read-model"] == "primary"
+        one = await api.get(f"/v1/runs/{ids[0]}")  # by id: the main tables, never behind
+        assert one.headers["x-headrace-read-model"] == "primary"
+        assert one.headers["x-headrace-seq"] == str((await rt.store.get_run_record(ids[0])).seq)
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "why"),
+    [
+        ({"statuss": "failed"}, "statuss", "unknown parameter"),
+        ({"cursor": "nope"}, "cursor", "pattern"),
+        ({"label": "team=" + "x" * 257}, "label", "at most 256"),
+        ({"label": "team"}, "label", "key=value"),
+        ({"status": "done"}, "status", "pending"),
+        ({"sort": "name"}, "sort", "created"),
+        ({"created_after": "yesterday"}, "created_after", "RFC 3339"),
+        ({"created_before": "0.5"}, "created_before", "RFC 3339"),
+        (
+            {"created_after": "2026-01-02T00:00:00Z", "created_before": "2026-01-01T00:00:00Z"},
+            "created_before",
+            "earlier than created_after",
+        ),
+        ({"q": ""}, "q", "at least 1"),
+        ({"consistency": "now"}, "consistency", "strong"),
+    ],
+)
+async def test_a_bad_filter_is_a_precise_422(
+    api: httpx.AsyncClient, params: dict[str, str], field: str, why: str
+) -> None:
+    for path in ("/v1/runs", "/v1/runs/count"):
+        if path.endswith("count") and field in ("cursor", "sort"):
+            continue
+        r = await api.get(path, params=params)
+        assert r.status_code == 422, (path, r.text)
+        assert field in r.text and why in r.text, r.text
+
+
+@pytest.fixture
+async def migrated(tmp_path: Path) -> Path:
+    """A directory whose SQLite store is migrated (in setup: the test's loop must not wait)."""
+    store = build_store(make_settings(tmp_path))
+    await store.open()
+    await store.close()
+    return tmp_path
+
+
+async def use_projections_until_off(api: httpx.AsyncClient, within_s: float) -> float:
+    """Read runs until the answers come from the main tables; how long it took."""
+    began = time.monotonic()
+    while True:
+        r = await api.get("/v1/runs")
+        assert r.status_code == 200, r.text  # reads keep working throughout
+        if r.headers["x-headrace-read-model"] == "primary":
+            return time.monotonic() - began
+        assert time.monotonic() - began < within_s, "the lag trigger did not fire"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_stopped_projector_turns_reads_back_to_the_main_tables(
+    migrated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
+    monkeypatch.setenv("USE_PROJECTIONS", "true")
+    s = make_settings(migrated, projection_lag_limit_s=0.5, monitor_window_s=1.0)
+    roles = ("api", "coordinator", "worker", "relay")  # no projector: the lag only grows
+    async with (
+        Runtime(s, roles) as rt,
+        serve(create_app(rt)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as api,
+    ):
+        await run_some(rt, 2)
+        assert (await api.get("/v1/runs")).headers["x-headrace-read-model"] == "projection"
+        await use_projections_until_off(api, within_s=20)
+        change = (await rt.store.flag_history("USE_PROJECTIONS", 10))[0]
+        assert (change.who, change.new) == ("monitor", False)
+        assert "projection lag" in change.why and "over 0.5 s for 1.0 s" in change.why
+        note = await rt.store.note(NOTE)
+        assert note["why"] == change.why
+        await asyncio.sleep(2.5)  # and it never turns it back on by itself
+        assert not (await rt.store.stored_flags())["USE_PROJECTIONS"]
+
+
+async def test_a_projector_keeping_up_keeps_the_reads_on_the_read_models(
+    migrated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
+    monkeypatch.setenv("USE_PROJECTIONS", "true")
+    s = make_settings(migrated, projection_lag_limit_s=2.0, monitor_window_s=1.0)
+    async with Embedded(s) as rt:
+        ids = await run_some(rt, 6)
+        await projected(rt.store, ids)
+        await asyncio.sleep(4)
+        assert await rt.store.flag_history("USE_PROJECTIONS", 10) == []
+
+
+async def test_projections_status_says_where_the_read_models_stand(
+    migrated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
+    async with (
+        Embedded(make_settings(migrated)) as rt,
+        serve(create_app(rt)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as api,
+    ):
+        ids = await run_some(rt, 3)
+        await projected(rt.store, ids)
+        await asyncio.sleep(1.5)  # a figures report
+        status = (await api.get("/v1/projections")).json()
+        assert status["flags"] == {"ENABLE_PROJECTIONS": True, "USE_PROJECTIONS": False}
+        assert status["runs"] == {"main": 3, "projected": 3}
+        [projector] = status["projectors"]
+        assert projector["live"] and projector["applied"] >= 3 and status["lag_s"] is not None
+        assert status["last_rollback"] is None
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [HEADRACE, "projections", "status", "--url", url],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0 and '"projected": 3' in out.stdout, out.stderr
+
+
+def verify_cli(db: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HEADRACE_DATABASE_URL": f"sqlite:///{db}"}
+    cmd = [HEADRACE, "projections", "verify"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
+async def test_verify_finds_every_read_row_the_log_disagrees_with(
+    migrated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
+    async with Embedded(make_settings(migrated)) as rt:
+        ids = await run_some(rt, 4)
+        await projected(rt.store, ids)
+    db = migrated / "headrace.db"
+    ok = await asyncio.to_thread(verify_cli, db)
+    assert ok.returncode == 0, ok.stderr
+    assert "verified 4 runs: 0 differ from the event log, 0 not yet" in ok.stdout
+    with sqlite3.connect(db) as conn:  # what a bug in a projector would leave
+        conn.execute("UPDATE runs_read SET status = 'running' WHERE run_id = ?", (ids[1],))
+        conn.execute("DELETE FROM states_read WHERE run_id = ? AND node_id = 'a'", (ids[2],))
+    bad = await asyncio.to_thread(verify_cli, db)
+    assert bad.returncode == 1, bad.stderr
+    assert f"{ids[1]}: status: 'running', the log says " in bad.stdout
+    assert f"{ids[2]}: node a: None, the log says StateRow(" in bad.stdout
+    assert "verified 4 runs: 2 differ" in bad.stdout
