@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -130,7 +131,19 @@ async def _timed(
                 seconds = ((records[0].ended_at_ms or 0) - started_ms) / 1000
         for record in records:
             assert record.status == "completed", record
+        _projection_lag(rt)
         return seconds
+
+
+def _projection_lag(rt: Runtime) -> None:
+    """With ENABLE_PROJECTIONS on: the projector's per-batch delays (committed to applied),
+    as bucket counts, on stderr (`python -m bench.one W2 ...` shows them)."""
+    series = rt.metrics.projection_delay.series
+    for name, row in series.items():
+        buckets = dict(zip(["<=1ms", "<=5ms", "<=10ms", "<=50ms", "<=100ms", "<=500ms",
+                            "<=1s", "<=5s", "<=10s", "<=60s", "<=300s", ">300s"], row[:-1],
+                           strict=True))  # fmt: skip
+        print(f"projection delay per batch ({name}): {buckets}", file=sys.stderr)
 
 
 async def _warm_up(rt: Runtime, plan: Plan, inputs: dict[str, Any], runs: int) -> None:

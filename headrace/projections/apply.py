@@ -16,6 +16,9 @@ from typing import Protocol
 from headrace.events import Event
 from headrace.projections.fold import RunRow, StateRow, fold
 
+# (workflow name, version, status) -> (runs, open nodes) to add to `run_counts`
+Counts = dict[tuple[str, int, str], tuple[int, int]]
+
 
 class ReadTx(Protocol):
     async def runs(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
@@ -27,8 +30,10 @@ class ReadTx(Protocol):
     async def logged(self, run_id: str, after_seq: int, upto_seq: int) -> list[Event]:
         """The run's events in the event log with after_seq < seq <= upto_seq, in order."""
 
-    async def write(self, runs: Sequence[RunRow], states: Sequence[StateRow]) -> None:
-        """Insert or update these rows."""
+    async def write(
+        self, runs: Sequence[RunRow], states: Sequence[StateRow], counts: Counts
+    ) -> None:
+        """Insert or update these rows, and add `counts` to `run_counts`."""
 
 
 @dataclass(frozen=True)
@@ -68,16 +73,26 @@ async def project(
     wanted = {rid: _node_ids(events) for rid, (_, events) in todo.items()}
     states = await tx.states(wanted)
     changed: list[StateRow] = []
+    counts: Counts = {}
     newest: int | None = None
     for run_id, (run, events) in todo.items():
         nodes = states.setdefault(run_id, {})
+        if run.last_seq:
+            _count(counts, run, -1)
         changed += [nodes[n] for n in sorted(fold(run, nodes, events))]
+        _count(counts, run, 1)
         newest = max(newest or 0, run.last_event_at or 0)
     if checkpoint is not None:
         checkpoint()
-    await tx.write([run for run, _ in todo.values()], changed)
+    await tx.write([run for run, _ in todo.values()], changed, counts)
     applied = sum(len(events) for _, events in todo.values())
     return Projected(applied, skipped, filled, newest)
+
+
+def _count(counts: Counts, run: RunRow, sign: int) -> None:
+    key = (run.workflow_name, run.workflow_version, run.status)
+    runs, active = counts.get(key, (0, 0))
+    counts[key] = (runs + sign, active + sign * run.active_nodes)
 
 
 def _seq(e: Event) -> int:

@@ -1,7 +1,8 @@
 """`headrace projections verify`: the read models against a fold of the event log, run by
-run. A run's read rows are compared with the fold of its log up to the seq they applied, so
-runs still flowing are judged on what the projector has seen; how far behind the read model
-is (runs missing, or with events not yet applied) is counted apart."""
+run, and the counters (`run_counts`) against the rows they count. A run's read rows are
+compared with the fold of its log up to the seq they applied, so runs still flowing are
+judged on what the projector has seen; how far behind the read model is (runs missing, or
+with events not yet applied) is counted apart."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ async def verify(
         after = runs[-1][0]
         if progress is not None:
             progress(report)
+    kept, recounted = await store.counters()
+    for key in sorted(kept.keys() | recounted.keys()):
+        if kept.get(key, (0, 0)) != recounted.get(key, (0, 0)):
+            name = "run_counts " + "@".join(map(str, key[:2])) + f" {key[2]}"
+            said = f"(runs, open nodes) {kept.get(key)}, the rows say {recounted.get(key)}"
+            report.differences[name] = [said]
     return report
 
 

@@ -36,6 +36,7 @@ from headrace.store import ReadModels
 log = logging.getLogger(__name__)
 
 IDLE_S = 0.2  # how often an idle projector looks at the flag
+LINGER_S = 0.05  # a batch that came short waits this long for more (adds to the lag)
 
 
 class Projector:
@@ -49,6 +50,7 @@ class Projector:
         name: str,
         batch_size: int = 1000,
         page: int = 1000,
+        linger_s: float = LINGER_S,
         crash: CrashPoints = NO_CRASH,
         clock: Clock = SYSTEM,
     ) -> None:
@@ -59,6 +61,7 @@ class Projector:
         self.name = name
         self.batch_size = batch_size
         self.page = page
+        self.linger_s = linger_s
         self.crash = crash
         self.clock = clock
         self.caught_up = False
@@ -80,9 +83,12 @@ class Projector:
 
     async def step(self, block_ms: int = 200) -> int:
         """Apply one batch from the stream; the number of events applied."""
-        deliveries = await self.bus.consume(
-            [EVENTS], PROJECTORS, self.name, self.batch_size, block_ms
-        )
+        size = self.batch_size
+        deliveries = await self.bus.consume([EVENTS], PROJECTORS, self.name, size, block_ms)
+        if 0 < len(deliveries) < size and self.linger_s:  # let the batch fill: a transaction
+            await asyncio.sleep(self.linger_s)  # per handful of events costs the runs' commits
+            more = size - len(deliveries)
+            deliveries += await self.bus.consume([EVENTS], PROJECTORS, self.name, more, 0)
         batch: dict[str, list[Event]] = {}
         good: list[Delivery] = []
         for d in deliveries:

@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 
 from headrace.engine import NodeState, RunState
 from headrace.events import ErrorInfo, Event, Message, NodeStatus, RunStatus, Timer
-from headrace.projections.apply import Projected
+from headrace.projections.apply import Counts, Projected
 from headrace.projections.fold import RunRow, StateRow
 from headrace.spec import WorkflowIR
 from headrace.store.listing import RunFilter, RunItem, RunStats, Sort, Source
@@ -380,6 +380,9 @@ class ReadModels(Protocol):
 
     async def read_model_counts(self) -> dict[str, int]:
         """Runs in the main tables (`main`) and in the read model (`projected`)."""
+
+    async def counters(self) -> tuple[Counts, Counts]:
+        """`run_counts` as kept, and as counted again from `runs_read` (for verify)."""
 
 
 class Store(

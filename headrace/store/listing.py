@@ -158,11 +158,17 @@ def list_query(
 
 
 def count_query(f: RunFilter, dialect: Dialect, source: Source) -> tuple[str, list[Any]] | None:
-    """SELECT status, count: the runs matching `f`, by status."""
+    """SELECT status, count: the runs matching `f`, by status. On the read models, a filter
+    of statuses and a workflow alone is read from the counters (`run_counts`): no scan."""
     w = _Where(dialect, source)
     if not w.add(f):
         return None
+    if source == "projection" and f == RunFilter(f.statuses, f.workflow):
+        return f"SELECT status, {_SUM} FROM run_counts{w.sql()} GROUP BY status", w.args
     return f"SELECT status, COUNT(*) FROM {_table(source)}{w.sql()} GROUP BY status", w.args
+
+
+_SUM = "CAST(SUM(runs) AS BIGINT)"
 
 
 def page(found: list[RunItem], limit: int, sort: Sort) -> tuple[list[RunItem], str | None]:
@@ -197,10 +203,7 @@ def stats_queries(dialect: Dialect, source: Source) -> dict[str, str]:
     """The statements of `RunStats` (one argument: `since`, ms, for the durations)."""
     table = _table(source)
     mark = "$1" if dialect == "postgres" else "?"
-    if source == "projection":
-        nodes = f"SELECT COALESCE(SUM(active_nodes), 0) FROM {table}"
-    else:
-        nodes = f"SELECT COUNT(*) FROM node_states WHERE status IN {_OPEN_NODE}"
+    nodes = f"SELECT COUNT(*) FROM node_states WHERE status IN {_OPEN_NODE}"
     ended = f"FROM {table} WHERE ended_at >= {mark}"
     if dialect == "postgres":
         durations = (
@@ -209,14 +212,15 @@ def stats_queries(dialect: Dialect, source: Source) -> dict[str, str]:
         )
     else:  # no percentile_cont: the durations, ordered (stats_of interpolates as it does)
         durations = f"SELECT ended_at - created_at {ended} ORDER BY 1"
-    return {
-        "by_workflow": (
-            f"SELECT workflow_name, workflow_version, status, COUNT(*) FROM {table} "
-            "GROUP BY workflow_name, workflow_version, status"
-        ),
-        "nodes": nodes,
-        "durations": durations,
-    }
+    by_workflow = (
+        f"SELECT workflow_name, workflow_version, status, COUNT(*) FROM {table} "
+        "GROUP BY workflow_name, workflow_version, status"
+    )
+    if source == "projection":  # the counters: no scan
+        by_workflow = "SELECT workflow_name, workflow_version, status, runs FROM run_counts "
+        by_workflow += "WHERE runs > 0"
+        nodes = "SELECT CAST(COALESCE(SUM(active_nodes), 0) AS BIGINT) FROM run_counts"
+    return {"by_workflow": by_workflow, "nodes": nodes, "durations": durations}
 
 
 def by_workflow(rows: list[Any]) -> dict[str, dict[str, int]]:

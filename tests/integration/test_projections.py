@@ -359,4 +359,5 @@ async def test_verify_finds_every_read_row_the_log_disagrees_with(
     assert bad.returncode == 1, bad.stderr
     assert f"{ids[1]}: status: 'running', the log says " in bad.stdout
     assert f"{ids[2]}: node a: None, the log says StateRow(" in bad.stdout
-    assert "verified 4 runs: 2 differ" in bad.stdout
+    assert "run_counts mix@1 running: (runs, open nodes) None, the rows say (1, 0)" in bad.stdout
+    assert "verified 4 runs: 4 differ" in bad.stdout  # two runs, two counters

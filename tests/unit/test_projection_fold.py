@@ -15,7 +15,7 @@ from test_engine_properties import Checker, workflows
 
 from headrace.engine import RunState
 from headrace.events import NODE_TERMINAL, Event
-from headrace.projections.apply import project
+from headrace.projections.apply import Counts, project
 from headrace.projections.fold import RunRow, StateRow, fold
 from headrace.spec import parse_workflow, plan_of
 
@@ -63,6 +63,7 @@ class MemoryReadTx:
         self.log = log
         self.run_rows: dict[str, RunRow] = {}
         self.state_rows: dict[tuple[str, str], StateRow] = {}
+        self.counts: Counts = {}
 
     async def runs(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
         return {r: _copy(self.run_rows[r]) for r in run_ids if r in self.run_rows}
@@ -77,9 +78,14 @@ class MemoryReadTx:
     async def logged(self, run_id: str, after_seq: int, upto_seq: int) -> list[Event]:
         return [e for e in self.log if after_seq < e.seq <= upto_seq]
 
-    async def write(self, runs: Sequence[RunRow], states: Sequence[StateRow]) -> None:
+    async def write(
+        self, runs: Sequence[RunRow], states: Sequence[StateRow], counts: Counts
+    ) -> None:
         self.run_rows.update({r.run_id: _copy(r) for r in runs})
         self.state_rows.update({(s.run_id, s.node_id): _copy(s) for s in states})
+        for key, (n, active) in counts.items():
+            old = self.counts.get(key, (0, 0))
+            self.counts[key] = (old[0] + n, old[1] + active)
 
 
 def _copy(row: Any) -> Any:
@@ -112,6 +118,8 @@ def test_any_delivery_of_the_events_ends_with_the_rows_of_the_whole_log(
     run, nodes = folded(checker.state.run_id, log)
     assert tx.run_rows[run.run_id] == run
     assert {k[1]: v for k, v in tx.state_rows.items()} == nodes
+    key = (run.workflow_name, run.workflow_version, run.status)  # counted once, where it is
+    assert {k: v for k, v in tx.counts.items() if v != (0, 0)} == {key: (1, run.active_nodes)}
 
 
 def test_a_run_behind_is_brought_up_to_the_seq_asked_from_the_log() -> None:

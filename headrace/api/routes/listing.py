@@ -12,9 +12,9 @@ tables).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from headrace.api import schemas, views
 from headrace.api.backend import Backend, BackendDep
@@ -83,15 +83,16 @@ def _ms(text: str | None, field: str) -> int | None:
     return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
-def run_filter(
-    status: list[RunStatus] | None,
-    workflow: str | None,
-    label: list[str] | None,
-    created_after: str | None,
-    created_before: str | None,
-    q: str | None,
+async def run_filter(
+    status: list[RunStatus] | None = STATUS,
+    workflow: str | None = WORKFLOW,
+    label: list[str] | None = LABEL,
+    created_after: str | None = AFTER,
+    created_before: str | None = BEFORE,
+    q: str | None = Q,
 ) -> RunFilter | None:
-    """The filter of a request; None when nothing can match (a version no workflow has)."""
+    """The filter of a request (a dependency of the routes that take it); None when nothing
+    can match (a version no workflow has)."""
     labels = tuple(parse_label_filters(label or []))
     after, before = _ms(created_after, "created_after"), _ms(created_before, "created_before")
     if after is not None and before is not None and before < after:
@@ -103,6 +104,9 @@ def run_filter(
             return None
     statuses = tuple(dict.fromkeys(status or ()))
     return RunFilter(statuses, workflow, labels, after, before, q)
+
+
+FilterDep = Annotated[RunFilter | None, Depends(run_filter)]
 
 
 def source(backend: Backend, consistency: str, response: Response) -> Source:
@@ -118,12 +122,7 @@ async def list_runs(
     request: Request,
     response: Response,
     backend: BackendDep,
-    status: list[RunStatus] | None = STATUS,
-    workflow: str | None = WORKFLOW,
-    label: list[str] | None = LABEL,
-    created_after: str | None = AFTER,
-    created_before: str | None = BEFORE,
-    q: str | None = Q,
+    f: FilterDep,
     sort: Literal["created", "ended"] = Query(
         "created", description="`created`: newest first; `ended`: ended runs, last ended first"
     ),
@@ -135,7 +134,6 @@ async def list_runs(
 ) -> dict[str, Any]:
     """Runs matching every filter given, a page at a time."""
     _known(request, FILTERS + PAGING)
-    f = run_filter(status, workflow, label, created_after, created_before, q)
     chosen = source(backend, consistency, response)
     if f is None:
         return {"items": [], "next_cursor": None}
@@ -148,17 +146,11 @@ async def count_runs(
     request: Request,
     response: Response,
     backend: BackendDep,
-    status: list[RunStatus] | None = STATUS,
-    workflow: str | None = WORKFLOW,
-    label: list[str] | None = LABEL,
-    created_after: str | None = AFTER,
-    created_before: str | None = BEFORE,
-    q: str | None = Q,
+    f: FilterDep,
     consistency: Literal["eventual", "strong"] = CONSISTENCY,
 ) -> dict[str, Any]:
     """How many runs match the filters (those of `GET /v1/runs`), by status."""
     _known(request, FILTERS)
-    f = run_filter(status, workflow, label, created_after, created_before, q)
     chosen = source(backend, consistency, response)
     counts = {s: 0 for s in STATUSES} if f is None else await backend.store.count_runs(f, chosen)
     return {"total": sum(counts.values()), "by_status": counts}

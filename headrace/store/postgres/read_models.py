@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from headrace.events import Event, decode_event
-from headrace.projections.apply import Projected, project
+from headrace.projections.apply import Counts, Projected, project
 from headrace.projections.fold import RunRow, StateRow
 from headrace.store import rows
 
@@ -51,6 +51,13 @@ def _upsert(table: str, columns: Sequence[str], keys: int) -> str:
 
 
 _RUN_UPSERT = _upsert("runs_read", RUN_READ_COLUMNS, 1)
+_COUNT_ADD = (
+    "INSERT INTO run_counts (workflow_name, workflow_version, status, runs, active_nodes) "
+    "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::bigint[]) "
+    "ON CONFLICT (workflow_name, workflow_version, status) DO UPDATE "
+    "SET runs = run_counts.runs + excluded.runs, "
+    "active_nodes = run_counts.active_nodes + excluded.active_nodes"
+)
 _STATE_UPSERT = _upsert("states_read", STATE_READ_COLUMNS, 2)
 _JSON = msgspec.json.Encoder()
 
@@ -106,11 +113,16 @@ class PostgresReadTx:
         )
         return [decode_event(r[0].encode()) for r in found]
 
-    async def write(self, runs: Sequence[RunRow], states: Sequence[StateRow]) -> None:
+    async def write(
+        self, runs: Sequence[RunRow], states: Sequence[StateRow], counts: Counts
+    ) -> None:
         if runs:
             await self.conn.execute(_RUN_UPSERT, _JSON.encode(runs).decode())
         if states:
             await self.conn.execute(_STATE_UPSERT, _JSON.encode(states).decode())
+        added = [(*k, *v) for k, v in sorted(counts.items()) if any(v)]
+        if added:  # in key order: two projectors lock the counters in the same order
+            await self.conn.execute(_COUNT_ADD, *map(list, zip(*added, strict=True)))
 
 
 class ReadModelsOnPostgres:
@@ -154,3 +166,18 @@ class ReadModelsOnPostgres:
         )
         assert row is not None
         return {"main": row[0], "projected": row[1]}
+
+    async def counters(self) -> tuple[Counts, Counts]:
+        kept = await self._all(
+            "SELECT workflow_name, workflow_version, status, runs, active_nodes FROM run_counts "
+            "WHERE runs != 0"
+        )
+        recounted = await self._all(
+            "SELECT workflow_name, workflow_version, status, COUNT(*), SUM(active_nodes) "
+            "FROM runs_read GROUP BY workflow_name, workflow_version, status"
+        )
+        return _counts(kept), _counts(recounted)
+
+
+def _counts(rows: Sequence[Any]) -> Counts:
+    return {(r[0], r[1], r[2]): (int(r[3]), int(r[4])) for r in rows}

@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from headrace.events import Event, decode_event
-from headrace.projections.apply import Projected, project
+from headrace.projections.apply import Counts, Projected, project
 from headrace.projections.fold import RunRow, StateRow
 from headrace.store import rows
 
@@ -30,6 +31,11 @@ def _upsert(table: str, columns: Sequence[str], keys: int) -> str:
 
 
 _RUN_UPSERT = _upsert("runs_read", RUN_READ_COLUMNS, 1)
+_COUNT_ADD = (
+    "INSERT INTO run_counts (workflow_name, workflow_version, status, runs, active_nodes) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (workflow_name, workflow_version, status) DO UPDATE "
+    "SET runs = runs + excluded.runs, active_nodes = active_nodes + excluded.active_nodes"
+)
 _STATE_UPSERT = _upsert("states_read", STATE_READ_COLUMNS, 2)
 
 
@@ -83,9 +89,12 @@ class SqliteReadTx:
         )
         return [decode_event(r[0].encode()) for r in cur]
 
-    async def write(self, runs: Sequence[RunRow], states: Sequence[StateRow]) -> None:
+    async def write(
+        self, runs: Sequence[RunRow], states: Sequence[StateRow], counts: Counts
+    ) -> None:
         self.db.executemany(_RUN_UPSERT, [run_values(r) for r in runs])
         self.db.executemany(_STATE_UPSERT, [state_values(s) for s in states])
+        self.db.executemany(_COUNT_ADD, [(*k, *v) for k, v in sorted(counts.items()) if any(v)])
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:
@@ -129,3 +138,19 @@ class ReadModelsOnSqlite:
         main = self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
         projected = self.db.execute("SELECT COUNT(*) FROM runs_read").fetchone()[0]
         return {"main": main, "projected": projected}
+
+    async def counters(self) -> tuple[Counts, Counts]:
+        kept = self.db.execute(f"SELECT {_COUNTED} FROM run_counts WHERE runs != 0")
+        recounted = self.db.execute(_RECOUNT)
+        return _counts(kept.fetchall()), _counts(recounted.fetchall())
+
+
+_COUNTED = "workflow_name, workflow_version, status, runs, active_nodes"
+_RECOUNT = (
+    "SELECT workflow_name, workflow_version, status, COUNT(*), SUM(active_nodes) FROM runs_read"
+    " GROUP BY workflow_name, workflow_version, status"
+)
+
+
+def _counts(rows: Sequence[Sequence[Any]]) -> Counts:
+    return {(r[0], r[1], r[2]): (int(r[3]), int(r[4])) for r in rows}

@@ -7,6 +7,8 @@ write path reads or writes them.
   first, by status, by workflow and status, by end time. Postgres keeps `labels` as jsonb
   with a GIN index for label filters, and `label_values` (every label's value, GIN) and a
   pattern index on `run_id` for `q`.
+- `run_counts`: runs and their open nodes by workflow and status, kept with the rows (what
+  a count or a dashboard asks without a filter, without a scan).
 - `states_read`: one row per node with an event (map children included);
   `output_ref` is the seq of the event that holds the node's output.
 
@@ -69,7 +71,17 @@ def upgrade() -> None:
         sa.Column("error", sa.Text, nullable=True),
     )
 
+    op.create_table(
+        "run_counts",
+        sa.Column("workflow_name", sa.String(200), primary_key=True),
+        sa.Column("workflow_version", sa.Integer, primary_key=True),
+        sa.Column("status", sa.String(16), primary_key=True),
+        sa.Column("runs", sa.BigInteger, nullable=False),
+        sa.Column("active_nodes", sa.BigInteger, nullable=False),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("run_counts")
     op.drop_table("states_read")
     op.drop_table("runs_read")
