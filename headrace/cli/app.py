@@ -16,7 +16,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from headrace.cli.broker import dev_broker
-from headrace.cli.client import flags_app, migrate_app, runs_app, workflows_app
+from headrace.cli.client import (
+    LabelOption,
+    flags_app,
+    migrate_app,
+    parse_labels,
+    runs_app,
+    workflows_app,
+)
 from headrace.cli.output import UNAVAILABLE, err, fail
 from headrace.cli.projections import projections_app
 from headrace.config import load_settings
@@ -67,6 +74,7 @@ def run(
             help="A signal for a wait node as NAME=JSON, delivered as the run starts (repeatable).",
         ),
     ] = None,
+    label: LabelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a workflow to completion in this process (SQLite + in-process bus)."""
@@ -84,7 +92,8 @@ def run(
         inputs = parse_inputs(ir.inputs, input or [], input_file, max_bytes=settings.max_body_bytes)
         plan.validate_inputs(inputs)
         signals = parse_signals(_waits(ir), signal or [])
-        summary = loop.run(_run(settings, ir, source, inputs, signals, as_json))
+        labels = parse_labels(label or [])
+        summary = loop.run(_run(settings, ir, source, (inputs, labels), signals, as_json))
     except (SpecError, InputError, Conflict, NotFound) as e:
         raise fail(str(e)) from None
     except InfraError as e:
@@ -121,10 +130,11 @@ async def _run(
     settings: Any,
     ir: Any,
     source: str,
-    inputs: dict[str, Any],
+    start: tuple[dict[str, Any], dict[str, str]],
     signals: list[tuple[str, Any]],
     as_json: bool,
 ) -> dict[str, Any]:
+    """Run it; `start`: the inputs and labels."""
     from headrace.api.views import run_summary
     from headrace.cli.progress import WaitHints, follow
     from headrace.engine import Signal
@@ -134,7 +144,7 @@ async def _run(
     console = Console()
     async with Embedded(settings) as rt:
         await rt.register(ir, source)
-        run_id = await rt.start_run(plan_of(ir), inputs)
+        run_id = await rt.start_run(plan_of(ir), start[0], labels=start[1])
         if signals:  # kept by the run until its wait is reached
             await rt.driver.apply([(run_id, Signal(n, p, rt.clock.now_ms())) for n, p in signals])
         if not as_json:

@@ -86,7 +86,7 @@ def start(
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Start a run of a registered workflow."""
-    labels = _labels(label or [])
+    labels = parse_labels(label or [])
     schemas = (_call("GET", url, f"/v1/workflows/{tag}") or {}).get("ir", {}).get("inputs", {})
     inputs = _inputs(schemas, input or [], input_file)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -94,7 +94,7 @@ def start(
     show(_call("POST", url, "/v1/runs", json=body, headers=headers))
 
 
-def _labels(pairs: list[str]) -> dict[str, str]:
+def parse_labels(pairs: list[str]) -> dict[str, str]:
     try:
         labels = [parse_label(pair, "--label") for pair in pairs]
     except InputError as e:

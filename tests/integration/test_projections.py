@@ -81,8 +81,26 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=BACKENDS[:2])
 async def settings(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Settings]:
+    """SQLite + memory, and Postgres + Redis (tests through every bus ask `any_bus`)."""
+    async with settings_for(request, tmp_path, monkeypatch) as s:
+        yield s
+
+
+@pytest.fixture(params=BACKENDS)
+async def any_bus(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Settings]:
+    """Every bus: memory, Redis, Kafka, and the migrating bus with half the runs on Kafka."""
+    async with settings_for(request, tmp_path, monkeypatch) as s:
+        yield s
+
+
+@contextlib.asynccontextmanager
+async def settings_for(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Settings]:
     if request.param == "postgres+redis+kafka":
@@ -134,10 +152,10 @@ async def projected(store: Store, run_ids: list[str], within_s: float = 30) -> N
 
 
 async def test_every_run_is_projected_as_its_log_folds(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    any_bus: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
-    async with Embedded(settings) as rt:
+    async with Embedded(any_bus) as rt:
         ids = await run_some(rt, 12)
         await projected(rt.store, ids)
         rows = [(await rt.store.read_rows(r))[0] for r in ids]

@@ -4,6 +4,8 @@ and the CLI, on the embedded runtime; bad labels are refused precisely and store
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,20 @@ async def test_the_cli_starts_and_lists_by_label(api: httpx.AsyncClient) -> None
     assert bad.returncode != 0 and "--label" in bad.stderr and "key=value" in bad.stderr
     twice = await cli("start", "hold", "--label", "k=1", "--label", "k=2")
     assert twice.returncode != 0 and "--label: k given twice" in twice.stderr
+
+
+def test_headrace_run_keeps_its_labels(tmp_path: Path) -> None:
+    spec = tmp_path / "one.yaml"
+    spec.write_text("name: one\nnodes:\n  a: {task: headrace.testing.tasks.echo, with: {x: 1}}\n")
+    env = {
+        **os.environ,
+        "HEADRACE_DATABASE_URL": f"sqlite:///{tmp_path}/h.db",
+        "HEADRACE_TASKS": "headrace.testing.tasks",
+    }
+    command = [HEADRACE, "run", str(spec), "--label", "team=growth", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(tmp_path / "h.db") as db:
+        assert db.execute("SELECT labels FROM runs").fetchall() == [('{"team":"growth"}',)]
+    bad = subprocess.run([*command[:3], "--label", "x"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--label" in bad.stderr and "key=value" in bad.stderr

@@ -489,12 +489,12 @@ class PostgresStore(ReadModelsOnPostgres):
         query = listing.list_query(f, sort, cursor, limit, "postgres", source)
         if query is None:
             return [], None
-        found = await self._planned(*query)
+        found = await self._search(source, *query)
         return listing.page([listing.item(r) for r in found], limit, sort)
 
     async def count_runs(self, f: RunFilter, source: Source = "primary") -> dict[str, int]:
         query = listing.count_query(f, "postgres", source)
-        return listing.by_status([] if query is None else await self._planned(*query))
+        return listing.by_status([] if query is None else await self._search(source, *query))
 
     async def run_stats(self, since_ms: int, source: Source = "primary") -> RunStats:
         q = listing.stats_queries("postgres", source)
@@ -504,10 +504,14 @@ class PostgresStore(ReadModelsOnPostgres):
         assert nodes is not None and ended is not None
         return RunStats(workflows, nodes[0], ended[0], ended[1], ended[2])
 
-    async def _planned(self, sql: str, args: list[Any]) -> list[Row]:
-        """A search, planned for its arguments: a generic plan (the pool's setting, see
-        _SERVER_SETTINGS) cannot use a pattern index for `LIKE $1`, nor weigh how common a
-        label is; planning per call costs far less than the scan it avoids."""
+    async def _search(self, source: Source, sql: str, args: list[Any]) -> list[Row]:
+        """A search. On the read models, planned for its arguments: a generic plan (the
+        pool's setting, see _SERVER_SETTINGS) cannot use the pattern index for `LIKE $1`,
+        nor weigh how common a label is, and planning per call costs far less than the scan
+        it avoids. On the main tables the generic plan did as well or better (a label
+        filter walks the newest-first index)."""
+        if source == "primary":
+            return await self._all(sql, *args)
         async with self._conn() as conn, conn.transaction():
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             return await conn.fetch(sql, *args)
