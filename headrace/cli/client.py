@@ -102,7 +102,7 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
     keys = [k for k, _ in labels]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
-        raise fail(f"--label: {', '.join(twice)} given twice")
+        raise fail(f"--label: the key {', '.join(map(repr, twice))} is given twice")
     return dict(labels)
 
 

@@ -43,6 +43,9 @@ def projections_verify() -> None:
 
     async def check() -> Report:
         store = build_store(load_settings())
+        path = getattr(store, "path", None)  # SQLite: a file that is not there is no pass
+        if path is not None and not path.exists():
+            raise InputError("HEADRACE_DATABASE_URL", f"no database at {path}")
         await store.open()
         try:
             return await verify(store, progress=progress)

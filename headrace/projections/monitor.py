@@ -86,8 +86,10 @@ class ProjectionMonitor:
         return (now - min(last, now)) / 1000
 
     async def _fire(self, lag: float, now: int) -> dict[str, Any] | None:
-        shown = "no projector is projecting" if math.isinf(lag) else f"{lag:.1f} s"
-        why = f"monitor: projection lag {shown} over {self.limit_s} s for {self.window_s} s"
+        if math.isinf(lag):
+            why = f"monitor: nothing was projected (ENABLE_PROJECTIONS off) for {self.window_s} s"
+        else:
+            why = f"monitor: projection lag {lag:.1f} s over {self.limit_s} s for {self.window_s} s"
         found = await self.store.swap_flags(
             {"USE_PROJECTIONS": True}, [("USE_PROJECTIONS", False)], self.watcher.initial,
             "monitor", why, now,

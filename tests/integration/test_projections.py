@@ -379,3 +379,6 @@ async def test_verify_finds_every_read_row_the_log_disagrees_with(
     assert f"{ids[2]}: node a: None, the log says StateRow(" in bad.stdout
     assert "run_counts mix@1 running: (runs, open nodes) None, the rows say (1, 0)" in bad.stdout
     assert "verified 4 runs: 4 differ" in bad.stdout  # two runs, two counters
+    missing = await asyncio.to_thread(verify_cli, migrated / "nope.db")
+    assert missing.returncode == 2 and "no database at" in missing.stderr, missing.stderr
+    assert not (migrated / "nope.db").exists()

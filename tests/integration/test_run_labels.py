@@ -124,7 +124,7 @@ async def test_the_cli_starts_and_lists_by_label(api: httpx.AsyncClient) -> None
     bad = await cli("start", "hold", "--label", "nokey")
     assert bad.returncode != 0 and "--label" in bad.stderr and "key=value" in bad.stderr
     twice = await cli("start", "hold", "--label", "k=1", "--label", "k=2")
-    assert twice.returncode != 0 and "--label: k given twice" in twice.stderr
+    assert twice.returncode != 0 and "--label: the key 'k' is given twice" in twice.stderr
 
 
 def test_headrace_run_keeps_its_labels(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def _ms(text: str | None, field: str) -> int | None:
     if text is None:
         return None
     try:
-        at = datetime.fromisoformat(text)
+        at = datetime.fromisoformat(text.upper())  # RFC 3339 allows a lowercase t and z
     except ValueError:
         raise InputError(
             field, f"expected an RFC 3339 time like 2026-12-01T00:00:00Z, got {text!r}"
@@ -178,7 +178,11 @@ async def stats(
         "nodes_active": found.nodes_active,
         "last_hour": {
             "ended": found.ended_since,
-            "duration_p50_ms": found.duration_p50_ms,
-            "duration_p95_ms": found.duration_p95_ms,
+            "duration_p50_ms": _rounded(found.duration_p50_ms),
+            "duration_p95_ms": _rounded(found.duration_p95_ms),
         },
     }
+
+
+def _rounded(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 1)
