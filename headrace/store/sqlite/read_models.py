@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headrace.events import Event, decode_event
 from headrace.projections.apply import Counts, Projected, project
@@ -104,9 +104,10 @@ def _chunks(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:
 class ReadModelsOnSqlite:
     """The store's `ReadModels` (its connection is the store's)."""
 
-    @property
-    def db(self) -> sqlite3.Connection:
-        raise NotImplementedError  # the store's
+    if TYPE_CHECKING:  # the store's own, which SqliteStore defines
+
+        @property
+        def db(self) -> sqlite3.Connection: ...
 
     _transaction: Callable[[], contextlib.AbstractContextManager[sqlite3.Connection]]
 
