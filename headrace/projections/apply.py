@@ -27,8 +27,9 @@ class ReadTx(Protocol):
     async def states(self, wanted: Mapping[str, set[str]]) -> dict[str, dict[str, StateRow]]:
         """The state rows that exist of these (run id -> node ids)."""
 
-    async def logged(self, run_id: str, after_seq: int, upto_seq: int) -> list[Event]:
-        """The run's events in the event log with after_seq < seq <= upto_seq, in order."""
+    async def logged(self, ranges: Mapping[str, tuple[int, int]]) -> dict[str, list[Event]]:
+        """For each run id -> (after, upto): its events in the event log with
+        after < seq <= upto, in order."""
 
     async def write(
         self, runs: Sequence[RunRow], states: Sequence[StateRow], counts: Counts
@@ -57,7 +58,8 @@ async def project(
     run_ids = sorted(batch.keys() | upto.keys())
     runs = await tx.runs(run_ids)
     todo: dict[str, tuple[RunRow, list[Event]]] = {}
-    skipped = filled = 0
+    gaps: dict[str, tuple[int, int]] = {}
+    skipped = 0
     for run_id in run_ids:
         run = runs.get(run_id) or RunRow(run_id=run_id)
         events = batch.get(run_id, ())
@@ -67,9 +69,12 @@ async def project(
         if target <= run.last_seq:
             continue
         if target - run.last_seq != len(fresh):  # a gap before, among or after them
-            fresh = await tx.logged(run_id, run.last_seq, target)
-            filled += 1
+            gaps[run_id] = (run.last_seq, target)
         todo[run_id] = (run, fresh)
+    if gaps:
+        logged = await tx.logged(gaps)
+        for run_id in gaps:
+            todo[run_id] = (todo[run_id][0], logged.get(run_id, []))
     wanted = {rid: _node_ids(events) for rid, (_, events) in todo.items()}
     states = await tx.states(wanted)
     changed: list[StateRow] = []
@@ -86,7 +91,7 @@ async def project(
         checkpoint()
     await tx.write([run for run, _ in todo.values()], changed, counts)
     applied = sum(len(events) for _, events in todo.values())
-    return Projected(applied, skipped, filled, newest)
+    return Projected(applied, skipped, len(gaps), newest)
 
 
 def _count(counts: Counts, run: RunRow, sign: int) -> None:

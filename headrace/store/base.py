@@ -385,6 +385,28 @@ class ReadModels(Protocol):
         """`run_counts` as kept, and as counted again from `runs_read` (for verify)."""
 
 
+class Rebuilds(Protocol):
+    """A rebuild of the read models from the event log into fresh tables (`runs_read_next`,
+    ...) while the live ones serve, then put in their place (projections/rebuild.py)."""
+
+    async def rebuild_open(self) -> tuple[str, int]:
+        """Make the fresh tables unless a rebuild left them; the last run id they hold ('' if
+        none: a rebuild fills them in run id order, one committed page at a time) and how
+        many runs."""
+
+    async def rebuild_project(self, upto: Mapping[str, int]) -> Projected:
+        """Bring the fresh rows of these runs up to the seq given (run id -> seq), from the
+        event log, in one transaction."""
+
+    async def rebuild_behind(self, limit: int) -> list[tuple[str, int]]:
+        """(run id, seq in the main tables) of runs whose fresh rows are missing or behind."""
+
+    async def rebuild_swap(self, page: int) -> int:
+        """In one transaction, the projectors' writes held: bring every fresh row up to the
+        main tables, put the fresh tables in place of the live ones, drop the old. The
+        number of runs brought up in it."""
+
+
 class Store(
     Catalogue,
     RunLog,
@@ -395,6 +417,7 @@ class Store(
     FigureBook,
     RunQueries,
     ReadModels,
+    Rebuilds,
     Protocol,
 ):
     """Everything a backend stores, in the role-sized protocols above: one class per backend

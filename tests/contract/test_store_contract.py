@@ -972,3 +972,48 @@ async def test_the_catch_up_sees_which_runs_are_behind(store: Store) -> None:
     assert sorted(everything) == sorted([(a.run_id, a.seq), (b.run_id, b.seq)])
     first = min(a.run_id, b.run_id)
     assert await store.run_seqs(first, 10) == [(max(a.run_id, b.run_id), a.seq)]
+
+
+async def fold_of_log(store: Store, run_id: str) -> tuple[RunRow, list[Any]]:
+    run, nodes = RunRow(run_id=run_id), dict[str, Any]()
+    fold(run, nodes, await logged_events(store, run_id))
+    return run, [nodes[n] for n in sorted(nodes)]
+
+
+async def read_model_indexes(store: Store) -> list[str]:
+    if isinstance(store, SqliteStore):
+        query = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name LIKE '%read'"
+        return sorted(r[0] for r in store.db.execute(query))
+    assert isinstance(store, PostgresStore)
+    query = "SELECT indexname FROM pg_indexes WHERE tablename IN ('runs_read', 'states_read')"
+    return sorted(r[0] for r in await store._all(query))
+
+
+async def test_a_rebuild_resumes_catches_up_and_swaps_in_the_fold_of_the_log(
+    store: Store,
+) -> None:
+    plan = await register(store)
+    runs = {s.run_id: s for s in [await started(store, plan, xs=[1]) for _ in range(5)]}
+    ids = sorted(runs)
+    await complete(store, runs[ids[0]], "a")
+    await store.project({}, {ids[0]: 1})  # the live rows: one run, behind
+    indexes = await read_model_indexes(store)
+    assert await store.rebuild_open() == ("", 0)
+    await store.rebuild_project(dict(await store.run_seqs("", 2)))
+    assert await store.rebuild_open() == (ids[1], 2)  # where a rebuild that stopped resumes
+    await complete(store, runs[ids[1]], "a")  # moved on after it was filled
+    behind = await store.rebuild_behind(10)
+    assert [run_id for run_id, _ in behind] == ids[1:]
+    assert (await store.read_rows(ids[1]))[0] is None  # the live rows serve meanwhile
+    await store.rebuild_project(dict(behind[:2]))
+    await complete(store, runs[ids[4]], "a")
+    assert await store.rebuild_swap(2) == 2  # two pages: the second one short
+    for run_id in ids:
+        assert await store.read_rows(run_id) == await fold_of_log(store, run_id)
+    kept, recounted = await store.counters()
+    assert kept == recounted and sum(n for n, _ in kept.values()) == 5
+    assert await read_model_indexes(store) == indexes  # the old names, on the fresh tables
+    await complete(store, runs[ids[2]], "a")  # a projector goes on with the fresh tables
+    await store.project({ids[2]: (await logged_events(store, ids[2]))[-1:]})
+    assert await store.read_rows(ids[2]) == await fold_of_log(store, ids[2])
+    assert await store.rebuild_open() == ("", 0)  # the next rebuild starts afresh

@@ -382,3 +382,46 @@ async def test_verify_finds_every_read_row_the_log_disagrees_with(
     missing = await asyncio.to_thread(verify_cli, migrated / "nope.db")
     assert missing.returncode == 2 and "no database at" in missing.stderr, missing.stderr
     assert not (migrated / "nope.db").exists()
+
+
+async def flow(rt: Embedded, stop: asyncio.Event) -> list[str]:
+    """Start a run every 50 ms until `stop`; the runs' ids once they all ended."""
+    plan = plan_of(parse_workflow(SPEC))
+    ids = []
+    while not stop.is_set():
+        ids.append(await rt.start_run(plan, {"xs": [1, 2]}))
+        await asyncio.sleep(0.05)
+    for run_id in ids:
+        await rt.wait(run_id, timeout_s=60)
+    return ids
+
+
+def rebuild_cli(s: Settings, *args: str, crash_at: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HEADRACE_DATABASE_URL": s.database_url, "HEADRACE_CRASH_AT": crash_at}
+    cmd = [HEADRACE, "projections", "rebuild", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
+async def test_a_rebuild_killed_and_resumed_while_runs_flow_swaps_in_the_log_s_fold(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
+    async with Embedded(settings) as rt:
+        ids = await run_some(rt, 8)
+        stop = asyncio.Event()
+        flowing = asyncio.create_task(flow(rt, stop))
+        killed = await asyncio.to_thread(
+            rebuild_cli, settings, "--page", "3", crash_at="rebuild_after_page:2"
+        )
+        assert killed.returncode == -9, killed.stderr  # SIGKILLed after its second page
+        done = await asyncio.to_thread(rebuild_cli, settings, "--page", "3", "--verify")
+        assert done.returncode == 0, done.stderr
+        assert "resumed after run " in done.stdout and "(6 runs were rebuilt before)" in done.stdout
+        assert "swapped in" in done.stdout and "0 differ from the event log" in done.stdout
+        stop.set()
+        more = await flowing
+        assert len(more) > 10  # runs started (and ended) all along
+        ids += more
+        await projected(rt.store, ids)  # the projector went on, on the fresh tables
+        kept, recounted = await rt.store.counters()
+        assert kept == recounted and sum(n for n, _ in kept.values()) == len(ids)

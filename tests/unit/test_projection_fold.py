@@ -75,8 +75,11 @@ class MemoryReadTx:
                 out.setdefault(run_id, {})[node_id] = _copy(row)
         return out
 
-    async def logged(self, run_id: str, after_seq: int, upto_seq: int) -> list[Event]:
-        return [e for e in self.log if after_seq < e.seq <= upto_seq]
+    async def logged(self, ranges: Mapping[str, tuple[int, int]]) -> dict[str, list[Event]]:
+        return {
+            run_id: [e for e in self.log if e.run_id == run_id and lo < e.seq <= hi]
+            for run_id, (lo, hi) in ranges.items()
+        }
 
     async def write(
         self, runs: Sequence[RunRow], states: Sequence[StateRow], counts: Counts

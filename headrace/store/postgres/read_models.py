@@ -5,8 +5,10 @@ before, so that lock holds for new runs too."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -31,6 +33,8 @@ _TYPES = {
 }  # fmt: skip
 RUN_SELECT = f"SELECT {', '.join(RUN_READ_COLUMNS)} FROM runs_read"
 STATE_SELECT = f"SELECT {', '.join(STATE_READ_COLUMNS)} FROM states_read"
+TABLES = ("runs_read", "states_read", "run_counts")
+NEXT = "_next"  # a rebuild's fresh tables: runs_read_next, ...
 
 
 def _upsert(table: str, columns: Sequence[str], keys: int) -> str:
@@ -39,7 +43,7 @@ def _upsert(table: str, columns: Sequence[str], keys: int) -> str:
     record = ", ".join(f"{c} {_TYPES[c]}" for c in columns)
     values = ["x.error::text" if c == "error" else f"x.{c}" for c in columns]
     written = list(columns)
-    if table == "runs_read":
+    if table.startswith("runs_read"):
         values.append("ARRAY(SELECT value FROM jsonb_each_text(x.labels))")
         written.append("label_values")
     updates = ", ".join(f"{c} = excluded.{c}" for c in written[keys:])
@@ -50,15 +54,55 @@ def _upsert(table: str, columns: Sequence[str], keys: int) -> str:
     )
 
 
-_RUN_UPSERT = _upsert("runs_read", RUN_READ_COLUMNS, 1)
-_COUNT_ADD = (
-    "INSERT INTO run_counts (workflow_name, workflow_version, status, runs, active_nodes) "
-    "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::bigint[]) "
-    "ON CONFLICT (workflow_name, workflow_version, status) DO UPDATE "
-    "SET runs = run_counts.runs + excluded.runs, "
-    "active_nodes = run_counts.active_nodes + excluded.active_nodes"
+@dataclass(frozen=True)
+class Sql:
+    """One projector transaction's statements, on the live tables or a rebuild's (`suffix`)."""
+
+    new_runs: str
+    lock_runs: str
+    states: str
+    upsert_runs: str
+    upsert_states: str
+    add_counts: str
+
+
+@functools.cache
+def sql(suffix: str = "") -> Sql:
+    runs, states, counts = (t + suffix for t in TABLES)
+    return Sql(
+        new_runs=f"INSERT INTO {runs} (run_id) SELECT id FROM unnest($1::text[]) AS id "
+        "ORDER BY id ON CONFLICT DO NOTHING",
+        lock_runs=f"SELECT {', '.join(RUN_READ_COLUMNS)} FROM {runs} "
+        "WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR UPDATE",
+        states=f"SELECT {', '.join(STATE_READ_COLUMNS)} FROM {states} WHERE (run_id, node_id) "
+        "IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        upsert_runs=_upsert(runs, RUN_READ_COLUMNS, 1),
+        upsert_states=_upsert(states, STATE_READ_COLUMNS, 2),
+        add_counts=(
+            f"INSERT INTO {counts} (workflow_name, workflow_version, status, runs, "
+            "active_nodes) SELECT * FROM unnest($1::text[], $2::int[], $3::text[], "
+            "$4::bigint[], $5::bigint[]) ON CONFLICT (workflow_name, workflow_version, status) "
+            f"DO UPDATE SET runs = {counts}.runs + excluded.runs, "
+            f"active_nodes = {counts}.active_nodes + excluded.active_nodes"
+        ),
+    )
+
+
+_LOGGED = (
+    "SELECT e.run_id, e.data FROM unnest($1::text[], $2::int[], $3::int[]) AS r(id, lo, hi) "
+    "JOIN events e ON e.run_id = r.id AND e.seq > r.lo AND e.seq <= r.hi "
+    "ORDER BY e.run_id, e.seq"
 )
-_STATE_UPSERT = _upsert("states_read", STATE_READ_COLUMNS, 2)
+_BEHIND = (
+    f"SELECT r.run_id, r.seq FROM runs r LEFT JOIN runs_read{NEXT} n ON n.run_id = r.run_id "
+    "WHERE n.run_id IS NULL OR n.last_seq < r.seq ORDER BY r.run_id LIMIT $1"
+)
+_HELD = f"SELECT coalesce(max(run_id), ''), COUNT(*) FROM runs_read{NEXT}"
+_INDEXES = (
+    "SELECT i.indexrelid::regclass::text, i.indisunique, "
+    "split_part(pg_get_indexdef(i.indexrelid), ' USING ', 2) "
+    "FROM pg_index i WHERE i.indrelid = $1::text::regclass ORDER BY 1"
+)
 _JSON = msgspec.json.Encoder()
 
 
@@ -75,54 +119,44 @@ def state_row(r: Any) -> StateRow:
 
 
 class PostgresReadTx:
-    def __init__(self, conn: PoolConnectionProxy[Record]) -> None:
+    def __init__(self, conn: PoolConnectionProxy[Record], suffix: str = "") -> None:
         self.conn = conn
+        self.sql = sql(suffix)
 
     async def runs(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
-        await self.conn.execute(
-            "INSERT INTO runs_read (run_id) SELECT id FROM unnest($1::text[]) AS id ORDER BY id "
-            "ON CONFLICT DO NOTHING",
-            list(run_ids),
-        )
-        found = await self.conn.fetch(
-            f"{RUN_SELECT} WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR UPDATE",
-            list(run_ids),
-        )
+        await self.conn.execute(self.sql.new_runs, list(run_ids))
+        found = await self.conn.fetch(self.sql.lock_runs, list(run_ids))
         return {r[0]: run_row(r) for r in found}
 
     async def states(self, wanted: Mapping[str, set[str]]) -> dict[str, dict[str, StateRow]]:
         run_ids = [rid for rid, nodes in wanted.items() for _ in nodes]
         node_ids = [nid for nodes in wanted.values() for nid in nodes]
-        found = await self.conn.fetch(
-            f"{STATE_SELECT} WHERE (run_id, node_id) IN "
-            "(SELECT * FROM unnest($1::text[], $2::text[]))",
-            run_ids,
-            node_ids,
-        )
+        found = await self.conn.fetch(self.sql.states, run_ids, node_ids)
         out: dict[str, dict[str, StateRow]] = {}
         for r in found:
             out.setdefault(r[0], {})[r[1]] = state_row(r)
         return out
 
-    async def logged(self, run_id: str, after_seq: int, upto_seq: int) -> list[Event]:
+    async def logged(self, ranges: Mapping[str, tuple[int, int]]) -> dict[str, list[Event]]:
+        ids = list(ranges)
         found = await self.conn.fetch(
-            "SELECT data FROM events WHERE run_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
-            run_id,
-            after_seq,
-            upto_seq,
+            _LOGGED, ids, [ranges[i][0] for i in ids], [ranges[i][1] for i in ids]
         )
-        return [decode_event(r[0].encode()) for r in found]
+        out: dict[str, list[Event]] = {}
+        for r in found:
+            out.setdefault(r[0], []).append(decode_event(r[1].encode()))
+        return out
 
     async def write(
         self, runs: Sequence[RunRow], states: Sequence[StateRow], counts: Counts
     ) -> None:
         if runs:
-            await self.conn.execute(_RUN_UPSERT, _JSON.encode(runs).decode())
+            await self.conn.execute(self.sql.upsert_runs, _JSON.encode(runs).decode())
         if states:
-            await self.conn.execute(_STATE_UPSERT, _JSON.encode(states).decode())
+            await self.conn.execute(self.sql.upsert_states, _JSON.encode(states).decode())
         added = [(*k, *v) for k, v in sorted(counts.items()) if any(v)]
         if added:  # in key order: two projectors lock the counters in the same order
-            await self.conn.execute(_COUNT_ADD, *map(list, zip(*added, strict=True)))
+            await self.conn.execute(self.sql.add_counts, *map(list, zip(*added, strict=True)))
 
 
 class ReadModelsOnPostgres:
@@ -177,6 +211,50 @@ class ReadModelsOnPostgres:
             "FROM runs_read GROUP BY workflow_name, workflow_version, status"
         )
         return _counts(kept), _counts(recounted)
+
+    async def rebuild_open(self) -> tuple[str, int]:
+        async with self._conn() as conn, conn.transaction():
+            for table in TABLES:
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table}{NEXT} (LIKE {table} INCLUDING ALL)"
+                )
+            row = await conn.fetchrow(_HELD)
+        assert row is not None
+        return row[0], row[1]
+
+    async def rebuild_project(self, upto: Mapping[str, int]) -> Projected:
+        async with self._conn() as conn, conn.transaction():
+            return await project(PostgresReadTx(conn, NEXT), {}, upto)
+
+    async def rebuild_behind(self, limit: int) -> list[tuple[str, int]]:
+        return [(r[0], r[1]) for r in await self._all(_BEHIND, limit)]
+
+    async def rebuild_swap(self, page: int) -> int:
+        """Writes to the live tables wait (EXCLUSIVE lets reads on) while the fresh ones are
+        brought up to the main tables; then the fresh take the old ones' names, indexes
+        included. A projector's statement that waited finds the fresh table by its name."""
+        caught_up = 0
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(f"LOCK TABLE {', '.join(TABLES)} IN EXCLUSIVE MODE")
+            while True:  # what commits after the last page reaches a projector after this
+                behind = await conn.fetch(_BEHIND, page)
+                await project(PostgresReadTx(conn, NEXT), {}, {r[0]: r[1] for r in behind})
+                caught_up += len(behind)
+                if len(behind) < page:
+                    break
+            names = {t: await _index_names(conn, t) for t in TABLES}
+            await conn.execute(f"DROP TABLE {', '.join(TABLES)}")
+            for table in TABLES:
+                await conn.execute(f"ALTER TABLE {table}{NEXT} RENAME TO {table}")
+                for key, fresh in (await _index_names(conn, table)).items():
+                    await conn.execute(f"ALTER INDEX {fresh} RENAME TO {names[table][key]}")
+        return caught_up
+
+
+async def _index_names(conn: PoolConnectionProxy[Record], table: str) -> dict[Any, str]:
+    """A table's index names by what they index (unique or not, method, columns)."""
+    found = await conn.fetch(_INDEXES, table)
+    return {(r[1], r[2], n): r[0] for n, r in enumerate(sorted(found, key=lambda r: r[1:]))}
 
 
 def _counts(rows: Sequence[Any]) -> Counts:

@@ -5,8 +5,10 @@ own)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from headrace.events import Event, decode_event
@@ -16,8 +18,8 @@ from headrace.store import rows
 
 RUN_READ_COLUMNS = tuple(RunRow.__struct_fields__)
 STATE_READ_COLUMNS = tuple(StateRow.__struct_fields__)
-_RUN_SELECT = f"SELECT {', '.join(RUN_READ_COLUMNS)} FROM runs_read"
-_STATE_SELECT = f"SELECT {', '.join(STATE_READ_COLUMNS)} FROM states_read"
+TABLES = ("runs_read", "states_read", "run_counts")
+NEXT = "_next"  # a rebuild's fresh tables: runs_read_next, ...
 
 
 def _upsert(table: str, columns: Sequence[str], keys: int) -> str:
@@ -30,13 +32,38 @@ def _upsert(table: str, columns: Sequence[str], keys: int) -> str:
     )
 
 
-_RUN_UPSERT = _upsert("runs_read", RUN_READ_COLUMNS, 1)
-_COUNT_ADD = (
-    "INSERT INTO run_counts (workflow_name, workflow_version, status, runs, active_nodes) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (workflow_name, workflow_version, status) DO UPDATE "
-    "SET runs = runs + excluded.runs, active_nodes = active_nodes + excluded.active_nodes"
+@dataclass(frozen=True)
+class Sql:
+    """One projector transaction's statements, on the live tables or a rebuild's (`suffix`)."""
+
+    runs: str
+    states: str
+    upsert_runs: str
+    upsert_states: str
+    add_counts: str
+
+
+@functools.cache
+def sql(suffix: str = "") -> Sql:
+    runs, states, counts = (t + suffix for t in TABLES)
+    return Sql(
+        runs=f"SELECT {', '.join(RUN_READ_COLUMNS)} FROM {runs}",
+        states=f"SELECT {', '.join(STATE_READ_COLUMNS)} FROM {states}",
+        upsert_runs=_upsert(runs, RUN_READ_COLUMNS, 1),
+        upsert_states=_upsert(states, STATE_READ_COLUMNS, 2),
+        add_counts=(
+            f"INSERT INTO {counts} (workflow_name, workflow_version, status, runs, "
+            "active_nodes) VALUES (?, ?, ?, ?, ?) ON CONFLICT (workflow_name, "
+            "workflow_version, status) DO UPDATE SET runs = runs + excluded.runs, "
+            "active_nodes = active_nodes + excluded.active_nodes"
+        ),
+    )
+
+
+_BEHIND = (
+    f"SELECT r.run_id, r.seq FROM runs r LEFT JOIN runs_read{NEXT} n ON n.run_id = r.run_id "
+    "WHERE n.run_id IS NULL OR n.last_seq < r.seq ORDER BY r.run_id LIMIT ?"
 )
-_STATE_UPSERT = _upsert("states_read", STATE_READ_COLUMNS, 2)
 
 
 def run_row(r: Sequence[object]) -> RunRow:
@@ -61,14 +88,15 @@ def state_values(s: StateRow) -> tuple[object, ...]:
 
 
 class SqliteReadTx:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, suffix: str = "") -> None:
         self.db = db
+        self.sql = sql(suffix)
 
     async def runs(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
         found: dict[str, RunRow] = {}
         for part in _chunks(run_ids):
             marks = ", ".join("?" * len(part))
-            for r in self.db.execute(f"{_RUN_SELECT} WHERE run_id IN ({marks})", part):
+            for r in self.db.execute(f"{self.sql.runs} WHERE run_id IN ({marks})", part):
                 found[r[0]] = run_row(r)
         return found
 
@@ -77,24 +105,25 @@ class SqliteReadTx:
         for run_id, node_ids in wanted.items():
             for part in _chunks(sorted(node_ids)):
                 marks = ", ".join("?" * len(part))
-                sql = f"{_STATE_SELECT} WHERE run_id = ? AND node_id IN ({marks})"
-                for r in self.db.execute(sql, (run_id, *part)):
+                query = f"{self.sql.states} WHERE run_id = ? AND node_id IN ({marks})"
+                for r in self.db.execute(query, (run_id, *part)):
                     found.setdefault(run_id, {})[r[1]] = state_row(r)
         return found
 
-    async def logged(self, run_id: str, after_seq: int, upto_seq: int) -> list[Event]:
-        cur = self.db.execute(
-            "SELECT data FROM events WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
-            (run_id, after_seq, upto_seq),
-        )
-        return [decode_event(r[0].encode()) for r in cur]
+    async def logged(self, ranges: Mapping[str, tuple[int, int]]) -> dict[str, list[Event]]:
+        query = "SELECT data FROM events WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq"
+        return {
+            run_id: [decode_event(r[0].encode()) for r in self.db.execute(query, (run_id, lo, hi))]
+            for run_id, (lo, hi) in ranges.items()
+        }
 
     async def write(
         self, runs: Sequence[RunRow], states: Sequence[StateRow], counts: Counts
     ) -> None:
-        self.db.executemany(_RUN_UPSERT, [run_values(r) for r in runs])
-        self.db.executemany(_STATE_UPSERT, [state_values(s) for s in states])
-        self.db.executemany(_COUNT_ADD, [(*k, *v) for k, v in sorted(counts.items()) if any(v)])
+        self.db.executemany(self.sql.upsert_runs, [run_values(r) for r in runs])
+        self.db.executemany(self.sql.upsert_states, [state_values(s) for s in states])
+        added = [(*k, *v) for k, v in sorted(counts.items()) if any(v)]
+        self.db.executemany(self.sql.add_counts, added)
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:
@@ -132,7 +161,7 @@ class ReadModelsOnSqlite:
 
     async def read_rows(self, run_id: str) -> tuple[RunRow | None, list[StateRow]]:
         run = (await SqliteReadTx(self.db).runs([run_id])).get(run_id)
-        cur = self.db.execute(f"{_STATE_SELECT} WHERE run_id = ? ORDER BY node_id", (run_id,))
+        cur = self.db.execute(f"{sql().states} WHERE run_id = ? ORDER BY node_id", (run_id,))
         return run, [state_row(r) for r in cur]
 
     async def read_model_counts(self) -> dict[str, int]:
@@ -145,7 +174,51 @@ class ReadModelsOnSqlite:
         recounted = self.db.execute(_RECOUNT)
         return _counts(kept.fetchall()), _counts(recounted.fetchall())
 
+    async def rebuild_open(self) -> tuple[str, int]:
+        """The fresh tables are made from the live ones' own CREATE TABLE, without indexes
+        (they are made at the swap, when the rows are in)."""
+        with self._transaction() as db:
+            for table in TABLES:
+                made = db.execute(_DEFINITION, ("table", table)).fetchone()[0]
+                fresh = made.replace(table, table + NEXT, 1).replace("TABLE", _IF_NOT_EXISTS, 1)
+                db.execute(fresh)
+            row = db.execute(_HELD).fetchone()
+        return row[0], row[1]
 
+    async def rebuild_project(self, upto: Mapping[str, int]) -> Projected:
+        with self._transaction() as db:
+            return await project(SqliteReadTx(db, NEXT), {}, upto)
+
+    async def rebuild_behind(self, limit: int) -> list[tuple[str, int]]:
+        return [(r[0], r[1]) for r in self.db.execute(_BEHIND, (limit,))]
+
+    async def rebuild_swap(self, page: int) -> int:
+        """One write transaction (BEGIN IMMEDIATE: the projector waits) brings the fresh
+        tables up to the main ones, drops the old (their indexes with them), renames the
+        fresh and makes the old indexes on them."""
+        caught_up = 0
+        with self._transaction() as db:
+            while True:  # what commits after the last page reaches a projector after this
+                behind = db.execute(_BEHIND, (page,)).fetchall()
+                await project(SqliteReadTx(db, NEXT), {}, {r[0]: r[1] for r in behind})
+                caught_up += len(behind)
+                if len(behind) < page:
+                    break
+            for table in TABLES:
+                indexes = db.execute(_INDEX_DEFINITIONS, (table,)).fetchall()
+                db.execute(f"DROP TABLE {table}")
+                db.execute(f"ALTER TABLE {table}{NEXT} RENAME TO {table}")
+                for (made,) in indexes:
+                    db.execute(made)
+        return caught_up
+
+
+_HELD = f"SELECT coalesce(max(run_id), ''), COUNT(*) FROM runs_read{NEXT}"
+_DEFINITION = "SELECT sql FROM sqlite_master WHERE type = ? AND name = ?"
+_INDEX_DEFINITIONS = (
+    "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL"
+)
+_IF_NOT_EXISTS = "TABLE IF NOT EXISTS"
 _COUNTED = "workflow_name, workflow_version, status, runs, active_nodes"
 _RECOUNT = (
     "SELECT workflow_name, workflow_version, status, COUNT(*), SUM(active_nodes) FROM runs_read"
