@@ -8,9 +8,11 @@
    `team` (8 values), `env` (3) and a unique `order`.
 2. **Project**: the projector's catch-up folds the whole event log into `runs_read` and
    `states_read` (what a rebuild does): events/s and the total time.
-3. **Stream**: the events of `--stream` more runs as the runtime publishes them (one
+3. **Rebuild**: `headrace projections rebuild` of them all (fresh tables, then the swap):
+   events/s and the total time.
+4. **Stream**: the events of `--stream` more runs as the runtime publishes them (one
    message per transition) go through an in-memory bus to a projector: events/s applied.
-4. **Queries**, each `--repeat` times with varying arguments, on the main tables and on the
+5. **Queries**, each `--repeat` times with varying arguments, on the main tables and on the
    read model: p50 and p99 in ms.
 
 Prints one JSON object.
@@ -32,6 +34,7 @@ from headrace.bus import MemoryBus
 from headrace.bus.topics import EVENTS
 from headrace.engine import Cancel, Complete, Fail, Start, decide, new_run
 from headrace.events import ErrorInfo, Message, encode
+from headrace.projections.rebuild import rebuild
 from headrace.runtime.metrics import Metrics
 from headrace.runtime.projector import Projector
 from headrace.spec import Plan, parse_workflow, plan_of
@@ -125,6 +128,11 @@ async def project_log(store: Store, events: int) -> dict[str, Any]:
     runs = await projector.catch_up()
     seconds = time.perf_counter() - began
     return {"runs": runs, "seconds": round(seconds, 1), "events_per_s": round(events / seconds)}
+
+
+async def rebuild_all(store: Store) -> dict[str, Any]:
+    p = await rebuild(store)
+    return {"runs": p.done, "seconds": round(p.seconds, 1), "events_per_s": round(p.events_per_s)}
 
 
 async def project_stream(store: Store, runs: int, rng: random.Random) -> dict[str, Any]:
@@ -234,13 +242,20 @@ async def main(runs: int, stream: int, repeat: int) -> dict[str, Any]:
         try:
             seeded = await seed(store, runs, rng)
             projected = await project_log(store, seeded["events"])
+            rebuilt = await rebuild_all(store)
             streamed = await project_stream(store, stream, rng)
             run_ids = [r for r, _ in await store.run_seqs("", 10_000)]
             await _analyze(store)
             timed = await time_queries(store, run_ids, repeat)
         finally:
             await store.close()
-    return {"seed": seeded, "project_log": projected, "stream": streamed, "queries": timed}
+    return {
+        "seed": seeded,
+        "project_log": projected,
+        "rebuild": rebuilt,
+        "stream": streamed,
+        "queries": timed,
+    }
 
 
 async def _analyze(store: PostgresStore) -> None:
