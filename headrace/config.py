@@ -21,6 +21,11 @@ class Settings(BaseSettings):
         "sqlite:///.headrace/headrace.db",
         description="sqlite:///relative.db, sqlite:////absolute.db or postgresql://user@host/db",
     )
+    read_database_url: str | None = Field(
+        None,
+        description="postgresql://...: another database for the read models (default: the "
+        "main one's)",
+    )
     bus: str = Field(
         "memory://", description="memory://, redis://host:port/db or kafka://host:port[,host:port]"
     )

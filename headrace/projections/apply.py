@@ -106,3 +106,33 @@ def _seq(e: Event) -> int:
 
 def _node_ids(events: list[Event]) -> set[str]:
     return {n for e in events if isinstance(n := getattr(e, "node_id", None), str)}
+
+
+class Tables(Protocol):
+    """Read tables, the live ones or a rebuild's, seen from the catch-up."""
+
+    async def applied(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """The last seq applied of each of these runs that has a read row."""
+
+    async def project(self, upto: Mapping[str, int]) -> Projected:
+        """Bring these runs' rows up to the seq given, from the event log."""
+
+
+class RunSeqs(Protocol):
+    async def run_seqs(self, after_run_id: str, limit: int) -> list[tuple[str, int]]:
+        """(run id, seq) from the main tables, by run id after `after_run_id`."""
+
+
+async def catch_up(main: RunSeqs, tables: Tables, page: int) -> tuple[int, int]:
+    """Bring every run whose rows in `tables` are missing or behind the main tables up to
+    date from the event log, a page of runs at a time: (runs brought up, events applied).
+    The main tables and the read models may be in two databases: they are compared here."""
+    after, runs, events = "", 0, 0
+    while seqs := await main.run_seqs(after, page):
+        applied = await tables.applied([run_id for run_id, _ in seqs])
+        behind = {run_id: seq for run_id, seq in seqs if applied.get(run_id, 0) < seq}
+        if behind:
+            events += (await tables.project(behind)).applied
+            runs += len(behind)
+        after = seqs[-1][0]
+    return runs, events

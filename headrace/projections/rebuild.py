@@ -4,7 +4,8 @@ new tables (`runs_read_next`, ...) while the live ones keep serving, then swappe
 1. fill: every run of the main tables, a page at a time in run id order; each page is one
    transaction, so the fresh tables' last run id is where a rebuild that died resumes;
 2. catch up: runs that moved on (or started) while the pages went by, until a pass finds
-   fewer than a page of them;
+   fewer than a page of them (each pass compares every run's seq: the read models may be
+   in another database);
 3. swap: one transaction holds the projectors' writes, brings the last runs up, and puts
    the fresh tables in place of the live ones. Whatever commits after it reaches a
    projector, which then writes to the fresh tables (store/*/read_models.py).
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from headrace.projections.apply import Tables, catch_up
 from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.store import ReadModels, Rebuilds
 
@@ -63,22 +65,27 @@ async def rebuild(
     counts = await store.read_model_counts()
     p = Progress(total=counts["main"], resumed_after=after, held=held)
     tell = progress or (lambda _: None)
+    fresh = store.rebuild_tables()
     while runs := await store.run_seqs(after, page):
-        p.events += (await store.rebuild_project(dict(runs))).applied
+        p.events += (await fresh.project(dict(runs))).applied
         p.done += len(runs)
         after = runs[-1][0]
         tell(p)
         crash.reached("rebuild_after_page")
     p.phase = "catch up"
-    while True:
-        behind = await store.rebuild_behind(page)
-        p.events += (await store.rebuild_project(dict(behind))).applied
-        p.caught_up += len(behind)
+    while True:  # until what moved on during a pass is less than a page
+        moved, events = await catch_up(store, fresh, page)
+        p.caught_up, p.events = p.caught_up + moved, p.events + events
         tell(p)
-        if len(behind) < page:
+        if moved < page:
             break
     p.phase = "swap"
-    p.caught_up += await store.rebuild_swap(page)
+
+    async def last(tables: Tables) -> None:
+        moved, events = await catch_up(store, tables, page)
+        p.caught_up, p.events = p.caught_up + moved, p.events + events
+
+    await store.rebuild_swap(last)
     p.phase = "done"
     tell(p)
     return p

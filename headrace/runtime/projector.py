@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -28,7 +28,7 @@ from headrace.bus.topics import EVENTS, PROJECTORS
 from headrace.clock import SYSTEM, Clock
 from headrace.events import Event, decode_events, unreadable
 from headrace.flags.definitions import FlagValue, FlagValues
-from headrace.projections.apply import Projected
+from headrace.projections.apply import Projected, catch_up
 from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.runtime.metrics import Metrics
 from headrace.store import ReadModels
@@ -125,16 +125,9 @@ class Projector:
     async def catch_up(self) -> int:
         """Bring every run whose read row is behind the main tables up to date from the
         event log; how many there were."""
-        after, count = "", 0
-        while page := await self.store.run_seqs(after, self.page):
-            applied = await self.store.applied_seqs([run_id for run_id, _ in page])
-            behind = {r: seq for r, seq in page if applied.get(r, 0) < seq}
-            if behind:  # old news: counted, but no measure of the lag
-                projected = await self.store.project({}, behind)
-                self.metrics.projected.inc("applied", by=projected.applied)
-                count += len(behind)
-            after = page[-1][0]
-        return count
+        runs, events = await catch_up(self.store, _Live(self.store), self.page)
+        self.metrics.projected.inc("applied", by=events)  # old news: no measure of the lag
+        return runs
 
     def figures(self) -> dict[str, Any]:
         """What the projector reports each second (the lag trigger reads it)."""
@@ -148,3 +141,16 @@ class Projector:
             lag = self.lag_s = max(0, self.clock.now_ms() - projected.last_event_at) / 1000
             self.metrics.projection_lag.labels(self.name).set(lag)
             self.metrics.projection_delay.observe(self.name, lag)
+
+
+class _Live:
+    """The live read tables, as the catch-up sees them."""
+
+    def __init__(self, store: ReadModels) -> None:
+        self.store = store
+
+    async def applied(self, run_ids: Sequence[str]) -> dict[str, int]:
+        return await self.store.applied_seqs(run_ids)
+
+    async def project(self, upto: Mapping[str, int]) -> Projected:
+        return await self.store.project({}, upto)

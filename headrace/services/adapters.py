@@ -27,6 +27,11 @@ def build_store(settings: Settings, clock: Clock = SYSTEM) -> Store:
     if scheme == "sqlite":
         from headrace.store.sqlite import SqliteStore
 
+        if settings.read_database_url:
+            raise InputError(
+                "HEADRACE_READ_DATABASE_URL", "only beside a postgresql:// HEADRACE_DATABASE_URL"
+            )
+
         path = url.removeprefix("sqlite://")
         path = path[1:] if path.startswith("/") else path  # sqlite:///rel, sqlite:////abs
         if not path:
@@ -35,11 +40,26 @@ def build_store(settings: Settings, clock: Clock = SYSTEM) -> Store:
     if scheme in ("postgresql", "postgres"):
         from headrace.store.postgres import PostgresStore
 
-        return PostgresStore(url.replace("postgres://", "postgresql://", 1), clock=clock)
+        read = _read_database(settings.read_database_url)
+        return PostgresStore(_postgresql(url), read_url=read, clock=clock)
     raise InputError(
         "HEADRACE_DATABASE_URL",
         f"unsupported database {url!r} (sqlite:///PATH or postgresql://user@host:port/db)",
     )
+
+
+def _postgresql(url: str) -> str:
+    return url.replace("postgres://", "postgresql://", 1)
+
+
+def _read_database(url: str | None) -> str | None:
+    if not url:
+        return None
+    if urlparse(url).scheme not in ("postgresql", "postgres"):
+        raise InputError(
+            "HEADRACE_READ_DATABASE_URL", f"expected postgresql://user@host:port/db, not {url!r}"
+        )
+    return _postgresql(url)
 
 
 def build_bus(

@@ -7,13 +7,13 @@ applied exactly once whatever the interleaving of writers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from headrace.engine import NodeState, RunState
 from headrace.events import ErrorInfo, Event, Message, NodeStatus, RunStatus, Timer
-from headrace.projections.apply import Counts, Projected
+from headrace.projections.apply import Counts, Projected, Tables
 from headrace.projections.fold import RunRow, StateRow
 from headrace.spec import WorkflowIR
 from headrace.store.listing import RunFilter, RunItem, RunStats, Sort, Source
@@ -394,17 +394,13 @@ class Rebuilds(Protocol):
         none: a rebuild fills them in run id order, one committed page at a time) and how
         many runs."""
 
-    async def rebuild_project(self, upto: Mapping[str, int]) -> Projected:
-        """Bring the fresh rows of these runs up to the seq given (run id -> seq), from the
-        event log, in one transaction."""
+    def rebuild_tables(self) -> Tables:
+        """The fresh tables, each call a transaction of its own."""
 
-    async def rebuild_behind(self, limit: int) -> list[tuple[str, int]]:
-        """(run id, seq in the main tables) of runs whose fresh rows are missing or behind."""
-
-    async def rebuild_swap(self, page: int) -> int:
-        """In one transaction, the projectors' writes held: bring every fresh row up to the
-        main tables, put the fresh tables in place of the live ones, drop the old. The
-        number of runs brought up in it."""
+    async def rebuild_swap(self, catch_up: Callable[[Tables], Awaitable[object]]) -> None:
+        """In one transaction, the projectors' writes held: `catch_up` the fresh tables (in
+        that transaction) with the main tables, put them in place of the live ones, drop
+        the old."""
 
 
 class Store(

@@ -8,6 +8,7 @@ keeps is compared with what the engine holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sqlite3
 import subprocess
@@ -49,6 +50,7 @@ from headrace.events import (
     decode_job,
     encode,
 )
+from headrace.projections.apply import Tables, catch_up
 from headrace.projections.fold import RunRow, fold
 from headrace.spec import Plan, canonical_json, parse_workflow, plan_of
 from headrace.store import Children, Holder, RunHead, Store, Transition
@@ -81,16 +83,36 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+POSTGRES = pytest.param("postgres", marks=pytest.mark.integration)
+
+
+@pytest.fixture(params=["sqlite", POSTGRES])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
+    async with open_store(request.param, tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture(
+    params=["sqlite", POSTGRES, pytest.param("postgres+read", marks=pytest.mark.integration)]
+)
+async def read_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A store, and one whose read models are in a database of their own."""
+    async with open_store(request.param, tmp_path) as opened:
+        yield opened
+
+
+@contextlib.asynccontextmanager
+async def open_store(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
+    if kind == "sqlite":
         lite = SqliteStore(tmp_path / "h.db")
         await lite.open()
         yield lite
         await lite.close()
         return
-    with postgres_database() as url:
-        pg = PostgresStore(url, max_size=4)
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_database())
+        read = stack.enter_context(postgres_database()) if kind == "postgres+read" else None
+        pg = PostgresStore(url, read_url=read, max_size=4)
         await pg.open()
         yield pg
         await pg.close()
@@ -335,10 +357,10 @@ SOURCES = pytest.mark.parametrize("source", ["primary", "projection"])
 
 
 @SOURCES
-async def test_list_runs_filters_and_pages_newest_first(store: Store, source: Source) -> None:
-    shop = await register(store)
-    shop2 = await register(store, {**SHOP, "version": 2})
-    other = await register(store, {**SHOP, "name": "other"})
+async def test_list_runs_filters_and_pages_newest_first(read_store: Store, source: Source) -> None:
+    shop = await register(read_store)
+    shop2 = await register(read_store, {**SHOP, "version": 2})
+    other = await register(read_store, {**SHOP, "name": "other"})
     made: list[RunState] = []
     batch: list[Transition] = []
     for i in range(30):
@@ -348,14 +370,14 @@ async def test_list_runs_filters_and_pages_newest_first(store: Store, source: So
             d.events += decide(state, Cancel(at_ms=2_000 + i % 7)).events
         made.append(state)
         batch.append(Transition(state, d.events, new=True))
-    assert not (await store.commit(batch)).conflicts
-    await project_all(store)
+    assert not (await read_store.commit(batch)).conflicts
+    await project_all(read_store)
 
     async def everything(f: RunFilter, sort: Sort = "created") -> list[str]:
         ids: list[str] = []
         cursor = None
         while True:
-            page, cursor = await store.list_runs(f, 7, cursor, sort, source)
+            page, cursor = await read_store.list_runs(f, 7, cursor, sort, source)
             assert len(page) <= 7
             ids += [r.run_id for r in page]
             if cursor is None:
@@ -387,14 +409,14 @@ async def test_list_runs_filters_and_pages_newest_first(store: Store, source: So
     assert await everything(RunFilter(q=prefix)) == expected(
         lambda s: s.run_id.startswith(prefix.lower())
     )
-    assert await store.list_runs(RunFilter(workflow="shop@x"), 10) == ([], None)
-    page, cursor = await store.list_runs(RunFilter(), 30, None, "created", source)
+    assert await read_store.list_runs(RunFilter(workflow="shop@x"), 10) == ([], None)
+    page, cursor = await read_store.list_runs(RunFilter(), 30, None, "created", source)
     assert len(page) == 30 and cursor is None
     tags = {s.run_id: s.plan.tag for s in made}
     assert [i.workflow_tag for i in page] == [tags[i.run_id] for i in page]
     with pytest.raises(InputError):
-        await store.list_runs(RunFilter(), 10, "not a cursor", "created", source)
-    counts = await store.count_runs(RunFilter(workflow="shop"), source)
+        await read_store.list_runs(RunFilter(), 10, "not a cursor", "created", source)
+    counts = await read_store.count_runs(RunFilter(workflow="shop"), source)
     shops = [s for s in made if s.plan.ir.name == "shop"]
     assert counts == {
         st: sum(s.status == st for s in shops)
@@ -403,22 +425,24 @@ async def test_list_runs_filters_and_pages_newest_first(store: Store, source: So
 
 
 @SOURCES
-async def test_a_run_keeps_its_labels_and_is_listed_by_them(store: Store, source: Source) -> None:
-    plan = await register(store)
+async def test_a_run_keeps_its_labels_and_is_listed_by_them(
+    read_store: Store, source: Source
+) -> None:
+    plan = await register(read_store)
     given = [{"team": "growth", "env": "prod"}, {"team": "growth"}, {}, {"team": "ops"}]
     made = []
     for i, labels in enumerate(given):
         state = new_run(str(uuid.uuid4()), plan, created_at_ms=1_000 + i)
         d = decide(state, Start(at_ms=1_000 + i, inputs={"xs": []}, labels=labels))
-        assert not (await store.commit([step(state, d, new=True)])).conflicts
+        assert not (await read_store.commit([step(state, d, new=True)])).conflicts
         assert state.labels == labels
-        await same(store, state)  # loaded back with them
+        await same(read_store, state)  # loaded back with them
         made.append(state.run_id)
-    assert (await store.get_run_record(made[0])).labels == given[0]
-    await project_all(store)
+    assert (await read_store.get_run_record(made[0])).labels == given[0]
+    await project_all(read_store)
 
     async def found(f: RunFilter) -> list[str]:
-        return [r.run_id for r in (await store.list_runs(f, 10, None, "created", source))[0]]
+        return [r.run_id for r in (await read_store.list_runs(f, 10, None, "created", source))[0]]
 
     async def listed(**labels: str) -> list[str]:
         return await found(RunFilter(labels=tuple(labels.items())))
@@ -433,20 +457,20 @@ async def test_a_run_keeps_its_labels_and_is_listed_by_them(store: Store, source
     assert await found(RunFilter(q="grow")) == []  # whole values only
     assert await found(RunFilter(q='o"ps')) == []  # quotes are values, not syntax
     assert await found(RunFilter(q="%")) == await found(RunFilter(q="_")) == []  # no wildcards
-    items = (await store.list_runs(RunFilter(), 10, None, "created", source))[0]
+    items = (await read_store.list_runs(RunFilter(), 10, None, "created", source))[0]
     assert [i.labels for i in items] == list(reversed(given))
-    assert (await store.count_runs(RunFilter(q="ops"), source))["running"] == 1
+    assert (await read_store.count_runs(RunFilter(q="ops"), source))["running"] == 1
 
 
-async def test_stats_are_the_same_from_either_source(store: Store) -> None:
-    plan = await register(store)
-    states = [await started(store, plan, xs=[1, 2, 3]) for _ in range(4)]
-    await complete(store, states[0], "a", at_ms=1_500)
+async def test_stats_are_the_same_from_either_source(read_store: Store) -> None:
+    plan = await register(read_store)
+    states = [await started(read_store, plan, xs=[1, 2, 3]) for _ in range(4)]
+    await complete(read_store, states[0], "a", at_ms=1_500)
     for i, state in enumerate(states[1:3]):
         d = decide(state, Cancel(at_ms=2_000 + 1_000 * i))
-        assert not (await store.commit([step(state, d)])).conflicts
-    await project_all(store)
-    primary, projected = await store.run_stats(0), await store.run_stats(0, "projection")
+        assert not (await read_store.commit([step(state, d)])).conflicts
+    await project_all(read_store)
+    primary, projected = await read_store.run_stats(0), await read_store.run_stats(0, "projection")
     assert primary == projected
     assert primary.by_workflow == {
         "shop@1": {"pending": 0, "running": 2, "completed": 0, "failed": 0, "cancelled": 2}
@@ -457,7 +481,7 @@ async def test_stats_are_the_same_from_either_source(store: Store) -> None:
         1_950.0,
     )
     assert primary.nodes_active == 1 + 3 + 1  # a; m and its three children; a
-    assert (await store.run_stats(10_000)).ended_since == 0
+    assert (await read_store.run_stats(10_000)).ended_since == 0
 
 
 async def test_list_children_pages_in_index_order(store: Store) -> None:
@@ -937,83 +961,87 @@ async def logged_events(store: Store, run_id: str) -> list[Any]:
 
 
 async def test_read_rows_are_the_fold_of_the_log_whatever_comes_twice_or_not_at_all(
-    store: Store,
+    read_store: Store,
 ) -> None:
-    plan = await register(store)
+    plan = await register(read_store)
     state = new_run(str(uuid.uuid4()), plan, created_at_ms=1_000)
     d = decide(state, Start(at_ms=1_000, inputs={"xs": [1, 2]}, labels={"team": "a"}))
-    assert not (await store.commit([step(state, d, new=True)])).conflicts
-    first = await logged_events(store, state.run_id)
-    await complete(store, state, "a")
-    log = await logged_events(store, state.run_id)
-    done = await store.project({state.run_id: first})
+    assert not (await read_store.commit([step(state, d, new=True)])).conflicts
+    first = await logged_events(read_store, state.run_id)
+    await complete(read_store, state, "a")
+    log = await logged_events(read_store, state.run_id)
+    done = await read_store.project({state.run_id: first})
     assert (done.applied, done.skipped, done.filled) == (len(first), 0, 0)
-    again = await store.project({state.run_id: first})  # a redelivery: nothing changes
+    again = await read_store.project({state.run_id: first})  # a redelivery: nothing changes
     assert (again.applied, again.skipped) == (0, len(first))
-    await complete(store, state, "m[0]")
-    log = await logged_events(store, state.run_id)
+    await complete(read_store, state, "m[0]")
+    log = await logged_events(read_store, state.run_id)
     tail = log[-1:]  # the events of `a` were lost: the gap is read from the log
-    done = await store.project({state.run_id: tail})
+    done = await read_store.project({state.run_id: tail})
     assert done.filled == 1 and done.applied == len(log) - len(first)
     run, nodes = RunRow(run_id=state.run_id), {}
     fold(run, nodes, log)
-    assert await store.read_rows(state.run_id) == (run, [nodes[n] for n in sorted(nodes)])
+    assert await read_store.read_rows(state.run_id) == (run, [nodes[n] for n in sorted(nodes)])
     assert run.labels == {"team": "a"} and run.active_nodes == 2 and run.status == "running"
     assert nodes["a"].output_ref is not None and nodes["m[0]"].status == "completed"
 
 
-async def test_the_catch_up_sees_which_runs_are_behind(store: Store) -> None:
-    plan = await register(store)
-    a, b = await started(store, plan), await started(store, plan)
-    assert await store.applied_seqs([a.run_id, b.run_id]) == {}
-    await store.project({}, {a.run_id: a.seq})
-    assert await store.applied_seqs([a.run_id, b.run_id]) == {a.run_id: a.seq}
-    everything = await store.run_seqs("", 10)
+async def test_the_catch_up_sees_which_runs_are_behind(read_store: Store) -> None:
+    plan = await register(read_store)
+    a, b = await started(read_store, plan), await started(read_store, plan)
+    assert await read_store.applied_seqs([a.run_id, b.run_id]) == {}
+    await read_store.project({}, {a.run_id: a.seq})
+    assert await read_store.applied_seqs([a.run_id, b.run_id]) == {a.run_id: a.seq}
+    everything = await read_store.run_seqs("", 10)
     assert sorted(everything) == sorted([(a.run_id, a.seq), (b.run_id, b.seq)])
     first = min(a.run_id, b.run_id)
-    assert await store.run_seqs(first, 10) == [(max(a.run_id, b.run_id), a.seq)]
+    assert await read_store.run_seqs(first, 10) == [(max(a.run_id, b.run_id), a.seq)]
 
 
-async def fold_of_log(store: Store, run_id: str) -> tuple[RunRow, list[Any]]:
+async def fold_of_log(read_store: Store, run_id: str) -> tuple[RunRow, list[Any]]:
     run, nodes = RunRow(run_id=run_id), dict[str, Any]()
-    fold(run, nodes, await logged_events(store, run_id))
+    fold(run, nodes, await logged_events(read_store, run_id))
     return run, [nodes[n] for n in sorted(nodes)]
 
 
-async def read_model_indexes(store: Store) -> list[str]:
-    if isinstance(store, SqliteStore):
+async def read_model_indexes(read_store: Store) -> list[str]:
+    if isinstance(read_store, SqliteStore):
         query = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name LIKE '%read'"
-        return sorted(r[0] for r in store.db.execute(query))
-    assert isinstance(store, PostgresStore)
+        return sorted(r[0] for r in read_store.db.execute(query))
+    assert isinstance(read_store, PostgresStore)
     query = "SELECT indexname FROM pg_indexes WHERE tablename IN ('runs_read', 'states_read')"
-    return sorted(r[0] for r in await store._all(query))
+    return sorted(r[0] for r in await read_store._all(query))
 
 
 async def test_a_rebuild_resumes_catches_up_and_swaps_in_the_fold_of_the_log(
-    store: Store,
+    read_store: Store,
 ) -> None:
-    plan = await register(store)
-    runs = {s.run_id: s for s in [await started(store, plan, xs=[1]) for _ in range(5)]}
+    plan = await register(read_store)
+    runs = {s.run_id: s for s in [await started(read_store, plan, xs=[1]) for _ in range(5)]}
     ids = sorted(runs)
-    await complete(store, runs[ids[0]], "a")
-    await store.project({}, {ids[0]: 1})  # the live rows: one run, behind
-    indexes = await read_model_indexes(store)
-    assert await store.rebuild_open() == ("", 0)
-    await store.rebuild_project(dict(await store.run_seqs("", 2)))
-    assert await store.rebuild_open() == (ids[1], 2)  # where a rebuild that stopped resumes
-    await complete(store, runs[ids[1]], "a")  # moved on after it was filled
-    behind = await store.rebuild_behind(10)
-    assert [run_id for run_id, _ in behind] == ids[1:]
-    assert (await store.read_rows(ids[1]))[0] is None  # the live rows serve meanwhile
-    await store.rebuild_project(dict(behind[:2]))
-    await complete(store, runs[ids[4]], "a")
-    assert await store.rebuild_swap(2) == 2  # two pages: the second one short
+    await complete(read_store, runs[ids[0]], "a")
+    await read_store.project({}, {ids[0]: 1})  # the live rows: one run, behind
+    indexes = await read_model_indexes(read_store)
+    assert await read_store.rebuild_open() == ("", 0)
+    fresh = read_store.rebuild_tables()
+    await fresh.project(dict(await read_store.run_seqs("", 2)))
+    assert await read_store.rebuild_open() == (ids[1], 2)  # where a rebuild that stopped resumes
+    await complete(read_store, runs[ids[1]], "a")  # moved on after it was filled
+    assert (await fresh.applied(ids)).keys() == set(ids[:2])
+    assert (await read_store.read_rows(ids[1]))[0] is None  # the live rows serve meanwhile
+    assert (await catch_up(read_store, fresh, 2))[0] == 4  # one moved on, three new
+    await complete(read_store, runs[ids[4]], "a")
+
+    async def last(tables: Tables) -> None:
+        assert (await catch_up(read_store, tables, 2))[0] == 1  # ids[4] moved on
+
+    await read_store.rebuild_swap(last)
     for run_id in ids:
-        assert await store.read_rows(run_id) == await fold_of_log(store, run_id)
-    kept, recounted = await store.counters()
+        assert await read_store.read_rows(run_id) == await fold_of_log(read_store, run_id)
+    kept, recounted = await read_store.counters()
     assert kept == recounted and sum(n for n, _ in kept.values()) == 5
-    assert await read_model_indexes(store) == indexes  # the old names, on the fresh tables
-    await complete(store, runs[ids[2]], "a")  # a projector goes on with the fresh tables
-    await store.project({ids[2]: (await logged_events(store, ids[2]))[-1:]})
-    assert await store.read_rows(ids[2]) == await fold_of_log(store, ids[2])
-    assert await store.rebuild_open() == ("", 0)  # the next rebuild starts afresh
+    assert await read_model_indexes(read_store) == indexes  # the old names, on the fresh tables
+    await complete(read_store, runs[ids[2]], "a")  # a projector goes on with the fresh tables
+    await read_store.project({ids[2]: (await logged_events(read_store, ids[2]))[-1:]})
+    assert await read_store.read_rows(ids[2]) == await fold_of_log(read_store, ids[2])
+    assert await read_store.rebuild_open() == ("", 0)  # the next rebuild starts afresh

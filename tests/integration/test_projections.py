@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from conftest import make_settings
 
@@ -398,6 +399,7 @@ async def flow(rt: Embedded, stop: asyncio.Event) -> list[str]:
 
 def rebuild_cli(s: Settings, *args: str, crash_at: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HEADRACE_DATABASE_URL": s.database_url, "HEADRACE_CRASH_AT": crash_at}
+    env["HEADRACE_READ_DATABASE_URL"] = s.read_database_url or ""
     cmd = [HEADRACE, "projections", "rebuild", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
 
@@ -425,3 +427,70 @@ async def test_a_rebuild_killed_and_resumed_while_runs_flow_swaps_in_the_log_s_f
         await projected(rt.store, ids)  # the projector went on, on the fresh tables
         kept, recounted = await rt.store.counters()
         assert kept == recounted and sum(n for n, _ in kept.values()) == len(ids)
+
+
+def runs_in(url: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        found = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+    assert found is not None
+    return int(found[0])
+
+
+@pytest.mark.integration
+async def test_read_models_in_a_database_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
+    monkeypatch.setenv("USE_PROJECTIONS", "true")
+    with (
+        postgres_database() as url,
+        postgres_database() as read_url,
+        redis_prefix() as (redis_url, prefix),
+    ):
+        s = make_settings(
+            tmp_path, database_url=url, read_database_url=read_url, bus=redis_url, bus_prefix=prefix
+        )
+        store = build_store(s)  # both migrated here: the test's loop must not wait on it
+        await store.open()
+        await store.close()
+        async with (
+            Embedded(s) as rt,
+            serve(create_app(rt)) as api_url,
+            httpx.AsyncClient(base_url=api_url, timeout=30, trust_env=False) as api,
+        ):
+            ids = await run_some(rt, 5)
+            await projected(rt.store, ids)
+            listed = await api.get("/v1/runs", params={"label": "i=3"})
+            assert listed.headers["x-headrace-read-model"] == "projection"
+            assert [r["run_id"] for r in listed.json()["items"]] == [ids[3]]
+            counted = (await api.get("/v1/runs/count")).json()
+            assert counted["total"] == 5, counted
+        assert (runs_in(url, "runs_read"), runs_in(read_url, "runs_read")) == (0, 5)
+        assert (runs_in(url, "runs"), runs_in(read_url, "runs")) == (5, 0)
+        done = await asyncio.to_thread(rebuild_cli, s, "--verify")
+        assert done.returncode == 0, done.stderr
+        assert "of 5 runs" in done.stdout and "verified 5 runs: 0 differ" in done.stdout
+        assert runs_in(read_url, "runs_read") == 5
+
+
+@pytest.mark.parametrize(
+    ("database", "read", "why"),
+    [
+        ("sqlite:///{tmp}/h.db", "postgresql://127.0.0.1/x", "only beside a postgresql://"),
+        ("postgresql://127.0.0.1:1/x", "sqlite:///{tmp}/r.db", "expected postgresql://"),
+    ],
+)
+def test_a_read_database_is_another_postgres(
+    tmp_path: Path, database: str, read: str, why: str
+) -> None:
+    env = {
+        **os.environ,
+        "HEADRACE_DATABASE_URL": database.format(tmp=tmp_path),
+        "HEADRACE_READ_DATABASE_URL": read.format(tmp=tmp_path),
+    }
+    out = subprocess.run(
+        [HEADRACE, "db", "upgrade"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 2, out
+    assert "HEADRACE_READ_DATABASE_URL" in out.stderr and why in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made

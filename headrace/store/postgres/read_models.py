@@ -6,15 +6,15 @@ before, so that lock holds for new runs too."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from headrace.events import Event, decode_event
-from headrace.projections.apply import Counts, Projected, project
+from headrace.projections.apply import Counts, Projected, Tables, project
 from headrace.projections.fold import RunRow, StateRow
 from headrace.store import rows
 
@@ -64,6 +64,7 @@ class Sql:
     upsert_runs: str
     upsert_states: str
     add_counts: str
+    applied: str
 
 
 @functools.cache
@@ -85,6 +86,7 @@ def sql(suffix: str = "") -> Sql:
             f"DO UPDATE SET runs = {counts}.runs + excluded.runs, "
             f"active_nodes = {counts}.active_nodes + excluded.active_nodes"
         ),
+        applied=f"SELECT run_id, last_seq FROM {runs} WHERE run_id = ANY($1::text[])",
     )
 
 
@@ -92,10 +94,6 @@ _LOGGED = (
     "SELECT e.run_id, e.data FROM unnest($1::text[], $2::int[], $3::int[]) AS r(id, lo, hi) "
     "JOIN events e ON e.run_id = r.id AND e.seq > r.lo AND e.seq <= r.hi "
     "ORDER BY e.run_id, e.seq"
-)
-_BEHIND = (
-    f"SELECT r.run_id, r.seq FROM runs r LEFT JOIN runs_read{NEXT} n ON n.run_id = r.run_id "
-    "WHERE n.run_id IS NULL OR n.last_seq < r.seq ORDER BY r.run_id LIMIT $1"
 )
 _HELD = f"SELECT coalesce(max(run_id), ''), COUNT(*) FROM runs_read{NEXT}"
 _INDEXES = (
@@ -118,10 +116,19 @@ def state_row(r: Any) -> StateRow:
     return StateRow(**values)
 
 
+Fetch = Callable[..., Awaitable[list[Any]]]
+
+
 class PostgresReadTx:
-    def __init__(self, conn: PoolConnectionProxy[Record], suffix: str = "") -> None:
+    """One transaction on the read tables (`suffix`: a rebuild's); the event log is read
+    through `log` (the main database's, when the read models have their own)."""
+
+    def __init__(
+        self, conn: PoolConnectionProxy[Record], suffix: str = "", log: Fetch | None = None
+    ) -> None:
         self.conn = conn
         self.sql = sql(suffix)
+        self.log = log or conn.fetch
 
     async def runs(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
         await self.conn.execute(self.sql.new_runs, list(run_ids))
@@ -139,7 +146,7 @@ class PostgresReadTx:
 
     async def logged(self, ranges: Mapping[str, tuple[int, int]]) -> dict[str, list[Event]]:
         ids = list(ranges)
-        found = await self.conn.fetch(
+        found = await self.log(
             _LOGGED, ids, [ranges[i][0] for i in ids], [ranges[i][1] for i in ids]
         )
         out: dict[str, list[Event]] = {}
@@ -158,13 +165,33 @@ class PostgresReadTx:
         if added:  # in key order: two projectors lock the counters in the same order
             await self.conn.execute(self.sql.add_counts, *map(list, zip(*added, strict=True)))
 
+    async def applied(self, run_ids: Sequence[str]) -> dict[str, int]:
+        found = await self.conn.fetch(self.sql.applied, list(run_ids))
+        return {r[0]: r[1] for r in found}
+
+    async def project(self, upto: Mapping[str, int]) -> Projected:
+        return await project(self, {}, upto)
+
 
 class ReadModelsOnPostgres:
-    """The store's `ReadModels` (its connections are the store's)."""
+    """The store's `ReadModels` and `Rebuilds` (its connections are the store's: `_read`
+    to the read models' database, `_conn` to the main one, which may be the same)."""
 
+    read_url: str | None
     _conn: Callable[[], AbstractAsyncContextManager[PoolConnectionProxy[Record]]]
+    _read: Callable[[], AbstractAsyncContextManager[PoolConnectionProxy[Record]]]
     _one: Callable[..., Awaitable[Record | None]]
     _all: Callable[..., Awaitable[list[Record]]]
+
+    @asynccontextmanager
+    async def _read_tx(self, suffix: str = "") -> AsyncIterator[PostgresReadTx]:
+        log = self._all if self.read_url else None  # else the transaction's own connection
+        async with self._read() as conn, conn.transaction():
+            yield PostgresReadTx(conn, suffix, log)
+
+    async def _read_all(self, query: str, *args: Any) -> list[Record]:
+        async with self._read() as conn:
+            return await conn.fetch(query, *args)
 
     async def project(
         self,
@@ -172,13 +199,11 @@ class ReadModelsOnPostgres:
         upto: Mapping[str, int] | None = None,
         checkpoint: Callable[[], None] | None = None,
     ) -> Projected:
-        async with self._conn() as conn, conn.transaction():
-            return await project(PostgresReadTx(conn), batch, upto, checkpoint)
+        async with self._read_tx() as tx:
+            return await project(tx, batch, upto, checkpoint)
 
     async def applied_seqs(self, run_ids: Sequence[str]) -> dict[str, int]:
-        found = await self._all(
-            "SELECT run_id, last_seq FROM runs_read WHERE run_id = ANY($1::text[])", list(run_ids)
-        )
+        found = await self._read_all(sql().applied, list(run_ids))
         return {r[0]: r[1] for r in found}
 
     async def run_seqs(self, after_run_id: str, limit: int) -> list[tuple[str, int]]:
@@ -189,31 +214,31 @@ class ReadModelsOnPostgres:
         return [(r[0], r[1]) for r in found]
 
     async def read_rows(self, run_id: str) -> tuple[RunRow | None, list[StateRow]]:
-        run = await self._one(f"{RUN_SELECT} WHERE run_id = $1", run_id)
-        states = await self._all(f"{STATE_SELECT} WHERE run_id = $1 ORDER BY node_id", run_id)
+        async with self._read() as conn:
+            run = await conn.fetchrow(f"{RUN_SELECT} WHERE run_id = $1", run_id)
+            states = await conn.fetch(f"{STATE_SELECT} WHERE run_id = $1 ORDER BY node_id", run_id)
         found = None if run is None else run_row(run)
         return found, [state_row(r) for r in states]
 
     async def read_model_counts(self) -> dict[str, int]:
-        row = await self._one(
-            "SELECT (SELECT COUNT(*) FROM runs), (SELECT COUNT(*) FROM runs_read)"
-        )
-        assert row is not None
-        return {"main": row[0], "projected": row[1]}
+        main = await self._one("SELECT COUNT(*) FROM runs")
+        projected = await self._read_all("SELECT COUNT(*) FROM runs_read")
+        assert main is not None
+        return {"main": main[0], "projected": projected[0][0]}
 
     async def counters(self) -> tuple[Counts, Counts]:
-        kept = await self._all(
+        kept = await self._read_all(
             "SELECT workflow_name, workflow_version, status, runs, active_nodes FROM run_counts "
             "WHERE runs != 0"
         )
-        recounted = await self._all(
+        recounted = await self._read_all(
             "SELECT workflow_name, workflow_version, status, COUNT(*), SUM(active_nodes) "
             "FROM runs_read GROUP BY workflow_name, workflow_version, status"
         )
         return _counts(kept), _counts(recounted)
 
     async def rebuild_open(self) -> tuple[str, int]:
-        async with self._conn() as conn, conn.transaction():
+        async with self._read() as conn, conn.transaction():
             for table in TABLES:
                 await conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {table}{NEXT} (LIKE {table} INCLUDING ALL)"
@@ -222,33 +247,38 @@ class ReadModelsOnPostgres:
         assert row is not None
         return row[0], row[1]
 
-    async def rebuild_project(self, upto: Mapping[str, int]) -> Projected:
-        async with self._conn() as conn, conn.transaction():
-            return await project(PostgresReadTx(conn, NEXT), {}, upto)
+    def rebuild_tables(self) -> Tables:
+        return _Fresh(self)
 
-    async def rebuild_behind(self, limit: int) -> list[tuple[str, int]]:
-        return [(r[0], r[1]) for r in await self._all(_BEHIND, limit)]
-
-    async def rebuild_swap(self, page: int) -> int:
+    async def rebuild_swap(self, catch_up: Callable[[Tables], Awaitable[object]]) -> None:
         """Writes to the live tables wait (EXCLUSIVE lets reads on) while the fresh ones are
         brought up to the main tables; then the fresh take the old ones' names, indexes
         included. A projector's statement that waited finds the fresh table by its name."""
-        caught_up = 0
-        async with self._conn() as conn, conn.transaction():
+        async with self._read_tx(NEXT) as tx:
+            conn = tx.conn
             await conn.execute(f"LOCK TABLE {', '.join(TABLES)} IN EXCLUSIVE MODE")
-            while True:  # what commits after the last page reaches a projector after this
-                behind = await conn.fetch(_BEHIND, page)
-                await project(PostgresReadTx(conn, NEXT), {}, {r[0]: r[1] for r in behind})
-                caught_up += len(behind)
-                if len(behind) < page:
-                    break
+            await catch_up(tx)
             names = {t: await _index_names(conn, t) for t in TABLES}
             await conn.execute(f"DROP TABLE {', '.join(TABLES)}")
             for table in TABLES:
                 await conn.execute(f"ALTER TABLE {table}{NEXT} RENAME TO {table}")
                 for key, fresh in (await _index_names(conn, table)).items():
                     await conn.execute(f"ALTER INDEX {fresh} RENAME TO {names[table][key]}")
-        return caught_up
+
+
+class _Fresh:
+    """A rebuild's tables, each call a transaction of its own."""
+
+    def __init__(self, store: ReadModelsOnPostgres) -> None:
+        self.store = store
+
+    async def applied(self, run_ids: Sequence[str]) -> dict[str, int]:
+        found = await self.store._read_all(sql(NEXT).applied, list(run_ids))
+        return {r[0]: r[1] for r in found}
+
+    async def project(self, upto: Mapping[str, int]) -> Projected:
+        async with self.store._read_tx(NEXT) as tx:
+            return await project(tx, {}, upto)
 
 
 async def _index_names(conn: PoolConnectionProxy[Record], table: str) -> dict[Any, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -108,15 +108,32 @@ def _infra(e: BaseException) -> InfraError:
     return InfraError(f"postgres: {type(e).__name__}: {e}")
 
 
+@asynccontextmanager
+async def _acquire(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
+    try:
+        async with pool.acquire(timeout=POOL_TIMEOUT_S) as conn:
+            yield conn
+    except _DRIVER_ERRORS as e:
+        raise _infra(e) from e
+
+
 class PostgresStore(ReadModelsOnPostgres):
     def __init__(
-        self, url: str, *, min_size: int = 1, max_size: int = 10, clock: Clock = SYSTEM
+        self,
+        url: str,
+        *,
+        read_url: str | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.url = url
+        self.read_url = read_url  # another database for the read models (None: this one)
         self.clock = clock  # stamps the outbox rows and pins a commit writes
         self.min_size = min_size
         self.max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._read_pool: asyncpg.Pool | None = None
         self._plans: dict[str, Plan] = {}
         self._synchronous_commit = "?"
         self._writing = asyncio.Lock()
@@ -124,7 +141,8 @@ class PostgresStore(ReadModelsOnPostgres):
 
     @property
     def description(self) -> str:
-        return f"postgres(synchronous_commit={self._synchronous_commit})"
+        read = ", read models in another database" if self.read_url else ""
+        return f"postgres(synchronous_commit={self._synchronous_commit}{read})"
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -133,35 +151,44 @@ class PostgresStore(ReadModelsOnPostgres):
         return self._pool
 
     async def open(self) -> None:
-        args = connect_args(self.url)  # a malformed URL fails before anything is touched
-        if await _revision(self.url) != HEAD:
-            await asyncio.to_thread(upgrade, _sqlalchemy_url(self.url))
+        self._pool = await self._open_pool(self.url)
+        if self.read_url is not None:  # the same schema: only its read models are used
+            self._read_pool = await self._open_pool(self.read_url)
+        row = await self._one("SHOW synchronous_commit")
+        self._synchronous_commit = row[0] if row else "?"
+
+    async def _open_pool(self, url: str) -> asyncpg.Pool:
+        args = connect_args(url)  # a malformed URL fails before anything is touched
+        if await _revision(url) != HEAD:
+            await asyncio.to_thread(upgrade, _sqlalchemy_url(url))
         try:
-            self._pool = await asyncpg.create_pool(
+            return await asyncpg.create_pool(
                 **args, min_size=self.min_size, max_size=self.max_size, reset=_keep_session
             )
         except _DRIVER_ERRORS as e:
             raise _infra(e) from e
-        row = await self._one("SHOW synchronous_commit")
-        self._synchronous_commit = row[0] if row else "?"
 
     async def close(self) -> None:
         if self._kept is not None:
             self._kept.terminate()  # (close() waits for the server, which may be gone)
             self._kept = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        for pool in (self._pool, self._read_pool):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._read_pool = None
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[Connection]:
         """A pooled connection (the pool reconnects one the server closed); driver errors
         become InfraError here, at the edge."""
-        try:
-            async with self.pool.acquire(timeout=POOL_TIMEOUT_S) as conn:
-                yield conn
-        except _DRIVER_ERRORS as e:
-            raise _infra(e) from e
+        async with _acquire(self.pool) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Connection]:
+        """A connection to the read models' database (this one's unless read_url)."""
+        async with _acquire(self._read_pool or self.pool) as conn:
+            yield conn
 
     @asynccontextmanager
     async def _writer(self) -> AsyncIterator[asyncpg.Connection]:
@@ -498,11 +525,15 @@ class PostgresStore(ReadModelsOnPostgres):
 
     async def run_stats(self, since_ms: int, source: Source = "primary") -> RunStats:
         q = listing.stats_queries("postgres", source)
-        workflows = listing.by_workflow(await self._all(q["by_workflow"]))
-        nodes = await self._one(q["nodes"])
-        ended = await self._one(q["durations"], since_ms)
+        async with self._on(source) as conn:
+            workflows = listing.by_workflow(await conn.fetch(q["by_workflow"]))
+            nodes = await conn.fetchrow(q["nodes"])
+            ended = await conn.fetchrow(q["durations"], since_ms)
         assert nodes is not None and ended is not None
         return RunStats(workflows, nodes[0], ended[0], ended[1], ended[2])
+
+    def _on(self, source: Source) -> AbstractAsyncContextManager[Connection]:
+        return self._read() if source == "projection" else self._conn()
 
     async def _search(self, source: Source, sql: str, args: list[Any]) -> list[Row]:
         """A search. On the read models, planned for its arguments: a generic plan (the
@@ -512,7 +543,7 @@ class PostgresStore(ReadModelsOnPostgres):
         filter walks the newest-first index)."""
         if source == "primary":
             return await self._all(sql, *args)
-        async with self._conn() as conn, conn.transaction():
+        async with self._read() as conn, conn.transaction():
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             return await conn.fetch(sql, *args)
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from headrace.events import Event, decode_event
-from headrace.projections.apply import Counts, Projected, project
+from headrace.projections.apply import Counts, Projected, Tables, project
 from headrace.projections.fold import RunRow, StateRow
 from headrace.store import rows
 
@@ -58,12 +58,6 @@ def sql(suffix: str = "") -> Sql:
             "active_nodes = active_nodes + excluded.active_nodes"
         ),
     )
-
-
-_BEHIND = (
-    f"SELECT r.run_id, r.seq FROM runs r LEFT JOIN runs_read{NEXT} n ON n.run_id = r.run_id "
-    "WHERE n.run_id IS NULL OR n.last_seq < r.seq ORDER BY r.run_id LIMIT ?"
-)
 
 
 def run_row(r: Sequence[object]) -> RunRow:
@@ -125,6 +119,12 @@ class SqliteReadTx:
         added = [(*k, *v) for k, v in sorted(counts.items()) if any(v)]
         self.db.executemany(self.sql.add_counts, added)
 
+    async def applied(self, run_ids: Sequence[str]) -> dict[str, int]:
+        return {r.run_id: r.last_seq for r in (await self.runs(run_ids)).values()}
+
+    async def project(self, upto: Mapping[str, int]) -> Projected:
+        return await project(self, {}, upto)
+
 
 def _chunks(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
@@ -150,7 +150,7 @@ class ReadModelsOnSqlite:
             return await project(SqliteReadTx(db), batch, upto, checkpoint)
 
     async def applied_seqs(self, run_ids: Sequence[str]) -> dict[str, int]:
-        return {r.run_id: r.last_seq for r in (await SqliteReadTx(self.db).runs(run_ids)).values()}
+        return await SqliteReadTx(self.db).applied(run_ids)
 
     async def run_seqs(self, after_run_id: str, limit: int) -> list[tuple[str, int]]:
         cur = self.db.execute(
@@ -185,32 +185,35 @@ class ReadModelsOnSqlite:
             row = db.execute(_HELD).fetchone()
         return row[0], row[1]
 
-    async def rebuild_project(self, upto: Mapping[str, int]) -> Projected:
-        with self._transaction() as db:
-            return await project(SqliteReadTx(db, NEXT), {}, upto)
+    def rebuild_tables(self) -> Tables:
+        return _Fresh(self)
 
-    async def rebuild_behind(self, limit: int) -> list[tuple[str, int]]:
-        return [(r[0], r[1]) for r in self.db.execute(_BEHIND, (limit,))]
-
-    async def rebuild_swap(self, page: int) -> int:
+    async def rebuild_swap(self, catch_up: Callable[[Tables], Awaitable[object]]) -> None:
         """One write transaction (BEGIN IMMEDIATE: the projector waits) brings the fresh
         tables up to the main ones, drops the old (their indexes with them), renames the
         fresh and makes the old indexes on them."""
-        caught_up = 0
-        with self._transaction() as db:
-            while True:  # what commits after the last page reaches a projector after this
-                behind = db.execute(_BEHIND, (page,)).fetchall()
-                await project(SqliteReadTx(db, NEXT), {}, {r[0]: r[1] for r in behind})
-                caught_up += len(behind)
-                if len(behind) < page:
-                    break
+        with self._transaction() as db:  # the catch-up's awaits never yield on SQLite
+            await catch_up(SqliteReadTx(db, NEXT))
             for table in TABLES:
                 indexes = db.execute(_INDEX_DEFINITIONS, (table,)).fetchall()
                 db.execute(f"DROP TABLE {table}")
                 db.execute(f"ALTER TABLE {table}{NEXT} RENAME TO {table}")
                 for (made,) in indexes:
                     db.execute(made)
-        return caught_up
+
+
+class _Fresh:
+    """A rebuild's tables, each call a transaction of its own."""
+
+    def __init__(self, store: ReadModelsOnSqlite) -> None:
+        self.store = store
+
+    async def applied(self, run_ids: Sequence[str]) -> dict[str, int]:
+        return await SqliteReadTx(self.store.db, NEXT).applied(run_ids)
+
+    async def project(self, upto: Mapping[str, int]) -> Projected:
+        with self.store._transaction() as db:
+            return await project(SqliteReadTx(db, NEXT), {}, upto)
 
 
 _HELD = f"SELECT coalesce(max(run_id), ''), COUNT(*) FROM runs_read{NEXT}"
