@@ -23,6 +23,9 @@ from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.store import ReadModels, Rebuilds
 
 
+SCAN = 5_000  # runs compared per round trip when catching up (few of them are behind)
+
+
 class RebuildStore(ReadModels, Rebuilds, Protocol):
     """The main tables' runs, and the fresh tables a rebuild fills."""
 
@@ -73,8 +76,9 @@ async def rebuild(
         tell(p)
         crash.reached("rebuild_after_page")
     p.phase = "catch up"
+    scan = max(page, SCAN)
     while True:  # until what moved on during a pass is less than a page
-        moved, events = await catch_up(store, fresh, page)
+        moved, events = await catch_up(store, fresh, scan)
         p.caught_up, p.events = p.caught_up + moved, p.events + events
         tell(p)
         if moved < page:
@@ -82,7 +86,7 @@ async def rebuild(
     p.phase = "swap"
 
     async def last(tables: Tables) -> None:
-        moved, events = await catch_up(store, tables, page)
+        moved, events = await catch_up(store, tables, scan)
         p.caught_up, p.events = p.caught_up + moved, p.events + events
 
     await store.rebuild_swap(last)
