@@ -22,7 +22,6 @@ from headrace.projections.apply import Tables, catch_up
 from headrace.runtime.crash import NO_CRASH, CrashPoints
 from headrace.store import ReadModels, Rebuilds
 
-
 SCAN = 5_000  # runs compared per round trip when catching up (few of them are behind)
 
 

@@ -1006,7 +1006,7 @@ async def fold_of_log(read_store: Store, run_id: str) -> tuple[RunRow, list[Any]
 
 async def read_model_indexes(read_store: Store) -> list[str]:
     if isinstance(read_store, SqliteStore):
-        query = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name LIKE '%read'"
+        query = "SELECT name FROM read.sqlite_master WHERE type = 'index' AND name LIKE 'runs%'"
         return sorted(r[0] for r in read_store.db.execute(query))
     assert isinstance(read_store, PostgresStore)
     query = "SELECT indexname FROM pg_indexes WHERE tablename IN ('runs_read', 'states_read')"

@@ -371,7 +371,7 @@ async def test_verify_finds_every_read_row_the_log_disagrees_with(
     ok = await asyncio.to_thread(verify_cli, db)
     assert ok.returncode == 0, ok.stderr
     assert "verified 4 runs: 0 differ from the event log, 0 not yet" in ok.stdout
-    with sqlite3.connect(db) as conn:  # what a bug in a projector would leave
+    with sqlite3.connect(migrated / "headrace.read.db") as conn:  # a projector's bug's doing
         conn.execute("UPDATE runs_read SET status = 'running' WHERE run_id = ?", (ids[1],))
         conn.execute("DELETE FROM states_read WHERE run_id = ? AND node_id = 'a'", (ids[2],))
     bad = await asyncio.to_thread(verify_cli, db)

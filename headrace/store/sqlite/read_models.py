@@ -1,6 +1,8 @@
 """The read models on SQLite: the store's `ReadModels`, and the `ReadTx` of one projector
 transaction (a BEGIN IMMEDIATE holds the only write lock, so the rows need no lock of their
-own)."""
+own). They are in a file of their own beside the store's (`<name>.read.db`), attached to
+its connection as `read`: the tables' names find them there, and the file can be deleted
+to start afresh (a projector's catch-up fills it from the event log)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import functools
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headrace.events import Event, decode_event
@@ -20,6 +23,65 @@ RUN_READ_COLUMNS = tuple(RunRow.__struct_fields__)
 STATE_READ_COLUMNS = tuple(StateRow.__struct_fields__)
 TABLES = ("runs_read", "states_read", "run_counts")
 NEXT = "_next"  # a rebuild's fresh tables: runs_read_next, ...
+# The read file's PRAGMA user_version. A file of another version has its tables made again,
+# empty (a projector's catch-up fills them): they are a fold of the log, not data of their own.
+READ_SCHEMA = 1
+_COLUMNS = {
+    "runs_read": "run_id TEXT PRIMARY KEY, workflow_name TEXT NOT NULL DEFAULT '', "
+    "workflow_version INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT 'pending', "
+    "created_at INTEGER, started_at INTEGER, ended_at INTEGER, "
+    "active_nodes INTEGER NOT NULL DEFAULT 0, cost_cents INTEGER NOT NULL DEFAULT 0, "
+    "labels TEXT NOT NULL DEFAULT '{}', last_seq INTEGER NOT NULL DEFAULT 0, "
+    "last_event_at INTEGER, error_type TEXT",
+    "states_read": "run_id TEXT NOT NULL, node_id TEXT NOT NULL, status TEXT NOT NULL, "
+    "attempts INTEGER NOT NULL, started_at INTEGER, ended_at INTEGER, output_ref INTEGER, "
+    "error TEXT, PRIMARY KEY (run_id, node_id)",
+    "run_counts": "workflow_name TEXT NOT NULL, workflow_version INTEGER NOT NULL, "
+    "status TEXT NOT NULL, runs INTEGER NOT NULL, active_nodes INTEGER NOT NULL, "
+    "PRIMARY KEY (workflow_name, workflow_version, status)",
+}
+_INDEXES = (  # the list queries': newest first, by status, by workflow and status, by end
+    "runs_read_newest ON runs_read (created_at, run_id)",
+    "runs_read_by_status ON runs_read (status, created_at, run_id)",
+    "runs_read_by_workflow ON runs_read (workflow_name, status, created_at, run_id)",
+    "runs_read_by_end ON runs_read (ended_at, run_id)",
+)
+
+
+def _make_tables(db: sqlite3.Connection, suffix: str = "") -> None:
+    for table, columns in _COLUMNS.items():
+        db.execute(f"CREATE TABLE IF NOT EXISTS read.{table}{suffix} ({columns})")
+
+
+def _make_indexes(db: sqlite3.Connection) -> None:
+    for index in _INDEXES:
+        db.execute(f"CREATE INDEX IF NOT EXISTS read.{index}")
+
+
+def read_file(path: Path) -> Path:
+    """Where the read models of the store at `path` are: `h.db` -> `h.read.db`."""
+    return path.with_suffix(".read" + path.suffix)
+
+
+def attach(db: sqlite3.Connection, path: Path, synchronous: str) -> None:
+    """Attach the read file as `read`, making its tables unless they are at READ_SCHEMA."""
+    db.execute("ATTACH DATABASE ? AS read", (str(path),))
+    db.execute("PRAGMA read.journal_mode=WAL")
+    db.execute(f"PRAGMA read.synchronous={synchronous}")
+    if db.execute("PRAGMA read.user_version").fetchone()[0] == READ_SCHEMA:
+        return
+    db.execute("BEGIN IMMEDIATE")  # two processes opening it at once: one makes them
+    try:
+        if db.execute("PRAGMA read.user_version").fetchone()[0] != READ_SCHEMA:
+            for table in (*TABLES, *(t + NEXT for t in TABLES)):
+                db.execute(f"DROP TABLE IF EXISTS read.{table}")
+            _make_tables(db)
+            _make_indexes(db)
+            db.execute(f"PRAGMA read.user_version = {READ_SCHEMA}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _upsert(table: str, columns: Sequence[str], keys: int) -> str:
@@ -175,13 +237,10 @@ class ReadModelsOnSqlite:
         return _counts(kept.fetchall()), _counts(recounted.fetchall())
 
     async def rebuild_open(self) -> tuple[str, int]:
-        """The fresh tables are made from the live ones' own CREATE TABLE, without indexes
-        (they are made at the swap, when the rows are in)."""
+        """The fresh tables are made without indexes: they are made at the swap, when the
+        rows are in."""
         with self._transaction() as db:
-            for table in TABLES:
-                made = db.execute(_DEFINITION, ("table", table)).fetchone()[0]
-                fresh = made.replace(table, table + NEXT, 1).replace("TABLE", _IF_NOT_EXISTS, 1)
-                db.execute(fresh)
+            _make_tables(db, NEXT)
             row = db.execute(_HELD).fetchone()
         return row[0], row[1]
 
@@ -191,15 +250,13 @@ class ReadModelsOnSqlite:
     async def rebuild_swap(self, catch_up: Callable[[Tables], Awaitable[object]]) -> None:
         """One write transaction (BEGIN IMMEDIATE: the projector waits) brings the fresh
         tables up to the main ones, drops the old (their indexes with them), renames the
-        fresh and makes the old indexes on them."""
+        fresh and makes the indexes on them."""
         with self._transaction() as db:  # the catch-up's awaits never yield on SQLite
             await catch_up(SqliteReadTx(db, NEXT))
             for table in TABLES:
-                indexes = db.execute(_INDEX_DEFINITIONS, (table,)).fetchall()
-                db.execute(f"DROP TABLE {table}")
-                db.execute(f"ALTER TABLE {table}{NEXT} RENAME TO {table}")
-                for (made,) in indexes:
-                    db.execute(made)
+                db.execute(f"DROP TABLE read.{table}")
+                db.execute(f"ALTER TABLE read.{table}{NEXT} RENAME TO {table}")
+            _make_indexes(db)
 
 
 class _Fresh:
@@ -217,11 +274,10 @@ class _Fresh:
 
 
 _HELD = f"SELECT coalesce(max(run_id), ''), COUNT(*) FROM runs_read{NEXT}"
-_DEFINITION = "SELECT sql FROM sqlite_master WHERE type = ? AND name = ?"
+_DEFINITION = "SELECT sql FROM read.sqlite_master WHERE type = ? AND name = ?"
 _INDEX_DEFINITIONS = (
-    "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL"
+    "SELECT sql FROM read.sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL"
 )
-_IF_NOT_EXISTS = "TABLE IF NOT EXISTS"
 _COUNTED = "workflow_name, workflow_version, status, runs, active_nodes"
 _RECOUNT = (
     "SELECT workflow_name, workflow_version, status, COUNT(*), SUM(active_nodes) FROM runs_read"

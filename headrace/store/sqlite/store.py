@@ -34,7 +34,7 @@ from headrace.store.base import (
 from headrace.store.listing import RunFilter, RunItem, RunStats, Sort, Source
 from headrace.store.migrate import HEAD, upgrade
 from headrace.store.sqlite.commit import ranges, write
-from headrace.store.sqlite.read_models import ReadModelsOnSqlite
+from headrace.store.sqlite.read_models import ReadModelsOnSqlite, attach, read_file
 
 _NODE_SELECT = f"SELECT {rows.NODE_SELECT} FROM node_states"
 # whether outbox row `o`'s job is of its node's current, still open attempt
@@ -78,6 +78,7 @@ class SqliteStore(ReadModelsOnSqlite):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=10000")
+        attach(db, read_file(self.path), self.synchronous)
         self._db = db
 
     async def close(self) -> None:
