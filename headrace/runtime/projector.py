@@ -10,13 +10,16 @@ from a run's applied seq is read from the store's event log instead.
 While ENABLE_PROJECTIONS is off, the projector idles (its group stays) and the runtime
 publishes no events. So each time it starts consuming (at start, and when the flag comes
 on) it first catches up: every run whose main-table seq is past its read row is brought
-up to date from the event log, a page of runs at a time.
+up to date from the event log, a page of runs at a time. It catches up again every
+minute: a process applies a flag up to a second after it changed, and what it committed
+meanwhile was not published.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 
 IDLE_S = 0.2  # how often an idle projector looks at the flag
 LINGER_S = 0.05  # a batch that came short waits this long for more (adds to the lag)
+CATCH_UP_EVERY_S = 60.0
 
 
 class Projector:
@@ -49,8 +53,9 @@ class Projector:
         *,
         name: str,
         batch_size: int = 1000,
-        page: int = 1000,
+        page: int = 5000,
         linger_s: float = LINGER_S,
+        catch_up_every_s: float = CATCH_UP_EVERY_S,
         crash: CrashPoints = NO_CRASH,
         clock: Clock = SYSTEM,
     ) -> None:
@@ -62,23 +67,25 @@ class Projector:
         self.batch_size = batch_size
         self.page = page
         self.linger_s = linger_s
+        self.catch_up_every_s = catch_up_every_s
         self.crash = crash
         self.clock = clock
-        self.caught_up = False
+        self.caught_up_at: float | None = None  # monotonic; None: not since it came on
         self.lag_s = 0.0  # the last batch's newest event: committed to applied
         self.applied = 0
 
     async def run(self) -> None:
         while True:
             if not self.flags.on("ENABLE_PROJECTIONS"):
-                self.caught_up = False
+                self.caught_up_at = None
                 await asyncio.sleep(IDLE_S)
                 continue
-            if not self.caught_up:
+            since = self.caught_up_at
+            if since is None or time.monotonic() - since > self.catch_up_every_s:
+                self.caught_up_at = time.monotonic()
                 behind = await self.catch_up()
                 if behind:
                     log.info("projector %s caught up %d runs from the event log", self.name, behind)
-                self.caught_up = True
             await self.step()
 
     async def step(self, block_ms: int = 200) -> int:

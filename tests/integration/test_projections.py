@@ -21,10 +21,13 @@ import pytest
 from conftest import make_settings
 
 from headrace.api.app import create_app
+from headrace.bus import MemoryBus
 from headrace.config import Settings
 from headrace.events import decode_event
 from headrace.projections.fold import RunRow, fold
 from headrace.projections.monitor import NOTE
+from headrace.runtime.metrics import Metrics
+from headrace.runtime.projector import Projector
 from headrace.services.adapters import build_store
 from headrace.services.runtime import Embedded, Runtime
 from headrace.spec import parse_workflow, plan_of
@@ -494,3 +497,23 @@ def test_a_read_database_is_another_postgres(
     assert out.returncode == 2, out
     assert "HEADRACE_READ_DATABASE_URL" in out.stderr and why in out.stderr, out.stderr
     assert list(tmp_path.iterdir()) == []  # nothing made
+
+
+async def test_runs_whose_events_were_never_published_are_caught_up_every_so_often(
+    migrated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ENABLE_PROJECTIONS", raising=False)  # its processes publish nothing
+    roles = ("api", "coordinator", "worker", "relay")
+    async with Runtime(make_settings(migrated), roles) as rt:
+        flags = {"ENABLE_PROJECTIONS": True}
+        projector = Projector(rt.store, MemoryBus(), flags, Metrics(), name="p")
+        projector.catch_up_every_s = 0.3
+        running = asyncio.create_task(projector.run())
+        try:
+            while projector.caught_up_at is None:  # its first catch-up: nothing yet
+                await asyncio.sleep(0.01)
+            ids = await run_some(rt, 3)
+            await projected(rt.store, ids)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
