@@ -123,16 +123,19 @@ class RunSeqs(Protocol):
         """(run id, seq) from the main tables, by run id after `after_run_id`."""
 
 
-async def catch_up(main: RunSeqs, tables: Tables, page: int) -> tuple[int, int]:
+async def catch_up(
+    main: RunSeqs, tables: Tables, page: int = 5000, batch: int = 500
+) -> tuple[int, int]:
     """Bring every run whose rows in `tables` are missing or behind the main tables up to
-    date from the event log, a page of runs at a time: (runs brought up, events applied).
-    The main tables and the read models may be in two databases: they are compared here."""
+    date from the event log: (runs brought up, events applied). `page` runs are compared
+    at a time (the main tables and the read models may be in two databases: they are
+    compared here), `batch` runs brought up per transaction."""
     after, runs, events = "", 0, 0
     while seqs := await main.run_seqs(after, page):
         applied = await tables.applied([run_id for run_id, _ in seqs])
-        behind = {run_id: seq for run_id, seq in seqs if applied.get(run_id, 0) < seq}
-        if behind:
-            events += (await tables.project(behind)).applied
-            runs += len(behind)
+        behind = [(run_id, seq) for run_id, seq in seqs if applied.get(run_id, 0) < seq]
+        for i in range(0, len(behind), batch):
+            events += (await tables.project(dict(behind[i : i + batch]))).applied
+        runs += len(behind)
         after = seqs[-1][0]
     return runs, events

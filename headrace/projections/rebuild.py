@@ -77,7 +77,7 @@ async def rebuild(
     p.phase = "catch up"
     scan = max(page, SCAN)
     while True:  # until what moved on during a pass is less than a page
-        moved, events = await catch_up(store, fresh, scan)
+        moved, events = await catch_up(store, fresh, scan, page)
         p.caught_up, p.events = p.caught_up + moved, p.events + events
         tell(p)
         if moved < page:
@@ -85,7 +85,7 @@ async def rebuild(
     p.phase = "swap"
 
     async def last(tables: Tables) -> None:
-        moved, events = await catch_up(store, tables, scan)
+        moved, events = await catch_up(store, tables, scan, page)
         p.caught_up, p.events = p.caught_up + moved, p.events + events
 
     await store.rebuild_swap(last)
