@@ -32,9 +32,12 @@ test: lint typecheck
 	PYTHONFAULTHANDLER=1 .venv/bin/pytest -q
 
 BACKEND ?= sqlite+memory
+READ_RUNS ?= 100000
 
+# The workloads, then the read models at scale on Postgres (READ_RUNS=1000000: about an hour)
 bench: install
 	BACKEND=$(BACKEND) $(PY) -m bench
+	$(PY) -m bench.readmodels --runs $(READ_RUNS)
 
 # The bundled Kafka-protocol broker (tansu, memory storage) on 127.0.0.1:9092 until Ctrl-C.
 dev-broker: install
