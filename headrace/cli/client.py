@@ -11,7 +11,7 @@ import httpx
 import typer
 
 from headrace.cli.inputs import parse_inputs
-from headrace.cli.output import detail_of, fail, show
+from headrace.cli.output import UNAVAILABLE, detail_of, fail, show
 from headrace.errors import InputError
 from headrace.spec.labels import parse_label, parse_label_filters
 
@@ -32,7 +32,7 @@ def _call(method: str, url: str, path: str, **kwargs: Any) -> Any:
         with httpx.Client(base_url=url, timeout=30, trust_env=False) as client:
             response = client.request(method, path, **kwargs)
     except httpx.HTTPError as e:
-        raise fail(f"cannot reach the API at {url}: {e}") from None
+        raise fail(f"cannot reach the API at {url}: {e}", UNAVAILABLE) from None
     if response.status_code >= 400:
         raise fail(
             f"{response.status_code}: {detail_of(response)}",
@@ -282,7 +282,7 @@ def _stream(url: str, run_id: str, after: int, *, follow: bool) -> str | None:
                 elif line.startswith(":") and not follow:
                     break
     except httpx.HTTPError as e:
-        raise fail(f"cannot reach the API at {url}: {e}") from None
+        raise fail(f"cannot reach the API at {url}: {e}", UNAVAILABLE) from None
     return last
 
 

@@ -419,7 +419,8 @@ class Store(
     """Everything a backend stores, in the role-sized protocols above: one class per backend
     implements them all; a caller names the protocol it uses."""
 
-    async def open(self) -> None:
-        """Connect and apply migrations."""
+    async def open(self, migrate: bool = True) -> None:
+        """Connect and apply migrations (without `migrate`, a schema not at the newest
+        revision is an InputError: what only reads or checks it changes nothing)."""
 
     async def close(self) -> None: ...

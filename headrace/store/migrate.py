@@ -21,6 +21,13 @@ HEAD = "0009"  # the newest revision (a test checks it against the migrations)
 _lock = threading.Lock()
 
 
+def not_at_head(which: str, revision: str | None) -> str:
+    """Why a store that must not be migrated (a check of it) cannot be opened."""
+    if revision is None:
+        return f"{which} holds no headrace database (headrace db upgrade makes one)"
+    return f"{which} is at schema revision {revision}, not {HEAD} (headrace db upgrade)"
+
+
 def _config() -> Config:
     from alembic.config import Config
 

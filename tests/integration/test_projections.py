@@ -384,7 +384,8 @@ async def test_verify_finds_every_read_row_the_log_disagrees_with(
     assert "run_counts mix@1 running: (runs, open nodes) None, the rows say (1, 0)" in bad.stdout
     assert "verified 4 runs: 4 differ" in bad.stdout  # two runs, two counters
     missing = await asyncio.to_thread(verify_cli, migrated / "nope.db")
-    assert missing.returncode == 2 and "no database at" in missing.stderr, missing.stderr
+    assert missing.returncode == 2, missing.stderr
+    assert "nope.db holds no headrace database (headrace db upgrade" in missing.stderr
     assert not (migrated / "nope.db").exists()
 
 
@@ -517,3 +518,28 @@ async def test_runs_whose_events_were_never_published_are_caught_up_every_so_oft
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
+
+
+@pytest.mark.integration
+def test_a_read_database_that_does_not_answer_leaves_the_store_untouched(tmp_path: Path) -> None:
+    with postgres_database() as url:
+        env = {
+            **os.environ,
+            "HEADRACE_DATABASE_URL": url,
+            "HEADRACE_READ_DATABASE_URL": url + "_nope",
+        }
+        for command in (["db", "upgrade"], ["projections", "verify"]):
+            out = subprocess.run(
+                [HEADRACE, *command], capture_output=True, text=True, env=env, timeout=60
+            )
+            assert out.returncode == 3, out
+            assert "postgres (the read models' database): " in out.stderr, out.stderr
+        env["HEADRACE_READ_DATABASE_URL"] = ""
+        out = subprocess.run(
+            [HEADRACE, "projections", "rebuild"], capture_output=True, text=True, env=env
+        )
+        assert out.returncode == 2, out  # a check or a rebuild makes no database
+        assert "the store holds no headrace database" in out.stderr, out.stderr
+        with psycopg.connect(url) as conn:
+            tables = conn.execute("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'")
+            assert tables.fetchone() == (0,)

@@ -33,7 +33,7 @@ from headrace.store.base import (
     WorkflowRecord,
 )
 from headrace.store.listing import RunFilter, RunItem, RunStats, Sort, Source
-from headrace.store.migrate import HEAD, upgrade
+from headrace.store.migrate import HEAD, not_at_head, upgrade
 from headrace.store.postgres import queries as q
 from headrace.store.postgres.commit import commit_params, commit_statement
 from headrace.store.postgres.read_models import ReadModelsOnPostgres
@@ -74,17 +74,19 @@ def connect_args(url: str) -> dict[str, Any]:
     return {"dsn": dsn, "timeout": timeout, "server_settings": settings}
 
 
-async def _revision(url: str) -> str | None:
-    """The schema's revision, read without Alembic; None when there is no schema yet, or no
-    answer (the upgrade then says why)."""
+async def _revision(url: str, which: str) -> str | None:
+    """The schema's revision, read without Alembic; None when there is no schema yet.
+    InfraError, naming `which` database, when it does not answer."""
     try:
         conn = await asyncpg.connect(**connect_args(url))
-    except _DRIVER_ERRORS:
-        return None
+    except _DRIVER_ERRORS as e:
+        raise InfraError(f"postgres ({which}): {type(e).__name__}: {e}") from e
     try:
         row = await conn.fetchrow("SELECT version_num FROM alembic_version")
-    except _DRIVER_ERRORS:
+    except asyncpg.UndefinedTableError:
         return None
+    except _DRIVER_ERRORS as e:
+        raise InfraError(f"postgres ({which}): {type(e).__name__}: {e}") from e
     finally:
         await conn.close()
     return str(row[0]) if row else None
@@ -150,21 +152,32 @@ class PostgresStore(ReadModelsOnPostgres):
             raise RuntimeError("the store is not open")
         return self._pool
 
-    async def open(self) -> None:
-        self._pool = await self._open_pool(self.url)
+    async def open(self, migrate: bool = True) -> None:
+        """Open the pools; migrate the schema to HEAD first (unless `migrate` is False: then
+        a schema not at HEAD is an InputError). Both databases are asked before either is
+        changed."""
+        urls = {"the store": self.url}
         if self.read_url is not None:  # the same schema: only its read models are used
+            urls["the read models' database"] = self.read_url
+        found = {which: await _revision(url, which) for which, url in urls.items()}
+        for which, url in urls.items():
+            if found[which] == HEAD:
+                continue
+            if not migrate:
+                raise InputError("database_url", not_at_head(which, found[which]))
+            await asyncio.to_thread(upgrade, _sqlalchemy_url(url))
+        self._pool = await self._open_pool(self.url)
+        if self.read_url is not None:
             self._read_pool = await self._open_pool(self.read_url)
         row = await self._one("SHOW synchronous_commit")
         self._synchronous_commit = row[0] if row else "?"
 
     async def _open_pool(self, url: str) -> asyncpg.Pool:
-        args = connect_args(url)  # a malformed URL fails before anything is touched
-        if await _revision(url) != HEAD:
-            await asyncio.to_thread(upgrade, _sqlalchemy_url(url))
         try:
             return await asyncpg.create_pool(
-                **args, min_size=self.min_size, max_size=self.max_size, reset=_keep_session
-            )
+                **connect_args(url), min_size=self.min_size, max_size=self.max_size,
+                reset=_keep_session,
+            )  # fmt: skip
         except _DRIVER_ERRORS as e:
             raise _infra(e) from e
 

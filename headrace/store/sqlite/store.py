@@ -13,7 +13,7 @@ from typing import Any
 
 from headrace.clock import SYSTEM, Clock
 from headrace.engine import NodeState, RunState
-from headrace.errors import Conflict, InfraError, NotFound
+from headrace.errors import Conflict, InfraError, InputError, NotFound
 from headrace.events import Message, Timer
 from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_json
 from headrace.store import listing, rows
@@ -32,7 +32,7 @@ from headrace.store.base import (
     WorkflowRecord,
 )
 from headrace.store.listing import RunFilter, RunItem, RunStats, Sort, Source
-from headrace.store.migrate import HEAD, upgrade
+from headrace.store.migrate import HEAD, not_at_head, upgrade
 from headrace.store.sqlite.commit import ranges, write
 from headrace.store.sqlite.read_models import ReadModelsOnSqlite, attach, read_file
 
@@ -70,9 +70,14 @@ class SqliteStore(ReadModelsOnSqlite):
             raise RuntimeError("the store is not open")
         return self._db
 
-    async def open(self) -> None:
+    async def open(self, migrate: bool = True) -> None:
+        """Open the file; migrate it to HEAD first (unless `migrate` is False: then a file
+        not at HEAD, or none, is an InputError)."""
+        revision = _revision(self.path)
+        if revision != HEAD and not migrate:
+            raise InputError("database_url", not_at_head(str(self.path), revision))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if _revision(self.path) != HEAD:  # on a thread: a loop's other work goes on meanwhile
+        if revision != HEAD:  # on a thread: a loop's other work goes on meanwhile
             await asyncio.to_thread(upgrade, f"sqlite:///{self.path}")
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
