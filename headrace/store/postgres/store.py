@@ -159,13 +159,14 @@ class PostgresStore(ReadModelsOnPostgres):
         urls = {"the store": self.url}
         if self.read_url is not None:  # the same schema: only its read models are used
             urls["the read models' database"] = self.read_url
+        migrations = {which: _sqlalchemy_url(url) for which, url in urls.items()}  # checked
         found = {which: await _revision(url, which) for which, url in urls.items()}
-        for which, url in urls.items():
-            if found[which] == HEAD:
+        for which, revision in found.items():
+            if revision == HEAD:
                 continue
             if not migrate:
-                raise InputError("database_url", not_at_head(which, found[which]))
-            await asyncio.to_thread(upgrade, _sqlalchemy_url(url))
+                raise InputError("database_url", not_at_head(which, revision))
+            await asyncio.to_thread(upgrade, migrations[which])
         self._pool = await self._open_pool(self.url)
         if self.read_url is not None:
             self._read_pool = await self._open_pool(self.read_url)
