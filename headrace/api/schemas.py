@@ -13,7 +13,7 @@ from headrace.events import NodeStatus, RunStatus
 from headrace.flags import FLAGS
 from headrace.migration.steps import CUSTOM, STEPS
 
-CURSOR_PATTERN = r"^[0-9]{1,15}\.[0-9a-f]{32}$"  # store/listing.py: ms.run_id (the sort key)
+CURSOR_PATTERN = r"^[ce][0-9]{1,15}\.[0-9a-f]{32}$"  # store/listing.py: the sort, its key, run id
 SIGNAL_NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"
 WORKFLOW_NAME = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
 FLAG_NAMES: JsonDict = {"enum": list[JsonValue](FLAGS)}

@@ -77,7 +77,8 @@ def run(
     label: LabelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Run a workflow to completion in this process (SQLite + in-process bus)."""
+    """Run a workflow to completion in this process (on HEADRACE_DATABASE_URL and
+    HEADRACE_BUS: by default SQLite and an in-process bus)."""
     from headrace.cli.inputs import parse_inputs
     from headrace.spec import parse_workflow, plan_of
 

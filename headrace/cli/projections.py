@@ -71,7 +71,7 @@ def projections_rebuild(
         print(
             f"rebuilt the read models of {p.held + p.done} runs from the event log: "
             f"{p.events} events in {p.seconds:.1f} s ({p.events_per_s:.0f} events/s), "
-            f"{p.caught_up} runs brought up again as they moved on; swapped in"
+            f"{p.caught_up} brought up again as they moved on; swapped in"
         )
         return await _verify(store) if check else None
 

@@ -18,7 +18,7 @@ Source = Literal["primary", "projection"]  # the main tables, or the read models
 Sort = Literal["created", "ended"]  # newest first; or most recently ended first (ended only)
 Dialect = Literal["sqlite", "postgres"]
 
-_CURSOR = re.compile(r"([0-9]{1,15})\.([0-9a-f]{32})")  # the API documents this shape
+_CURSOR = re.compile(r"([ce])([0-9]{1,15})\.([0-9a-f]{32})")  # the API documents this shape
 ITEM_COLUMNS = "run_id, workflow_name, workflow_version, status, created_at, ended_at, labels"
 STATUSES: tuple[RunStatus, ...] = ("pending", "running", "completed", "failed", "cancelled")
 
@@ -51,21 +51,25 @@ def item(row: Any) -> RunItem:
     labels = row[6]
     if isinstance(labels, str):
         labels = json.loads(labels)
+    labels = dict(sorted(labels.items()))  # jsonb keeps its own order: the same from either
     return RunItem(row[0], f"{row[1]}@{row[2]}", row[3], row[4], row[5], labels)
 
 
 def encode_cursor(r: RunItem, sort: Sort) -> str:
-    """The place after `r` in a list sorted by `sort`, as `ms.run-id-hex`: so any text of that
-    shape is a place in the list."""
+    """The place after `r` in a list sorted by `sort`, as `{c|e}ms.run-id-hex` (the sort's
+    initial: a cursor is of one sort): so any text of that shape is a place in the list."""
     at = r.ended_at_ms if sort == "ended" else r.created_at_ms
-    return f"{at}.{uuid.UUID(r.run_id).hex}"
+    return f"{sort[0]}{at}.{uuid.UUID(r.run_id).hex}"
 
 
-def decode_cursor(cursor: str) -> tuple[int, str]:
+def decode_cursor(cursor: str, sort: Sort) -> tuple[int, str]:
     found = _CURSOR.fullmatch(cursor)
     if found is None:
-        raise InputError("cursor", "is not a cursor this API returned")
-    return int(found[1]), str(uuid.UUID(found[2]))
+        raise InputError("cursor", "is not a next_cursor this API returned")
+    if found[1] != sort[0]:
+        made = "ended" if found[1] == "e" else "created"
+        raise InputError("cursor", f"is a next_cursor of sort={made}, not of sort={sort}")
+    return int(found[2]), str(uuid.UUID(found[3]))
 
 
 class _Where:
@@ -149,7 +153,7 @@ def list_query(
     if sort == "ended":
         w.parts.append("ended_at IS NOT NULL")
     if cursor:
-        at, run_id = decode_cursor(cursor)
+        at, run_id = decode_cursor(cursor, sort)
         w.parts.append(
             f"({key} < {w.arg(at)} OR ({key} = {w.arg(at)} AND run_id < {w.arg(run_id)}))"
         )

@@ -414,8 +414,12 @@ async def test_list_runs_filters_and_pages_newest_first(read_store: Store, sourc
     assert len(page) == 30 and cursor is None
     tags = {s.run_id: s.plan.tag for s in made}
     assert [i.workflow_tag for i in page] == [tags[i.run_id] for i in page]
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="not a next_cursor"):
         await read_store.list_runs(RunFilter(), 10, "not a cursor", "created", source)
+    _, of_ended = await read_store.list_runs(RunFilter(), 1, None, "ended", source)
+    assert of_ended is not None
+    with pytest.raises(InputError, match="of sort=ended, not of sort=created"):
+        await read_store.list_runs(RunFilter(), 10, of_ended, "created", source)
     counts = await read_store.count_runs(RunFilter(workflow="shop"), source)
     shops = [s for s in made if s.plan.ir.name == "shop"]
     assert counts == {

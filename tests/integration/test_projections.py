@@ -245,7 +245,8 @@ async def test_the_read_models_answer_as_the_main_tables_do(
     ("params", "field", "why"),
     [
         ({"statuss": "failed"}, "statuss", "unknown parameter"),
-        ({"cursor": "nope"}, "cursor", "pattern"),
+        ({"cursor": "nope"}, "cursor", "not a next_cursor"),
+        ({"cursor": "e1." + "0" * 32}, "cursor", "of sort=ended, not of sort=created"),
         ({"label": "team=" + "x" * 257}, "label", "at most 256"),
         ({"label": "team"}, "label", "key=value"),
         ({"status": "done"}, "status", "pending"),

@@ -78,7 +78,7 @@ def _ms(text: str | None, field: str) -> int | None:
         at = datetime.fromisoformat(text.upper())  # RFC 3339 allows a lowercase t and z
     except ValueError:
         raise InputError(
-            field, f"expected an RFC 3339 time like 2026-12-01T00:00:00Z, got {text!r}"
+            field, f"expected an RFC 3339 time like 2026-12-01T00:00:00Z or a date, got {text!r}"
         ) from None
     return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000)
 
@@ -128,7 +128,9 @@ async def list_runs(
     ),
     limit: int = Query(50, ge=1, le=1000),
     cursor: str | None = Query(
-        None, pattern=CURSOR_PATTERN, description="a `next_cursor` this API returned"
+        None,
+        max_length=64,
+        description=f"a `next_cursor` this API returned, with the same sort ({CURSOR_PATTERN})",
     ),
     consistency: Literal["eventual", "strong"] = CONSISTENCY,
 ) -> dict[str, Any]:
