@@ -544,3 +544,43 @@ def test_a_read_database_that_does_not_answer_leaves_the_store_untouched(tmp_pat
         with psycopg.connect(url) as conn:
             tables = conn.execute("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'")
             assert tables.fetchone() == (0,)
+
+
+ITEM = {"run_id", "workflow_tag", "status", "created_at", "ended_at", "labels"}
+SHAPES = {
+    "/v1/runs": {"items", "next_cursor"},
+    "/v1/runs/count": {"total", "by_status"},
+    "/v1/stats": {"runs", "nodes_active", "last_hour"},
+}
+
+
+async def test_use_projections_flipped_under_load_changes_no_answer_s_shape(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
+    async with (
+        Embedded(settings) as rt,
+        serve(create_app(rt)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as api,
+    ):
+        await run_some(rt, 2)
+        stop = asyncio.Event()
+        flowing = asyncio.create_task(flow(rt, stop))
+        sources, flips = set(), 0
+        began = time.monotonic()
+        while len(sources) < 2 or flips < 4:
+            assert time.monotonic() - began < 60, "the flag was not applied"
+            await flag(api, "USE_PROJECTIONS", flips % 2 == 0)
+            flips += 1
+            for _ in range(5):
+                for path, keys in SHAPES.items():
+                    r = await api.get(path)
+                    assert r.status_code == 200, r.text
+                    assert set(r.json()) == keys, r.text
+                    for item in r.json().get("items", []):
+                        assert set(item) == ITEM, item
+                    sources.add(r.headers["x-headrace-read-model"])
+                await asyncio.sleep(0.1)
+        stop.set()
+        ids = await flowing
+        assert sources == {"projection", "primary"} and len(ids) > 5
