@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from headrace.api.app import create_app
 from headrace.config import Settings
-from headrace.services.runtime import Embedded
+from headrace.services.runtime import Embedded, Runtime
 from headrace.testing.servers import serve
 
 SECRET = "tok-7f3a9c-very-secret"
@@ -35,8 +36,15 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Embedded]:
 
 @pytest.fixture
 async def api(runtime: Embedded) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_of(runtime) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def api_of(rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `rt`'s API, served on a loopback port."""
     async with (
-        serve(create_app(runtime)) as url,
+        serve(create_app(rt)) as url,
         httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as client,
     ):
         yield client

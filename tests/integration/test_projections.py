@@ -18,9 +18,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import make_settings
+from conftest import api_of, make_settings
 
-from headrace.api.app import create_app
 from headrace.bus import MemoryBus
 from headrace.config import Settings
 from headrace.events import decode_event
@@ -32,7 +31,6 @@ from headrace.services.adapters import build_store
 from headrace.services.runtime import Embedded, Runtime
 from headrace.spec import parse_workflow, plan_of
 from headrace.store import Store
-from headrace.testing.servers import serve
 from headrace.testing.services import postgres_database, redis_prefix
 
 pytestmark = pytest.mark.usefixtures("never_blocks_the_loop")
@@ -115,6 +113,16 @@ async def settings_for(
         await store.open()
         await store.close()
         yield s
+
+
+@pytest.fixture
+async def projecting(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Embedded, httpx.AsyncClient]]:
+    """A runtime with ENABLE_PROJECTIONS on, and a client of its API."""
+    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
+    async with Embedded(settings) as rt, api_of(rt) as api:
+        yield rt, api
 
 
 async def run_some(rt: Embedded, n: int) -> list[str]:
@@ -210,35 +218,30 @@ async def answers(api: httpx.AsyncClient, source: str) -> list[Any]:
 
 
 async def test_the_read_models_answer_as_the_main_tables_do(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    projecting: tuple[Embedded, httpx.AsyncClient],
 ) -> None:
-    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
-    async with (
-        Embedded(settings) as rt,
-        serve(create_app(rt)) as url,
-        httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as api,
-    ):
-        ids = await run_some(rt, 9)
-        await projected(rt.store, ids)
-        primary = await answers(api, "primary")
-        assert primary[-1]["runs"]["by_workflow"]["mix@1"]["failed"] == 3
-        assert primary[-1]["last_hour"]["ended"] == 9 and primary[-1]["nodes_active"] == 0
-        assert primary[0]["items"][0]["run_id"] == ids[-1] and len(primary[0]["items"]) == 9
-        assert primary[-2] == {
-            "total": 3,
-            "by_status": {"pending": 0, "running": 0, "completed": 0, "failed": 3, "cancelled": 0},
-        }
-        await flag(api, "USE_PROJECTIONS", True)
-        deadline = time.monotonic() + 10
-        while (await api.get("/v1/runs")).headers["x-headrace-read-model"] != "projection":
-            assert time.monotonic() < deadline, "USE_PROJECTIONS was not applied"
-            await asyncio.sleep(0.05)
-        assert await answers(api, "projection") == primary
-        strong = await api.get("/v1/runs", params={"consistency": "strong"})
-        assert strong.headers["x-headrace-read-model"] == "primary"
-        one = await api.get(f"/v1/runs/{ids[0]}")  # by id: the main tables, never behind
-        assert one.headers["x-headrace-read-model"] == "primary"
-        assert one.headers["x-headrace-seq"] == str((await rt.store.get_run_record(ids[0])).seq)
+    rt, api = projecting
+    ids = await run_some(rt, 9)
+    await projected(rt.store, ids)
+    primary = await answers(api, "primary")
+    assert primary[-1]["runs"]["by_workflow"]["mix@1"]["failed"] == 3
+    assert primary[-1]["last_hour"]["ended"] == 9 and primary[-1]["nodes_active"] == 0
+    assert primary[0]["items"][0]["run_id"] == ids[-1] and len(primary[0]["items"]) == 9
+    assert primary[-2] == {
+        "total": 3,
+        "by_status": {"pending": 0, "running": 0, "completed": 0, "failed": 3, "cancelled": 0},
+    }
+    await flag(api, "USE_PROJECTIONS", True)
+    deadline = time.monotonic() + 10
+    while (await api.get("/v1/runs")).headers["x-headrace-read-model"] != "projection":
+        assert time.monotonic() < deadline, "USE_PROJECTIONS was not applied"
+        await asyncio.sleep(0.05)
+    assert await answers(api, "projection") == primary
+    strong = await api.get("/v1/runs", params={"consistency": "strong"})
+    assert strong.headers["x-headrace-read-model"] == "primary"
+    one = await api.get(f"/v1/runs/{ids[0]}")  # by id: the main tables, never behind
+    assert one.headers["x-headrace-read-model"] == "primary"
+    assert one.headers["x-headrace-seq"] == str((await rt.store.get_run_record(ids[0])).seq)
 
 
 @pytest.mark.parametrize(
@@ -303,8 +306,7 @@ async def test_a_stopped_projector_turns_reads_back_to_the_main_tables(
     roles = ("api", "coordinator", "worker", "relay")  # no projector: the lag only grows
     async with (
         Runtime(s, roles) as rt,
-        serve(create_app(rt)) as url,
-        httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as api,
+        api_of(rt) as api,
     ):
         await run_some(rt, 2)
         assert (await api.get("/v1/runs")).headers["x-headrace-read-model"] == "projection"
@@ -337,8 +339,7 @@ async def test_projections_status_says_where_the_read_models_stand(
     monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
     async with (
         Embedded(make_settings(migrated)) as rt,
-        serve(create_app(rt)) as url,
-        httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as api,
+        api_of(rt) as api,
     ):
         ids = await run_some(rt, 3)
         await projected(rt.store, ids)
@@ -351,7 +352,7 @@ async def test_projections_status_says_where_the_read_models_stand(
         assert status["last_rollback"] is None
         out = await asyncio.to_thread(
             subprocess.run,
-            [HEADRACE, "projections", "status", "--url", url],
+            [HEADRACE, "projections", "status", "--url", str(api.base_url).rstrip("/")],
             capture_output=True,
             text=True,
         )
@@ -458,11 +459,7 @@ async def test_read_models_in_a_database_of_their_own(
         store = build_store(s)  # both migrated here: the test's loop must not wait on it
         await store.open()
         await store.close()
-        async with (
-            Embedded(s) as rt,
-            serve(create_app(rt)) as api_url,
-            httpx.AsyncClient(base_url=api_url, timeout=30, trust_env=False) as api,
-        ):
+        async with Embedded(s) as rt, api_of(rt) as api:
             ids = await run_some(rt, 5)
             await projected(rt.store, ids)
             listed = await api.get("/v1/runs", params={"label": "i=3"})
@@ -555,32 +552,27 @@ SHAPES = {
 
 
 async def test_use_projections_flipped_under_load_changes_no_answer_s_shape(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    projecting: tuple[Embedded, httpx.AsyncClient],
 ) -> None:
-    monkeypatch.setenv("ENABLE_PROJECTIONS", "true")
-    async with (
-        Embedded(settings) as rt,
-        serve(create_app(rt)) as url,
-        httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as api,
-    ):
-        await run_some(rt, 2)
-        stop = asyncio.Event()
-        flowing = asyncio.create_task(flow(rt, stop))
-        sources, flips = set(), 0
-        began = time.monotonic()
-        while len(sources) < 2 or flips < 4:
-            assert time.monotonic() - began < 60, "the flag was not applied"
-            await flag(api, "USE_PROJECTIONS", flips % 2 == 0)
-            flips += 1
-            for _ in range(5):
-                for path, keys in SHAPES.items():
-                    r = await api.get(path)
-                    assert r.status_code == 200, r.text
-                    assert set(r.json()) == keys, r.text
-                    for item in r.json().get("items", []):
-                        assert set(item) == ITEM, item
-                    sources.add(r.headers["x-headrace-read-model"])
-                await asyncio.sleep(0.1)
-        stop.set()
-        ids = await flowing
-        assert sources == {"projection", "primary"} and len(ids) > 5
+    rt, api = projecting
+    await run_some(rt, 2)
+    stop = asyncio.Event()
+    flowing = asyncio.create_task(flow(rt, stop))
+    sources, flips = set(), 0
+    began = time.monotonic()
+    while len(sources) < 2 or flips < 4:
+        assert time.monotonic() - began < 60, "the flag was not applied"
+        await flag(api, "USE_PROJECTIONS", flips % 2 == 0)
+        flips += 1
+        for _ in range(5):
+            for path, keys in SHAPES.items():
+                r = await api.get(path)
+                assert r.status_code == 200, r.text
+                assert set(r.json()) == keys, r.text
+                for item in r.json().get("items", []):
+                    assert set(item) == ITEM, item
+                sources.add(r.headers["x-headrace-read-model"])
+            await asyncio.sleep(0.1)
+    stop.set()
+    ids = await flowing
+    assert sources == {"projection", "primary"} and len(ids) > 5
