@@ -59,7 +59,8 @@ def projections_rebuild(
             eta = "" if p.eta_s is None else f", ETA {p.eta_s:.0f} s"
             done = p.held + p.done
             line = f"\r{p.phase}: {done}/{p.total} runs, {p.events} events, "
-            print(f"{line}{p.events_per_s:.0f} events/s{eta}\033[K", end="", file=sys.stderr)
+            rate = f"{p.events_per_s:.0f} events/s{eta}\033[K"
+            print(line + rate, end="", file=sys.stderr, flush=True)
 
     async def run(store: Store) -> Report | None:
         crash = CrashPoints(load_settings().crash_at)
