@@ -20,6 +20,7 @@ with the URL, e.g. `postgresql://host/db?options=-csynchronous_commit%3Doff` (li
 or `?synchronous_commit=off`.
 """
 
-from headrace.store.postgres.store import PostgresStore, connect_args
+from headrace.store.postgres.connect import connect_args
+from headrace.store.postgres.store import PostgresStore
 
 __all__ = ["PostgresStore", "connect_args"]

@@ -8,13 +8,12 @@ import json
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from headrace.clock import SYSTEM, Clock
 from headrace.engine import NodeState, RunState
-from headrace.errors import Conflict, InfraError, InputError, NotFound
+from headrace.errors import Conflict, InputError, NotFound
 from headrace.events import Message, Timer
 from headrace.spec import Plan, WorkflowIR, canonical_json, ir_hash, plan_from_json
 from headrace.store import listing, rows
@@ -36,87 +35,23 @@ from headrace.store.listing import RunFilter, RunItem, RunStats, Sort, Source
 from headrace.store.migrate import HEAD, not_at_head, upgrade
 from headrace.store.postgres import queries as q
 from headrace.store.postgres.commit import commit_params, commit_statement
+from headrace.store.postgres.connect import (
+    DRIVER_ERRORS,
+    Row,
+    acquire,
+    connect_args,
+    infra,
+    keep_session,
+    schema_revision,
+    sqlalchemy_url,
+)
 from headrace.store.postgres.read_models import ReadModelsOnPostgres
 
-Row = asyncpg.Record
-if TYPE_CHECKING:  # the stubs' generic; at run time the class takes no parameter
-    from asyncpg.pool import PoolConnectionProxy
+if TYPE_CHECKING:
+    from headrace.store.postgres.connect import Connection
 
-    Connection = PoolConnectionProxy[Row]
-# what the driver raises for a server that refused, vanished or did not answer
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-
-POOL_TIMEOUT_S = 10.0  # waiting for a connection longer than this raises InfraError
-CONNECT_TIMEOUT_S = 10.0
-# The commit's plan is the same for every batch; a custom plan per execute (Postgres's choice
-# for a statement's first five) cost 1.5 ms against 0.4 ms for the generic one.
-_SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 FIGURES_KEPT_MS = 3_600_000  # a process's last report, after it stopped
 _FLAGS_LOCK = 72410532  # serialises flag changes (a transaction's advisory lock)
-
-
-def connect_args(url: str) -> dict[str, Any]:
-    """asyncpg's `connect` arguments for a libpq-style URL: `connect_timeout` and
-    `options=-cname=value ...` are libpq's, which asyncpg would send as server settings."""
-    u = urlsplit(url)
-    query = dict(parse_qsl(u.query))
-    settings = dict(_SERVER_SETTINGS)
-    try:
-        timeout = float(query.pop("connect_timeout", CONNECT_TIMEOUT_S))
-    except ValueError:
-        raise InputError("database_url", "connect_timeout: expected seconds") from None
-    for option in unquote(query.pop("options", "")).split():
-        name, _, value = option.removeprefix("-c").partition("=")
-        if not value:
-            raise InputError("database_url", f"options: expected -cname=value, not {option!r}")
-        settings[name] = value
-    dsn = urlunsplit((u.scheme, u.netloc, u.path, urlencode(query), u.fragment))
-    return {"dsn": dsn, "timeout": timeout, "server_settings": settings}
-
-
-async def _revision(url: str, which: str) -> str | None:
-    """The schema's revision, read without Alembic; None when there is no schema yet.
-    InfraError, naming `which` database, when it does not answer."""
-    try:
-        conn = await asyncpg.connect(**connect_args(url))
-    except _DRIVER_ERRORS as e:
-        raise InfraError(f"postgres ({which}): {type(e).__name__}: {e}") from e
-    try:
-        row = await conn.fetchrow("SELECT version_num FROM alembic_version")
-    except asyncpg.UndefinedTableError:
-        return None
-    except _DRIVER_ERRORS as e:
-        raise InfraError(f"postgres ({which}): {type(e).__name__}: {e}") from e
-    finally:
-        await conn.close()
-    return str(row[0]) if row else None
-
-
-def _sqlalchemy_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("postgresql", "postgres"):
-        raise InputError("database_url", "expected postgresql://user@host:port/database")
-    return f"postgresql+psycopg://{rest}"
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """A connection goes back to the pool as it is: the store never changes a pooled
-    connection's session (no SET, LISTEN, session advisory lock or cursor), and asyncpg rolls back
-    a transaction left open before calling this. Its default reset (RESET ALL, UNLISTEN *,
-    ...) cost a round trip on every release."""
-
-
-def _infra(e: BaseException) -> InfraError:
-    return InfraError(f"postgres: {type(e).__name__}: {e}")
-
-
-@asynccontextmanager
-async def _acquire(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
-    try:
-        async with pool.acquire(timeout=POOL_TIMEOUT_S) as conn:
-            yield conn
-    except _DRIVER_ERRORS as e:
-        raise _infra(e) from e
 
 
 class PostgresStore(ReadModelsOnPostgres):
@@ -159,8 +94,8 @@ class PostgresStore(ReadModelsOnPostgres):
         urls = {"the store": self.url}
         if self.read_url is not None:  # the same schema: only its read models are used
             urls["the read models' database"] = self.read_url
-        migrations = {which: _sqlalchemy_url(url) for which, url in urls.items()}  # checked
-        found = {which: await _revision(url, which) for which, url in urls.items()}
+        migrations = {which: sqlalchemy_url(url) for which, url in urls.items()}  # checked
+        found = {which: await schema_revision(url, which) for which, url in urls.items()}
         for which, revision in found.items():
             if revision == HEAD:
                 continue
@@ -177,10 +112,10 @@ class PostgresStore(ReadModelsOnPostgres):
         try:
             return await asyncpg.create_pool(
                 **connect_args(url), min_size=self.min_size, max_size=self.max_size,
-                reset=_keep_session,
+                reset=keep_session,
             )  # fmt: skip
-        except _DRIVER_ERRORS as e:
-            raise _infra(e) from e
+        except DRIVER_ERRORS as e:
+            raise infra(e) from e
 
     async def close(self) -> None:
         if self._kept is not None:
@@ -195,13 +130,13 @@ class PostgresStore(ReadModelsOnPostgres):
     async def _conn(self) -> AsyncIterator[Connection]:
         """A pooled connection (the pool reconnects one the server closed); driver errors
         become InfraError here, at the edge."""
-        async with _acquire(self.pool) as conn:
+        async with acquire(self.pool) as conn:
             yield conn
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Connection]:
         """A connection to the read models' database (this one's unless read_url)."""
-        async with _acquire(self._read_pool or self.pool) as conn:
+        async with acquire(self._read_pool or self.pool) as conn:
             yield conn
 
     @asynccontextmanager
@@ -221,8 +156,8 @@ class PostgresStore(ReadModelsOnPostgres):
                 if self._kept is not None:  # an interrupted commit may leave it mid-reply
                     self._kept.terminate()
                     self._kept = None
-                if isinstance(e, _DRIVER_ERRORS):
-                    raise _infra(e) from e
+                if isinstance(e, DRIVER_ERRORS):
+                    raise infra(e) from e
                 raise
 
     async def _one(self, sql: str, *args: Any) -> Row | None:
