@@ -157,7 +157,12 @@ def list_query(
         w.parts.append(
             f"({key} < {w.arg(at)} OR ({key} = {w.arg(at)} AND run_id < {w.arg(run_id)}))"
         )
-    order = f" ORDER BY {key} DESC, run_id DESC LIMIT {w.arg(limit + 1)}"
+    # `q` on Postgres's read models is found by two indexes (an id's start, a label's value),
+    # which a plan walking the newest first never uses: for a `q` the planner deems common
+    # (an array's containment is estimated at 0.5 %) it walked a million runs to find none:
+    # seconds, against 0.1 ms. `+ 0` hides the sort's index: the matches are found, then sorted.
+    walk = " + 0" if f.q is not None and dialect == "postgres" and source == "projection" else ""
+    order = f" ORDER BY {key}{walk} DESC, run_id DESC LIMIT {w.arg(limit + 1)}"
     return f"SELECT {ITEM_COLUMNS} FROM {_table(source)}{w.sql()}{order}", w.args
 
 
