@@ -13,7 +13,7 @@ import typer
 from headrace.cli.client import DEFAULT_URL, UrlOption, _call
 from headrace.cli.output import UNAVAILABLE, fail, show
 from headrace.config import load_settings
-from headrace.errors import InfraError, InputError
+from headrace.errors import Conflict, InfraError, InputError
 from headrace.services import loop
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def _on_store(work: Callable[[Store], Awaitable[T]]) -> T:
 
     try:
         return loop.run(go())
-    except InputError as e:
+    except (InputError, Conflict) as e:
         raise fail(str(e)) from None
     except InfraError as e:
         raise fail(str(e), UNAVAILABLE) from None

@@ -63,10 +63,16 @@ async def rebuild(
     progress: Callable[[Progress], None] | None = None,
     crash: CrashPoints = NO_CRASH,
 ) -> Progress:
+    async with store.rebuild_lock():
+        return await _rebuild(store, page, progress or (lambda _: None), crash)
+
+
+async def _rebuild(
+    store: RebuildStore, page: int, tell: Callable[[Progress], None], crash: CrashPoints
+) -> Progress:
     after, held = await store.rebuild_open()
     counts = await store.read_model_counts()
     p = Progress(total=counts["main"], resumed_after=after, held=held)
-    tell = progress or (lambda _: None)
     fresh = store.rebuild_tables()
     while runs := await store.run_seqs(after, page):
         p.events += (await fresh.project(dict(runs))).applied

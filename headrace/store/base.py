@@ -8,6 +8,7 @@ applied exactly once whatever the interleaving of writers.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -385,6 +386,9 @@ class ReadModels(Protocol):
         """`run_counts` as kept, and as counted again from `runs_read` (for verify)."""
 
 
+ANOTHER_REBUILD = "another rebuild of these read models is running (one at a time)"
+
+
 class Rebuilds(Protocol):
     """A rebuild of the read models from the event log into fresh tables (`runs_read_next`,
     ...) while the live ones serve, then put in their place (projections/rebuild.py)."""
@@ -393,6 +397,10 @@ class Rebuilds(Protocol):
         """Make the fresh tables unless a rebuild left them; the last run id they hold ('' if
         none: a rebuild fills them in run id order, one committed page at a time) and how
         many runs."""
+
+    def rebuild_lock(self) -> AbstractAsyncContextManager[None]:
+        """Held for a whole rebuild, by one at a time: Conflict when another holds it (a
+        rebuild that was killed holds it no more)."""
 
     def rebuild_tables(self) -> Tables:
         """The fresh tables, each call a transaction of its own."""

@@ -1049,3 +1049,12 @@ async def test_a_rebuild_resumes_catches_up_and_swaps_in_the_fold_of_the_log(
     await read_store.project({ids[2]: (await logged_events(read_store, ids[2]))[-1:]})
     assert await read_store.read_rows(ids[2]) == await fold_of_log(read_store, ids[2])
     assert await read_store.rebuild_open() == ("", 0)  # the next rebuild starts afresh
+
+
+async def test_one_rebuild_at_a_time(read_store: Store) -> None:
+    async with read_store.rebuild_lock():
+        with pytest.raises(Conflict, match="another rebuild"):
+            async with read_store.rebuild_lock():
+                pass
+    async with read_store.rebuild_lock():  # released with the first
+        pass

@@ -11,12 +11,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import msgspec
 
+from headrace.errors import Conflict
 from headrace.events import Event, decode_event
 from headrace.projections.apply import Counts, Projected, Tables, project
 from headrace.projections.fold import RunRow, StateRow
 from headrace.store import rows
+from headrace.store.base import ANOTHER_REBUILD
+from headrace.store.postgres.connect import DRIVER_ERRORS, connect_args, infra
 
 if TYPE_CHECKING:
     from asyncpg import Record
@@ -102,6 +106,7 @@ _INDEXES = (
     "FROM pg_index i WHERE i.indrelid = $1::text::regclass ORDER BY 1"
 )
 _JSON = msgspec.json.Encoder()
+_REBUILD_LOCK = 72410533  # one rebuild at a time (a session's advisory lock)
 
 
 def run_row(r: Any) -> RunRow:
@@ -177,6 +182,7 @@ class ReadModelsOnPostgres:
     """The store's `ReadModels` and `Rebuilds` (its connections are the store's: `_read`
     to the read models' database, `_conn` to the main one, which may be the same)."""
 
+    url: str
     read_url: str | None
     _conn: Callable[[], AbstractAsyncContextManager[PoolConnectionProxy[Record]]]
     _read: Callable[[], AbstractAsyncContextManager[PoolConnectionProxy[Record]]]
@@ -246,6 +252,21 @@ class ReadModelsOnPostgres:
             row = await conn.fetchrow(_HELD)
         assert row is not None
         return row[0], row[1]
+
+    @asynccontextmanager
+    async def rebuild_lock(self) -> AsyncIterator[None]:
+        """A session's advisory lock, on a connection of its own (a pooled connection's
+        session is never changed): a killed rebuild's connection ends, and its lock."""
+        try:
+            conn = await asyncpg.connect(**connect_args(self.read_url or self.url))
+        except DRIVER_ERRORS as e:
+            raise infra(e) from e
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _REBUILD_LOCK):
+                raise Conflict(ANOTHER_REBUILD)
+            yield
+        finally:
+            await conn.close()
 
     def rebuild_tables(self) -> Tables:
         return _Fresh(self)

@@ -7,17 +7,20 @@ to start afresh (a projector's catch-up fills it from the event log)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from headrace.errors import Conflict
 from headrace.events import Event, decode_event
 from headrace.projections.apply import Counts, Projected, Tables, project
 from headrace.projections.fold import RunRow, StateRow
 from headrace.store import rows
+from headrace.store.base import ANOTHER_REBUILD
 
 RUN_READ_COLUMNS = tuple(RunRow.__struct_fields__)
 STATE_READ_COLUMNS = tuple(StateRow.__struct_fields__)
@@ -200,6 +203,7 @@ class ReadModelsOnSqlite:
         @property
         def db(self) -> sqlite3.Connection: ...
 
+    path: Path
     _transaction: Callable[[], contextlib.AbstractContextManager[sqlite3.Connection]]
 
     async def project(
@@ -243,6 +247,17 @@ class ReadModelsOnSqlite:
             _make_tables(db, NEXT)
             row = db.execute(_HELD).fetchone()
         return row[0], row[1]
+
+    @contextlib.asynccontextmanager
+    async def rebuild_lock(self) -> AsyncIterator[None]:
+        """An exclusive lock on a file beside the read file (the system drops it with the
+        process that held it)."""
+        with read_file(self.path).with_suffix(".rebuild-lock").open("a") as held:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict(ANOTHER_REBUILD) from None
+            yield
 
     def rebuild_tables(self) -> Tables:
         return _Fresh(self)
