@@ -79,12 +79,15 @@ class SqliteStore(ReadModelsOnSqlite):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if revision != HEAD:  # on a thread: a loop's other work goes on meanwhile
             await asyncio.to_thread(upgrade, f"sqlite:///{self.path}")
+        self._db = await asyncio.to_thread(self._connect)  # (making the read file writes)
+
+    def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=10000")
         attach(db, read_file(self.path), self.synchronous)
-        self._db = db
+        return db
 
     async def close(self) -> None:
         if self._db is not None:
