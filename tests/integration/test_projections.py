@@ -423,7 +423,7 @@ async def test_a_rebuild_killed_and_resumed_while_runs_flow_swaps_in_the_log_s_f
         )
         assert killed.returncode == -9, killed.stderr  # SIGKILLed after its second page
         done = await asyncio.to_thread(rebuild_cli, settings, "--page", "3", "--verify")
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 0, done.stdout + done.stderr
         assert "resumed after run " in done.stdout and "(6 runs were rebuilt before)" in done.stdout
         assert "swapped in" in done.stdout and "0 differ from the event log" in done.stdout
         stop.set()

@@ -195,6 +195,12 @@ class ReadModelsOnPostgres:
         async with self._read() as conn, conn.transaction():
             yield PostgresReadTx(conn, suffix, log)
 
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[PoolConnectionProxy[Record]]:
+        """Reads of the read models as of one moment."""
+        async with self._read() as conn, conn.transaction(isolation="repeatable_read"):
+            yield conn
+
     async def _read_all(self, query: str, *args: Any) -> list[Record]:
         async with self._read() as conn:
             return await conn.fetch(query, *args)
@@ -220,7 +226,7 @@ class ReadModelsOnPostgres:
         return [(r[0], r[1]) for r in found]
 
     async def read_rows(self, run_id: str) -> tuple[RunRow | None, list[StateRow]]:
-        async with self._read() as conn:
+        async with self._snapshot() as conn:  # the run's row and its states of one moment
             run = await conn.fetchrow(f"{RUN_SELECT} WHERE run_id = $1", run_id)
             states = await conn.fetch(f"{STATE_SELECT} WHERE run_id = $1 ORDER BY node_id", run_id)
         found = None if run is None else run_row(run)
@@ -233,14 +239,15 @@ class ReadModelsOnPostgres:
         return {"main": main[0], "projected": projected[0][0]}
 
     async def counters(self) -> tuple[Counts, Counts]:
-        kept = await self._read_all(
-            "SELECT workflow_name, workflow_version, status, runs, active_nodes FROM run_counts "
-            "WHERE runs != 0"
-        )
-        recounted = await self._read_all(
-            "SELECT workflow_name, workflow_version, status, COUNT(*), SUM(active_nodes) "
-            "FROM runs_read GROUP BY workflow_name, workflow_version, status"
-        )
+        async with self._snapshot() as conn:  # a projector's commit between them is none
+            kept = await conn.fetch(
+                "SELECT workflow_name, workflow_version, status, runs, active_nodes "
+                "FROM run_counts WHERE runs != 0"
+            )
+            recounted = await conn.fetch(
+                "SELECT workflow_name, workflow_version, status, COUNT(*), SUM(active_nodes) "
+                "FROM runs_read GROUP BY workflow_name, workflow_version, status"
+            )
         return _counts(kept), _counts(recounted)
 
     async def rebuild_open(self) -> tuple[str, int]:

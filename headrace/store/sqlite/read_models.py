@@ -10,7 +10,7 @@ import contextlib
 import fcntl
 import functools
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,6 +191,16 @@ class SqliteReadTx:
         return await project(self, {}, upto)
 
 
+@contextlib.contextmanager
+def _snapshot(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Reads as of one moment (WAL: a read transaction's snapshot)."""
+    db.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        db.execute("COMMIT")
+
+
 def _chunks(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -226,9 +236,10 @@ class ReadModelsOnSqlite:
         return [(r[0], r[1]) for r in cur]
 
     async def read_rows(self, run_id: str) -> tuple[RunRow | None, list[StateRow]]:
-        run = (await SqliteReadTx(self.db).runs([run_id])).get(run_id)
-        cur = self.db.execute(f"{sql().states} WHERE run_id = ? ORDER BY node_id", (run_id,))
-        return run, [state_row(r) for r in cur]
+        with _snapshot(self.db) as db:  # the run's row and its states as of one moment
+            run = (await SqliteReadTx(db).runs([run_id])).get(run_id)
+            cur = db.execute(f"{sql().states} WHERE run_id = ? ORDER BY node_id", (run_id,))
+            return run, [state_row(r) for r in cur]
 
     async def read_model_counts(self) -> dict[str, int]:
         main = self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
@@ -236,9 +247,9 @@ class ReadModelsOnSqlite:
         return {"main": main, "projected": projected}
 
     async def counters(self) -> tuple[Counts, Counts]:
-        kept = self.db.execute(f"SELECT {_COUNTED} FROM run_counts WHERE runs != 0")
-        recounted = self.db.execute(_RECOUNT)
-        return _counts(kept.fetchall()), _counts(recounted.fetchall())
+        with _snapshot(self.db) as db:  # a projector's commit between them is no difference
+            kept = db.execute(f"SELECT {_COUNTED} FROM run_counts WHERE runs != 0").fetchall()
+            return _counts(kept), _counts(db.execute(_RECOUNT).fetchall())
 
     async def rebuild_open(self) -> tuple[str, int]:
         """The fresh tables are made without indexes: they are made at the swap, when the
